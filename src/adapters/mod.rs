@@ -1,0 +1,110 @@
+//! Grant adapters: what actually gives and takes away access.
+//!
+//! Every call is keyed by the grant id, so a retry after a crash or a time-out is safe:
+//! "already granted" and "already revoked" are successes. `grant` may return opaque state
+//! (for example a generated login name) that is handed back to `revoke`.
+
+pub mod exec;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{AdapterConfig, Config};
+
+/// A boxed future, so adapters can be used behind `dyn`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything an adapter is told about a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantContext {
+    pub grant_id: i64,
+    pub request_id: i64,
+    /// Slack user ID of the person getting access.
+    pub user_id: String,
+    pub resource: String,
+    pub role: String,
+    pub duration_secs: i64,
+    /// For `grant`: when the access is planned to end (the grant starts now). For `revoke`:
+    /// when it was due to end.
+    pub expires_at: DateTime<Utc>,
+    pub reason: String,
+    /// What `grant` returned, on `revoke`.
+    pub state: Option<String>,
+}
+
+/// Why an adapter call failed. The message goes to Slack and the audit log, so it must
+/// never contain secrets; details belong in the process log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdapterError {
+    /// Worth retrying (time-out, crash, unavailable).
+    #[error("{0}")]
+    Temporary(String),
+    /// Retrying cannot help (refused, misconfigured).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// Gives and takes away one kind of access.
+pub trait Adapter: Send + Sync {
+    /// Gives the access; returns state to hand back to `revoke`.
+    fn grant<'a>(
+        &'a self,
+        ctx: &'a GrantContext,
+    ) -> BoxFuture<'a, Result<Option<String>, AdapterError>>;
+    /// Takes the access away.
+    fn revoke<'a>(&'a self, ctx: &'a GrantContext) -> BoxFuture<'a, Result<(), AdapterError>>;
+}
+
+/// Does nothing and always succeeds. For trying jitgate out and for benchmarks.
+#[derive(Debug, Default)]
+pub struct NoopAdapter;
+
+impl Adapter for NoopAdapter {
+    fn grant<'a>(
+        &'a self,
+        _ctx: &'a GrantContext,
+    ) -> BoxFuture<'a, Result<Option<String>, AdapterError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn revoke<'a>(&'a self, _ctx: &'a GrantContext) -> BoxFuture<'a, Result<(), AdapterError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The configured adapters, by name.
+#[derive(Clone, Default)]
+pub struct Adapters {
+    by_name: HashMap<String, Arc<dyn Adapter>>,
+}
+
+impl Adapters {
+    /// Builds every adapter named in the configuration.
+    pub fn from_config(config: &Config) -> Self {
+        let by_name = config
+            .adapters
+            .iter()
+            .map(|(name, cfg)| {
+                let adapter: Arc<dyn Adapter> = match cfg {
+                    AdapterConfig::Exec(c) => Arc::new(exec::ExecAdapter::new(name, c.clone())),
+                    AdapterConfig::Noop => Arc::new(NoopAdapter),
+                };
+                (name.clone(), adapter)
+            })
+            .collect();
+        Self { by_name }
+    }
+
+    /// The adapter called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Adapter>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// Replaces or adds an adapter (tests use this to inject failures).
+    pub fn insert(&mut self, name: &str, adapter: Arc<dyn Adapter>) {
+        self.by_name.insert(name.to_string(), adapter);
+    }
+}

@@ -1,0 +1,484 @@
+//! Who may decide on a request, and what a click does.
+//!
+//! Every click is re-checked here, on the server: the button carries a request id and
+//! nothing else that is trusted. The decision itself is one transaction whose conditional
+//! statements make double clicks and simultaneous clicks harmless.
+
+use serde_json::json;
+
+use crate::config::Resource;
+use crate::requests::label;
+use crate::slack::cards::{APPROVE, DENY};
+use crate::store::{self, DecisionRow, JobKind, Outgoing, RequestRow, RequestState, Verdict};
+use crate::{audit, AppState};
+
+/// Why a click was refused. Shown to the clicker only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NotPending(RequestState),
+    SelfApproval,
+    NotApprover,
+    AlreadyDecided(Verdict),
+}
+
+impl Refusal {
+    /// The explanation the clicker sees.
+    pub fn message(&self, request: &RequestRow, resource: Option<&Resource>) -> String {
+        let id = label(request.id);
+        match self {
+            Refusal::NotPending(state) => {
+                let what = match state {
+                    RequestState::Approved => "already approved",
+                    RequestState::Denied => "already denied",
+                    RequestState::Expired => "expired",
+                    RequestState::Pending => "still pending",
+                };
+                format!("{id} is {what}; nothing changed.")
+            }
+            Refusal::SelfApproval => {
+                format!("You can't decide on your own request {id}; another approver has to.")
+            }
+            Refusal::NotApprover => {
+                let who = resource
+                    .map(|r| {
+                        let mut names: Vec<String> =
+                            r.approvers.iter().map(|u| format!("<@{u}>")).collect();
+                        names.extend(r.approver_groups.iter().map(|g| format!("<!subteam^{g}>")));
+                        names.join(", ")
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "You are not an approver for `{}`, so your click on {id} changed nothing. Approvers: {who}",
+                    request.resource
+                )
+            }
+            Refusal::AlreadyDecided(v) => format!(
+                "You already {} {id}; it still needs another approver.",
+                if *v == Verdict::Approve {
+                    "approved"
+                } else {
+                    "denied"
+                }
+            ),
+        }
+    }
+}
+
+/// What a recorded decision led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// More approvals are needed.
+    Waiting {
+        approvals: usize,
+        required: usize,
+    },
+    Approved,
+    Denied,
+}
+
+/// May `clicker` decide on `request`? `in_listed_group` says whether they belong to one of
+/// the resource's approver groups (looked up just before).
+pub fn may_decide(
+    resource: &Resource,
+    request: &RequestRow,
+    decisions: &[DecisionRow],
+    clicker: &str,
+    in_listed_group: bool,
+) -> Result<(), Refusal> {
+    if request.state != RequestState::Pending {
+        return Err(Refusal::NotPending(request.state));
+    }
+    if clicker == request.requester_id {
+        return Err(Refusal::SelfApproval);
+    }
+    if !(resource.approvers.iter().any(|a| a == clicker) || in_listed_group) {
+        return Err(Refusal::NotApprover);
+    }
+    if let Some(d) = decisions.iter().find(|d| d.approver_id == clicker) {
+        return Err(Refusal::AlreadyDecided(d.verdict));
+    }
+    Ok(())
+}
+
+/// The request's fate once `decisions` (including the new one) are recorded.
+pub fn outcome(required: i64, decisions: &[DecisionRow]) -> Outcome {
+    if decisions.iter().any(|d| d.verdict == Verdict::Deny) {
+        return Outcome::Denied;
+    }
+    let approvals = decisions
+        .iter()
+        .filter(|d| d.verdict == Verdict::Approve)
+        .count();
+    if approvals as i64 >= required {
+        Outcome::Approved
+    } else {
+        Outcome::Waiting {
+            approvals,
+            required: required as usize,
+        }
+    }
+}
+
+/// A button press, as far as jitgate trusts it.
+#[derive(Debug, Clone)]
+pub struct Click {
+    pub user_id: String,
+    pub action_id: String,
+    pub value: String,
+    pub response_url: Option<String>,
+}
+
+/// Handles one click, after the HTTP request has been answered.
+pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
+    let verdict = match click.action_id.as_str() {
+        APPROVE => Verdict::Approve,
+        DENY => Verdict::Deny,
+        other => {
+            tracing::debug!(action_id = other, "ignoring an action jitgate does not own");
+            return Ok(());
+        }
+    };
+    let reply = |text: String| {
+        let url = click.response_url.clone();
+        async move {
+            if let Some(url) = url {
+                app.send_now(Outgoing::ephemeral(&url, text)).await
+            } else {
+                Ok(())
+            }
+        }
+    };
+    let Some(request_id) = click.value.parse::<i64>().ok() else {
+        return reply("That button is not one of jitgate's; nothing changed.".into()).await;
+    };
+    let (request, decisions) = {
+        let mut conn = app.db.read.acquire().await?;
+        let Some(request) = store::get_request(&mut conn, request_id).await? else {
+            return reply(format!(
+                "{} does not exist; nothing changed.",
+                label(request_id)
+            ))
+            .await;
+        };
+        let decisions = store::decisions(&mut conn, request_id).await?;
+        (request, decisions)
+    };
+    let Some(resource) = app.config.resource(&request.resource).cloned() else {
+        return reply(format!(
+            "`{}` is no longer configured, so {} cannot be decided here.",
+            request.resource,
+            label(request.id)
+        ))
+        .await;
+    };
+    // Cheap checks first, so a refused click costs no Slack call.
+    if let Err(refusal) = may_decide(&resource, &request, &decisions, &click.user_id, true) {
+        return reply(refusal.message(&request, Some(&resource))).await;
+    }
+    let listed = resource.approvers.contains(&click.user_id);
+    let in_group = if listed {
+        false
+    } else {
+        match app
+            .slack
+            .is_in_any_group(&resource.approver_groups, &click.user_id)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read approver groups from Slack");
+                return reply(format!(
+                    "I couldn't check the approver groups with Slack just now ({e}); nothing changed. Please click again in a moment."
+                ))
+                .await;
+            }
+        }
+    };
+    if let Err(refusal) = may_decide(&resource, &request, &decisions, &click.user_id, in_group) {
+        return reply(refusal.message(&request, Some(&resource))).await;
+    }
+    match record(app, &request, &click.user_id, verdict).await? {
+        Ok(_) => Ok(()),
+        Err(refusal) => reply(refusal.message(&request, Some(&resource))).await,
+    }
+}
+
+/// Records an eligible approver's decision in one transaction and applies its outcome.
+pub async fn record(
+    app: &AppState,
+    request: &RequestRow,
+    approver: &str,
+    verdict: Verdict,
+) -> anyhow::Result<Result<Outcome, Refusal>> {
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    // Re-read inside the transaction: another click may have landed since.
+    let Some(current) = store::get_request(&mut tx, request.id).await? else {
+        return Ok(Err(Refusal::NotPending(RequestState::Expired)));
+    };
+    if current.state != RequestState::Pending {
+        return Ok(Err(Refusal::NotPending(current.state)));
+    }
+    if !store::insert_decision(&mut tx, request.id, approver, verdict, now).await? {
+        let prior = store::decisions(&mut tx, request.id).await?;
+        let v = prior
+            .iter()
+            .find(|d| d.approver_id == approver)
+            .map(|d| d.verdict)
+            .unwrap_or(verdict);
+        return Ok(Err(Refusal::AlreadyDecided(v)));
+    }
+    let decisions = store::decisions(&mut tx, request.id).await?;
+    let result = outcome(current.approvals_required, &decisions);
+    let action = if verdict == Verdict::Approve {
+        "decision.approve"
+    } else {
+        "decision.deny"
+    };
+    audit::append(
+        &mut tx,
+        now,
+        approver,
+        action,
+        Some(request.id),
+        json!({ "resource": current.resource, "role": current.role }),
+    )
+    .await?;
+    let requester = current.requester_id.as_str();
+    let what = format!("`{}:{}`", current.resource, current.role);
+    match result {
+        Outcome::Waiting {
+            approvals,
+            required,
+        } => {
+            audit::append(
+                &mut tx,
+                now,
+                audit::SYSTEM_ACTOR,
+                "request.partially_approved",
+                Some(request.id),
+                json!({ "approvals": approvals, "required": required }),
+            )
+            .await?;
+        }
+        Outcome::Denied => {
+            if !store::transition_request(
+                &mut tx,
+                request.id,
+                RequestState::Pending,
+                RequestState::Denied,
+                now,
+            )
+            .await?
+            {
+                return Ok(Err(Refusal::NotPending(current.state)));
+            }
+            store::cancel_job(&mut tx, request.id, JobKind::ExpireRequest, now).await?;
+            audit::append(
+                &mut tx,
+                now,
+                approver,
+                "request.denied",
+                Some(request.id),
+                json!({}),
+            )
+            .await?;
+            store::enqueue(
+                &mut tx,
+                &Outgoing::message(
+                    requester,
+                    format!(
+                        ":no_entry: Your request {} for {what} was denied by <@{approver}>.",
+                        label(request.id)
+                    ),
+                    Some(request.id),
+                ),
+                now,
+            )
+            .await?;
+        }
+        Outcome::Approved => {
+            if !store::transition_request(
+                &mut tx,
+                request.id,
+                RequestState::Pending,
+                RequestState::Approved,
+                now,
+            )
+            .await?
+            {
+                return Ok(Err(Refusal::NotPending(current.state)));
+            }
+            store::cancel_job(&mut tx, request.id, JobKind::ExpireRequest, now).await?;
+            let approvers: Vec<&str> = decisions.iter().map(|d| d.approver_id.as_str()).collect();
+            audit::append(
+                &mut tx,
+                now,
+                approver,
+                "request.approved",
+                Some(request.id),
+                json!({ "approvers": approvers }),
+            )
+            .await?;
+            let adapter = app
+                .config
+                .resource(&current.resource)
+                .map(|r| r.adapter.clone())
+                .unwrap_or_default();
+            if store::insert_grant(&mut tx, &current, &adapter, now).await? {
+                store::insert_job(&mut tx, request.id, JobKind::Grant, now, now).await?;
+            }
+            store::enqueue(
+                &mut tx,
+                &Outgoing::message(
+                    requester,
+                    format!(
+                        ":white_check_mark: Your request {} for {what} was approved by <@{approver}>. Granting access now…",
+                        label(request.id)
+                    ),
+                    Some(request.id),
+                ),
+                now,
+            )
+            .await?;
+        }
+    }
+    store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
+    tx.commit().await?;
+    app.wake_outbox();
+    if result == Outcome::Approved {
+        app.wake_scheduler();
+    }
+    Ok(Ok(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn resource() -> Resource {
+        Resource {
+            name: "prod-db".into(),
+            description: String::new(),
+            roles: vec!["read".into()],
+            default_duration: crate::duration::HumanDuration::from_secs(3600),
+            max_duration: crate::duration::HumanDuration::from_secs(3600),
+            approval_channel: "C0".into(),
+            approvers: vec!["UA".into(), "UB".into()],
+            approver_groups: vec!["S1".into()],
+            approvals_required: 2,
+            adapter: "demo".into(),
+        }
+    }
+
+    fn request(state: RequestState) -> RequestRow {
+        RequestRow {
+            id: 1,
+            requester_id: "UR".into(),
+            team_id: "T".into(),
+            resource: "prod-db".into(),
+            role: "read".into(),
+            duration_secs: 60,
+            reason: "x".into(),
+            origin_channel: "C1".into(),
+            approval_channel: "C0".into(),
+            approvals_required: 2,
+            state,
+            created_at: 0,
+            decided_at: None,
+            card_channel: None,
+            card_ts: None,
+        }
+    }
+
+    fn d(who: &str, verdict: Verdict) -> DecisionRow {
+        DecisionRow {
+            approver_id: who.into(),
+            verdict,
+            decided_at: 0,
+        }
+    }
+
+    #[test]
+    fn listed_approvers_and_group_members_may_decide() {
+        let r = request(RequestState::Pending);
+        assert_eq!(may_decide(&resource(), &r, &[], "UA", false), Ok(()));
+        assert_eq!(may_decide(&resource(), &r, &[], "UG", true), Ok(()));
+    }
+
+    #[test]
+    fn non_approver_click_is_refused() {
+        let r = request(RequestState::Pending);
+        assert_eq!(
+            may_decide(&resource(), &r, &[], "UX", false),
+            Err(Refusal::NotApprover)
+        );
+    }
+
+    #[test]
+    fn requester_cannot_approve_even_when_listed() {
+        let mut res = resource();
+        res.approvers.push("UR".into());
+        let r = request(RequestState::Pending);
+        assert_eq!(
+            may_decide(&res, &r, &[], "UR", true),
+            Err(Refusal::SelfApproval)
+        );
+    }
+
+    #[test]
+    fn decided_requests_refuse_clicks() {
+        let r = request(RequestState::Approved);
+        assert_eq!(
+            may_decide(&resource(), &r, &[], "UA", false),
+            Err(Refusal::NotPending(RequestState::Approved))
+        );
+    }
+
+    #[test]
+    fn a_second_click_by_the_same_approver_is_refused() {
+        let r = request(RequestState::Pending);
+        let prior = [d("UA", Verdict::Approve)];
+        assert_eq!(
+            may_decide(&resource(), &r, &prior, "UA", false),
+            Err(Refusal::AlreadyDecided(Verdict::Approve))
+        );
+    }
+
+    #[test]
+    fn two_of_n_needs_two_distinct_approvals_and_one_deny_ends_it() {
+        assert_eq!(
+            outcome(2, &[d("UA", Verdict::Approve)]),
+            Outcome::Waiting {
+                approvals: 1,
+                required: 2
+            }
+        );
+        assert_eq!(
+            outcome(2, &[d("UA", Verdict::Approve), d("UB", Verdict::Approve)]),
+            Outcome::Approved
+        );
+        assert_eq!(
+            outcome(2, &[d("UA", Verdict::Approve), d("UB", Verdict::Deny)]),
+            Outcome::Denied
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn approved_exactly_when_enough_approvals_and_no_deny(
+            required in 1i64..5,
+            verdicts in proptest::collection::vec(proptest::bool::ANY, 0..8),
+        ) {
+            let ds: Vec<_> = verdicts.iter().enumerate()
+                .map(|(i, ok)| d(&format!("U{i}"), if *ok { Verdict::Approve } else { Verdict::Deny }))
+                .collect();
+            let approvals = verdicts.iter().filter(|v| **v).count() as i64;
+            let any_deny = verdicts.iter().any(|v| !*v);
+            let o = outcome(required, &ds);
+            prop_assert_eq!(o == Outcome::Approved, !any_deny && approvals >= required);
+            prop_assert_eq!(o == Outcome::Denied, any_deny);
+        }
+    }
+}

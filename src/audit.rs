@@ -1,0 +1,245 @@
+//! The append-only audit log: every request, decision, grant, revoke and failure.
+//!
+//! Rows are chained: each stores the previous row's hash and the SHA-256 of its own
+//! content with that hash, so an edit, insertion or deletion anywhere breaks the chain.
+//! SQLite triggers refuse UPDATE and DELETE on the table as well.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{FromRow, SqliteConnection};
+
+/// The hash before the first row.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The actor recorded for what jitgate does on its own (grants, expiry, retries).
+pub const SYSTEM_ACTOR: &str = "jitgate";
+
+/// One audit row, as stored and exported.
+#[derive(Debug, Clone, FromRow, Serialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub seq: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// A Slack user ID, or `jitgate` for what the bot did on its own.
+    pub actor: String,
+    /// What happened, like `request.created` or `grant.revoked`.
+    pub action: String,
+    pub request_id: Option<i64>,
+    /// JSON object with the particulars.
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+fn entry_hash(
+    prev: &str,
+    seq: i64,
+    at: i64,
+    actor: &str,
+    action: &str,
+    request_id: Option<i64>,
+    details: &str,
+) -> String {
+    let mut h = Sha256::new();
+    // Length-prefixed fields: no two different rows can serialize to the same bytes.
+    for field in [
+        prev.as_bytes(),
+        seq.to_string().as_bytes(),
+        at.to_string().as_bytes(),
+        actor.as_bytes(),
+        action.as_bytes(),
+        request_id
+            .map(|r| r.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+        details.as_bytes(),
+    ] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Appends an entry inside the caller's write transaction.
+pub async fn append(
+    conn: &mut SqliteConnection,
+    at: i64,
+    actor: &str,
+    action: &str,
+    request_id: Option<i64>,
+    details: serde_json::Value,
+) -> sqlx::Result<()> {
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (seq, prev) = match last {
+        Some((s, h)) => (s + 1, h),
+        None => (1, GENESIS.to_string()),
+    };
+    let details = details.to_string();
+    let hash = entry_hash(&prev, seq, at, actor, action, request_id, &details);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(seq)
+    .bind(at)
+    .bind(actor)
+    .bind(action)
+    .bind(request_id)
+    .bind(&details)
+    .bind(&prev)
+    .bind(&hash)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Entries from `after_seq` on, in order.
+pub async fn entries(
+    conn: &mut SqliteConnection,
+    after_seq: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<AuditEntry>> {
+    sqlx::query_as("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?")
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
+/// Entries about one request, in order.
+pub async fn entries_for_request(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+) -> sqlx::Result<Vec<AuditEntry>> {
+    sqlx::query_as("SELECT * FROM audit_log WHERE request_id = ? ORDER BY seq")
+        .bind(request_id)
+        .fetch_all(conn)
+        .await
+}
+
+/// Where the chain breaks, if it does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("audit entry {seq}: sequence gap (expected {expected}); an entry was deleted")]
+    Gap { seq: i64, expected: i64 },
+    #[error("audit entry {seq}: prev_hash does not match entry {}; the log was altered", seq - 1)]
+    BrokenLink { seq: i64 },
+    #[error("audit entry {seq}: content does not match its hash; the entry was edited")]
+    Tampered { seq: i64 },
+}
+
+/// Checks one entry against its predecessor's hash. Returns the entry's hash.
+pub fn verify_entry(e: &AuditEntry, expected_seq: i64, prev_hash: &str) -> Result<(), ChainError> {
+    if e.seq != expected_seq {
+        return Err(ChainError::Gap {
+            seq: e.seq,
+            expected: expected_seq,
+        });
+    }
+    if e.prev_hash != prev_hash {
+        return Err(ChainError::BrokenLink { seq: e.seq });
+    }
+    if entry_hash(
+        &e.prev_hash,
+        e.seq,
+        e.at,
+        &e.actor,
+        &e.action,
+        e.request_id,
+        &e.details,
+    ) != e.hash
+    {
+        return Err(ChainError::Tampered { seq: e.seq });
+    }
+    Ok(())
+}
+
+/// Walks the whole chain. Returns the number of entries checked.
+pub async fn verify_chain(conn: &mut SqliteConnection) -> anyhow::Result<Result<i64, ChainError>> {
+    let mut prev = GENESIS.to_string();
+    let mut expected = 1;
+    loop {
+        let batch = entries(conn, expected - 1, 10_000).await?;
+        if batch.is_empty() {
+            return Ok(Ok(expected - 1));
+        }
+        for e in &batch {
+            if let Err(err) = verify_entry(e, expected, &prev) {
+                return Ok(Err(err));
+            }
+            prev = e.hash.clone();
+            expected += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: i64) -> Vec<AuditEntry> {
+        let mut prev = GENESIS.to_string();
+        (1..=n)
+            .map(|seq| {
+                let details = format!("{{\"n\":{seq}}}");
+                let hash = entry_hash(
+                    &prev,
+                    seq,
+                    seq * 10,
+                    "U1",
+                    "request.created",
+                    Some(seq),
+                    &details,
+                );
+                let e = AuditEntry {
+                    seq,
+                    at: seq * 10,
+                    actor: "U1".into(),
+                    action: "request.created".into(),
+                    request_id: Some(seq),
+                    details,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
+                prev = hash;
+                e
+            })
+            .collect()
+    }
+
+    fn check(entries: &[AuditEntry]) -> Result<(), ChainError> {
+        let mut prev = GENESIS.to_string();
+        for (i, e) in entries.iter().enumerate() {
+            verify_entry(e, i as i64 + 1, &prev)?;
+            prev = e.hash.clone();
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        assert_eq!(check(&chain(5)), Ok(()));
+    }
+
+    #[test]
+    fn an_edited_entry_is_detected() {
+        let mut c = chain(5);
+        c[2].actor = "U2".into();
+        assert_eq!(check(&c), Err(ChainError::Tampered { seq: 3 }));
+    }
+
+    #[test]
+    fn a_deleted_entry_is_detected() {
+        let mut c = chain(5);
+        c.remove(2);
+        assert_eq!(
+            check(&c),
+            Err(ChainError::Gap {
+                seq: 4,
+                expected: 3
+            })
+        );
+    }
+}

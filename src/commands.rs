@@ -1,0 +1,278 @@
+//! `/jit …`: the text users type, read into a command, and the reply they see.
+
+use slack_morphism::prelude::*;
+
+use crate::config::Config;
+use crate::duration::HumanDuration;
+use crate::requests::{self, label, RequestInput, Requester};
+use crate::slack::cards::slack_date;
+use crate::slack::payloads::{escape, unescape, SlashCommand};
+use crate::store::{self, GrantState};
+use crate::AppState;
+
+/// What the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    List,
+    Request(RequestInput),
+}
+
+/// The usage text.
+pub fn usage(config: &Config) -> String {
+    let cmd = &config.slack.command;
+    format!(
+        "*jitgate* gives you access for a short time, after an approval, and takes it away on its own.\n\
+         • `{cmd} request <resource>[:<role>] [<duration>] <reason>` — ask for access, \
+         e.g. `{cmd} request {}:{} {} investigating INC-1234`\n\
+         • `{cmd} list` — your pending requests and the access you have now\n\
+         • `{cmd} help` — this message\n\
+         Durations look like `45m`, `2h`, `1h30m`, `1d`; without one you get the resource's default.\n\
+         *Resources*\n{}",
+        config.resources[0].name,
+        config.resources[0].default_role(),
+        config.resources[0].default_duration,
+        requests::resource_list(config),
+    )
+}
+
+/// True for a token that can only have been meant as a duration, like `2h` or `90`.
+fn looks_like_duration(token: &str) -> bool {
+    token.starts_with(|c: char| c.is_ascii_digit())
+        && token
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c.to_ascii_lowercase(), 'd' | 'h' | 'm' | 's'))
+}
+
+/// Reads the text after the slash command. The error is the reply to show.
+pub fn parse(text: &str, config: &Config) -> Result<Command, String> {
+    let mut tokens = text.split_whitespace().peekable();
+    let Some(first) = tokens.peek().copied() else {
+        return Ok(Command::Help);
+    };
+    let first_lower = first.to_ascii_lowercase();
+    match first_lower.as_str() {
+        "help" | "-h" | "--help" | "?" => return Ok(Command::Help),
+        "list" | "ls" | "status" => return Ok(Command::List),
+        "request" | "req" => {
+            tokens.next();
+        }
+        _ => {
+            // `/jit prod-db 1h reason` is read as a request when it names a resource.
+            let name = first_lower.split(':').next().unwrap_or_default();
+            if config.resource(name).is_none() {
+                return Err(format!(
+                    "I don't know the command `{}`.\n{}",
+                    escape(first),
+                    usage(config)
+                ));
+            }
+        }
+    }
+    let cmd = &config.slack.command;
+    let Some(target) = tokens.next() else {
+        return Err(format!(
+            "Say which resource you need, for example `{cmd} request {}:{} {} investigating INC-1234`. You can ask for:\n{}",
+            config.resources[0].name,
+            config.resources[0].default_role(),
+            config.resources[0].default_duration,
+            requests::resource_list(config)
+        ));
+    };
+    let target = target.to_ascii_lowercase();
+    let (resource, role) = match target.split_once(':') {
+        Some((res, role)) => (
+            res.to_string(),
+            Some(role.to_string()).filter(|r| !r.is_empty()),
+        ),
+        None => (target, None),
+    };
+    let duration = match tokens.peek() {
+        Some(t) if looks_like_duration(t) => {
+            let d = t.parse::<HumanDuration>().map_err(|e| e.to_string())?;
+            tokens.next();
+            Some(d)
+        }
+        _ => None,
+    };
+    let reason = tokens.collect::<Vec<_>>().join(" ");
+    Ok(Command::Request(RequestInput {
+        resource,
+        role,
+        duration,
+        reason,
+    }))
+}
+
+/// An ephemeral reply to the command.
+pub fn ephemeral(text: String) -> SlackCommandEventResponse {
+    SlackCommandEventResponse::new(SlackMessageContent::new().with_text(text))
+        .with_response_type(SlackMessageResponseType::Ephemeral)
+}
+
+/// Runs a command and returns what the user sees. Touches only the database.
+pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String> {
+    let text = unescape(&cmd.text);
+    let command = match parse(&text, &app.config) {
+        Ok(c) => c,
+        Err(message) => return Ok(message),
+    };
+    match command {
+        Command::Help => Ok(usage(&app.config)),
+        Command::List => list(app, &cmd.user_id).await,
+        Command::Request(input) => {
+            let valid = match requests::validate(&app.config, &input) {
+                Ok(v) => v,
+                Err(message) => return Ok(message),
+            };
+            let who = Requester {
+                user_id: cmd.user_id.clone(),
+                team_id: cmd.team_id.clone(),
+                channel_id: cmd.channel_id.clone(),
+            };
+            let id = requests::create(app, &who, &valid).await?;
+            Ok(format!(
+                "Request *{}* for `{}:{}` ({}) is waiting for approval in <#{}>. I'll message you when it is decided.",
+                label(id),
+                valid.resource,
+                valid.role,
+                valid.duration,
+                valid.approval_channel
+            ))
+        }
+    }
+}
+
+async fn list(app: &AppState, user: &str) -> anyhow::Result<String> {
+    let mut conn = app.db.read.acquire().await?;
+    let pending = store::pending_requests_of(&mut conn, user).await?;
+    let grants = store::live_grants_of(&mut conn, user).await?;
+    if pending.is_empty() && grants.is_empty() {
+        return Ok(format!(
+            "You have no pending requests and no access right now. Ask with `{} request <resource>[:<role>] [<duration>] <reason>`.",
+            app.config.slack.command
+        ));
+    }
+    let mut lines = Vec::new();
+    if !grants.is_empty() {
+        lines.push("*Your access*".to_string());
+        for g in &grants {
+            let status = match (g.state, g.expires_at) {
+                (GrantState::Active, Some(exp)) => format!("active, ends {}", slack_date(exp)),
+                _ => "being granted".to_string(),
+            };
+            lines.push(format!(
+                "• {} `{}:{}` — {status}",
+                label(g.request_id),
+                g.resource,
+                g.role
+            ));
+        }
+    }
+    if !pending.is_empty() {
+        lines.push("*Waiting for approval*".to_string());
+        for r in &pending {
+            lines.push(format!(
+                "• {} `{}:{}` for {} — in <#{}> since {}",
+                label(r.id),
+                r.resource,
+                r.role,
+                HumanDuration::from_secs(r.duration_secs as u64),
+                r.approval_channel,
+                slack_date(r.created_at)
+            ));
+        }
+    }
+    Ok(lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        crate::config::parse(
+            Path::new("t.toml"),
+            r#"
+[[resources]]
+name = "prod-db"
+roles = ["read", "write"]
+approval_channel = "C0APPROVALS"
+approvers = ["U0APPROVER1"]
+adapter = "demo"
+
+[adapters.demo]
+type = "noop"
+"#,
+        )
+        .unwrap()
+    }
+
+    fn req(text: &str) -> RequestInput {
+        match parse(text, &config()).unwrap() {
+            Command::Request(r) => r,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_documented_request_parses() {
+        let r = req("request prod-db:read 2h investigating INC-1234");
+        assert_eq!(r.resource, "prod-db");
+        assert_eq!(r.role.as_deref(), Some("read"));
+        assert_eq!(r.duration.unwrap().as_secs(), 7200);
+        assert_eq!(r.reason, "investigating INC-1234");
+    }
+
+    #[test]
+    fn duration_and_role_are_optional() {
+        let r = req("request prod-db 2fa reset for alice");
+        assert_eq!(
+            (r.role, r.duration, r.reason.as_str()),
+            (None, None, "2fa reset for alice")
+        );
+    }
+
+    #[test]
+    fn a_resource_name_alone_starts_a_request() {
+        assert_eq!(req("prod-db:write 30m fix").resource, "prod-db");
+    }
+
+    #[test]
+    fn empty_text_and_help_show_usage() {
+        assert_eq!(parse("", &config()).unwrap(), Command::Help);
+        assert_eq!(parse("  help ", &config()).unwrap(), Command::Help);
+        assert_eq!(parse("list", &config()).unwrap(), Command::List);
+    }
+
+    #[test]
+    fn a_malformed_duration_says_how_to_write_one() {
+        let e = parse("request prod-db 2 fix it", &config()).unwrap_err();
+        assert!(e.contains("write it like"), "{e}");
+    }
+
+    #[test]
+    fn unknown_commands_show_usage() {
+        let e = parse("frobnicate", &config()).unwrap_err();
+        assert!(
+            e.contains("don't know the command `frobnicate`") && e.contains("/jit request"),
+            "{e}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(text in "\\PC{0,80}") {
+            let _ = parse(&text, &config());
+        }
+
+        #[test]
+        fn reason_words_survive_parsing(words in proptest::collection::vec("[a-zA-Z][a-zA-Z0-9-]{0,10}", 1..8)) {
+            let reason = words.join(" ");
+            let r = req(&format!("request prod-db:read 1h {reason}"));
+            prop_assert_eq!(r.reason, reason);
+        }
+    }
+}

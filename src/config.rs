@@ -1,0 +1,793 @@
+//! The TOML configuration file, read into validated, typed settings.
+//!
+//! Every problem is reported with the file, the key and what to write instead, and all
+//! problems are reported at once so an operator fixes the file in one pass.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::duration::HumanDuration;
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "./jitgate.toml";
+/// Slack's Web API, unless overridden.
+pub const DEFAULT_SLACK_API_URL: &str = "https://slack.com/api";
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from, for messages.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub slack: SlackConfig,
+    pub requests: RequestsConfig,
+    pub jobs: JobsConfig,
+    pub resources: Vec<Resource>,
+    pub adapters: BTreeMap<String, AdapterConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[database]`
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// A `sqlite://` URL or a plain path.
+    pub url: String,
+}
+
+/// `[slack]`
+#[derive(Debug, Clone)]
+pub struct SlackConfig {
+    /// Base URL of the Web API, without a trailing slash.
+    pub api_url: String,
+    /// The slash command as installed, used in help texts.
+    pub command: String,
+}
+
+/// `[requests]`
+#[derive(Debug, Clone)]
+pub struct RequestsConfig {
+    /// A request nobody decided on is closed after this long.
+    pub pending_timeout: HumanDuration,
+    /// Longest reason accepted, in characters.
+    pub max_reason_length: usize,
+}
+
+/// `[jobs]`: how grant and revoke attempts are retried.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Attempts at a grant before it is marked failed.
+    pub grant_attempts: u32,
+    /// Wait after the first failure; doubles each time, with jitter.
+    pub backoff_initial: HumanDuration,
+    /// Longest wait between attempts.
+    pub backoff_max: HumanDuration,
+    /// A revoke that keeps failing is reported again this often.
+    pub revoke_alert_interval: HumanDuration,
+    /// Adapter calls running at once.
+    pub concurrency: usize,
+}
+
+/// One `[[resources]]` entry.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub name: String,
+    pub description: String,
+    /// Never empty; the first is the default.
+    pub roles: Vec<String>,
+    pub default_duration: HumanDuration,
+    pub max_duration: HumanDuration,
+    pub approval_channel: String,
+    pub approvers: Vec<String>,
+    pub approver_groups: Vec<String>,
+    pub approvals_required: u32,
+    pub adapter: String,
+}
+
+impl Resource {
+    /// The role used when a request names none.
+    pub fn default_role(&self) -> &str {
+        &self.roles[0]
+    }
+}
+
+/// One `[adapters.NAME]` table.
+#[derive(Debug, Clone)]
+pub enum AdapterConfig {
+    /// Runs a program.
+    Exec(ExecAdapterConfig),
+    /// Does nothing; for trying jitgate out and for benchmarks.
+    Noop,
+}
+
+impl AdapterConfig {
+    /// The `type` as written in the file.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            AdapterConfig::Exec(_) => "exec",
+            AdapterConfig::Noop => "noop",
+        }
+    }
+}
+
+/// `type = "exec"`
+#[derive(Debug, Clone)]
+pub struct ExecAdapterConfig {
+    /// argv; the first element is the program. Never run through a shell.
+    pub command: Vec<String>,
+    /// The program is killed after this long.
+    pub timeout: HumanDuration,
+    /// Extra environment variables for the program.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {} problem{} in the configuration:",
+            self.path.display(),
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- the file as written -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    slack: RawSlack,
+    #[serde(default)]
+    requests: RawRequests,
+    #[serde(default)]
+    jobs: RawJobs,
+    #[serde(default)]
+    resources: Vec<RawResource>,
+    #[serde(default)]
+    adapters: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:3000".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    #[serde(default = "default_db_url")]
+    url: String,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: default_db_url(),
+        }
+    }
+}
+
+fn default_db_url() -> String {
+    "sqlite://jitgate.db".into()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSlack {
+    api_url: Option<String>,
+    command: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRequests {
+    pending_timeout: Option<HumanDuration>,
+    max_reason_length: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    grant_attempts: Option<u32>,
+    backoff_initial: Option<HumanDuration>,
+    backoff_max: Option<HumanDuration>,
+    revoke_alert_interval: Option<HumanDuration>,
+    concurrency: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    default_duration: Option<HumanDuration>,
+    max_duration: Option<HumanDuration>,
+    approval_channel: String,
+    #[serde(default)]
+    approvers: Vec<String>,
+    #[serde(default)]
+    approver_groups: Vec<String>,
+    #[serde(default = "one")]
+    approvals_required: u32,
+    adapter: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    command: Vec<String>,
+    timeout: Option<HumanDuration>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNoop {}
+
+// ---- loading -------------------------------------------------------------------------
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        problems: vec![format!(
+            "cannot read the file: {e}; pass --config PATH or set JITGATE_CONFIG \
+             (manifest/jitgate.example.toml is a starting point)"
+        )],
+    })?;
+    parse(path, &text)
+}
+
+/// Validates configuration `text` as if read from `path` (relative adapter paths are
+/// resolved against the file's directory).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let fail = |problems: Vec<String>| ConfigError {
+        path: path.to_path_buf(),
+        problems,
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![toml_problem(&e, text)]))?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut problems = Vec::new();
+
+    let listen = match raw.server.listen.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            problems.push(format!(
+                "server.listen: `{}` is not an address; write it like \"0.0.0.0:3000\"",
+                raw.server.listen
+            ));
+            "0.0.0.0:3000".parse().expect("literal address")
+        }
+    };
+
+    let database = DatabaseConfig {
+        url: raw.database.url.trim().to_string(),
+    };
+    if database.url.is_empty() {
+        problems.push("database.url: empty; write it like \"sqlite://jitgate.db\"".into());
+    } else if database.url.contains("://") && !database.url.starts_with("sqlite://") {
+        problems.push(format!(
+            "database.url: `{}` is not a SQLite URL; write it like \"sqlite://jitgate.db\"",
+            database.url
+        ));
+    }
+
+    let api_url = raw
+        .slack
+        .api_url
+        .unwrap_or_else(|| DEFAULT_SLACK_API_URL.to_string())
+        .trim_end_matches('/')
+        .to_string();
+    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        problems.push(format!(
+            "slack.api_url: `{api_url}` must start with https:// (default {DEFAULT_SLACK_API_URL})"
+        ));
+    }
+    let command = raw.slack.command.unwrap_or_else(|| "/jit".into());
+    if !command.starts_with('/') || command.len() > 32 || command.contains(char::is_whitespace) {
+        problems.push(format!(
+            "slack.command: `{command}` must be a slash command like \"/jit\" (at most 32 characters)"
+        ));
+    }
+
+    let requests = RequestsConfig {
+        pending_timeout: raw
+            .requests
+            .pending_timeout
+            .unwrap_or(HumanDuration::from_secs(24 * 3600)),
+        max_reason_length: raw.requests.max_reason_length.unwrap_or(500),
+    };
+    if !(10..=2000).contains(&requests.max_reason_length) {
+        problems.push("requests.max_reason_length: must be between 10 and 2000".into());
+    }
+
+    let jobs = JobsConfig {
+        grant_attempts: raw.jobs.grant_attempts.unwrap_or(5),
+        backoff_initial: raw
+            .jobs
+            .backoff_initial
+            .unwrap_or(HumanDuration::from_secs(5)),
+        backoff_max: raw
+            .jobs
+            .backoff_max
+            .unwrap_or(HumanDuration::from_secs(300)),
+        revoke_alert_interval: raw
+            .jobs
+            .revoke_alert_interval
+            .unwrap_or(HumanDuration::from_secs(3600)),
+        concurrency: raw.jobs.concurrency.unwrap_or(8),
+    };
+    if jobs.grant_attempts == 0 || jobs.grant_attempts > 100 {
+        problems.push("jobs.grant_attempts: must be between 1 and 100".into());
+    }
+    if jobs.backoff_initial > jobs.backoff_max {
+        problems.push(format!(
+            "jobs.backoff_initial ({}) is longer than jobs.backoff_max ({})",
+            jobs.backoff_initial, jobs.backoff_max
+        ));
+    }
+    if jobs.concurrency == 0 || jobs.concurrency > 256 {
+        problems.push("jobs.concurrency: must be between 1 and 256".into());
+    }
+
+    let mut adapters = BTreeMap::new();
+    for (name, table) in raw.adapters {
+        let key = format!("adapters.{name}");
+        if !is_name(&name) {
+            problems.push(format!(
+                "{key}: adapter names use lowercase letters, digits, - and _ (like \"demo\")"
+            ));
+        }
+        match adapter_from_table(&key, table, &base_dir) {
+            Ok(a) => {
+                adapters.insert(name, a);
+            }
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+
+    let mut resources = Vec::new();
+    let mut seen = HashSet::new();
+    if raw.resources.is_empty() {
+        problems.push(
+            "resources: none configured; add at least one [[resources]] table \
+             (see manifest/jitgate.example.toml)"
+                .into(),
+        );
+    }
+    for (i, r) in raw.resources.into_iter().enumerate() {
+        let key = format!("resources[{i}] ({})", r.name);
+        if !is_name(&r.name) {
+            problems.push(format!(
+                "resources[{i}].name: `{}` must use lowercase letters, digits, - and _ (like \"prod-db\")",
+                r.name
+            ));
+        }
+        if !seen.insert(r.name.clone()) {
+            problems.push(format!(
+                "{key}.name: duplicate resource `{}`; names must be unique",
+                r.name
+            ));
+        }
+        let mut roles = r.roles;
+        if roles.is_empty() {
+            roles.push("default".into());
+        }
+        let mut role_seen = HashSet::new();
+        for role in &roles {
+            if !is_name(role) {
+                problems.push(format!(
+                    "{key}.roles: `{role}` must use lowercase letters, digits, - and _ (like \"read\")"
+                ));
+            }
+            if !role_seen.insert(role) {
+                problems.push(format!("{key}.roles: `{role}` is listed twice"));
+            }
+        }
+        let max_duration = r.max_duration.unwrap_or(HumanDuration::from_secs(4 * 3600));
+        let default_duration = r
+            .default_duration
+            .unwrap_or(max_duration.min(HumanDuration::from_secs(3600)));
+        if default_duration > max_duration {
+            problems.push(format!(
+                "{key}.default_duration ({default_duration}) is longer than max_duration ({max_duration}); \
+                 lower default_duration or raise max_duration"
+            ));
+        }
+        if !is_slack_id(&r.approval_channel, &['C', 'G']) {
+            problems.push(format!(
+                "{key}.approval_channel: `{}` is not a Slack channel ID; use the ID like \"C0123ABCD\" \
+                 (channel details → About, at the bottom), not the #name",
+                r.approval_channel
+            ));
+        }
+        for u in &r.approvers {
+            if !is_slack_id(u, &['U', 'W']) {
+                problems.push(format!(
+                    "{key}.approvers: `{u}` is not a Slack user ID; use the member ID like \"U0123ABCD\" \
+                     (profile → ⋮ → Copy member ID), not a name or e-mail"
+                ));
+            }
+        }
+        for g in &r.approver_groups {
+            if !is_slack_id(g, &['S']) {
+                problems.push(format!(
+                    "{key}.approver_groups: `{g}` is not a Slack user group ID; use the ID like \"S0123ABCD\""
+                ));
+            }
+        }
+        if r.approvers.is_empty() && r.approver_groups.is_empty() {
+            problems.push(format!(
+                "{key}: nobody can approve; add approvers = [\"U…\"] or approver_groups = [\"S…\"]"
+            ));
+        }
+        let distinct_approvers: HashSet<_> = r.approvers.iter().collect();
+        if r.approvals_required == 0 {
+            problems.push(format!("{key}.approvals_required: must be at least 1"));
+        } else if r.approver_groups.is_empty()
+            && (r.approvals_required as usize) > distinct_approvers.len()
+        {
+            problems.push(format!(
+                "{key}.approvals_required: {} approvals needed but only {} approvers listed; \
+                 add approvers or lower approvals_required",
+                r.approvals_required,
+                distinct_approvers.len()
+            ));
+        }
+        if !adapters.contains_key(&r.adapter) {
+            let known: Vec<_> = adapters.keys().cloned().collect();
+            problems.push(format!(
+                "{key}.adapter: unknown adapter `{}`; define [adapters.{}] or use one of: {}",
+                r.adapter,
+                r.adapter,
+                if known.is_empty() {
+                    "(none defined)".into()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+        resources.push(Resource {
+            name: r.name,
+            description: r.description,
+            roles,
+            default_duration,
+            max_duration,
+            approval_channel: r.approval_channel,
+            approvers: r.approvers,
+            approver_groups: r.approver_groups,
+            approvals_required: r.approvals_required,
+            adapter: r.adapter,
+        });
+    }
+
+    if !problems.is_empty() {
+        return Err(fail(problems));
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        server: ServerConfig { listen },
+        database,
+        slack: SlackConfig { api_url, command },
+        requests,
+        jobs,
+        resources,
+        adapters,
+    })
+}
+
+impl Config {
+    /// The resource called `name`.
+    pub fn resource(&self, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.name == name)
+    }
+}
+
+fn adapter_from_table(
+    key: &str,
+    mut table: toml::Table,
+    base_dir: &Path,
+) -> Result<AdapterConfig, Vec<String>> {
+    let Some(kind) = table.remove("type") else {
+        return Err(vec![format!(
+            "{key}.type: missing; write type = \"exec\" (or \"noop\")"
+        )]);
+    };
+    let kind = kind.as_str().unwrap_or_default().to_string();
+    let value = toml::Value::Table(table);
+    match kind.as_str() {
+        "exec" => {
+            let raw: RawExec = value
+                .try_into()
+                .map_err(|e: toml::de::Error| vec![format!("{key}: {}", e.message())])?;
+            let mut problems = Vec::new();
+            let mut command = raw.command;
+            match command.first_mut() {
+                None => problems.push(format!(
+                    "{key}.command: empty; write the program and its arguments as a list, \
+                     like [\"/usr/local/bin/jit-grant\"]"
+                )),
+                Some(program) => {
+                    let p = Path::new(program.as_str());
+                    let resolved = if p.is_relative() && program.contains('/') {
+                        base_dir.join(p)
+                    } else {
+                        p.to_path_buf()
+                    };
+                    if resolved.is_absolute() || program.contains('/') {
+                        if !resolved.is_file() {
+                            problems.push(format!(
+                                "{key}.command: `{}` does not exist or is not a file",
+                                resolved.display()
+                            ));
+                        } else if !is_executable(&resolved) {
+                            problems.push(format!(
+                                "{key}.command: `{}` is not executable; run chmod +x on it",
+                                resolved.display()
+                            ));
+                        }
+                        *program = resolved.to_string_lossy().into_owned();
+                    }
+                }
+            }
+            for k in raw.env.keys() {
+                if k.is_empty() || k.starts_with("JIT_") || k.contains('=') {
+                    problems.push(format!(
+                        "{key}.env: `{k}` is not allowed; JIT_* names are set by jitgate"
+                    ));
+                }
+            }
+            if !problems.is_empty() {
+                return Err(problems);
+            }
+            Ok(AdapterConfig::Exec(ExecAdapterConfig {
+                command,
+                timeout: raw.timeout.unwrap_or(HumanDuration::from_secs(30)),
+                env: raw.env,
+            }))
+        }
+        "noop" => {
+            let _: RawNoop = value
+                .try_into()
+                .map_err(|e: toml::de::Error| vec![format!("{key}: {}", e.message())])?;
+            Ok(AdapterConfig::Noop)
+        }
+        other => Err(vec![format!(
+            "{key}.type: unknown adapter type `{other}`; use \"exec\" or \"noop\""
+        )]),
+    }
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(not(unix))]
+fn is_executable(_path: &Path) -> bool {
+    true
+}
+
+fn toml_problem(e: &toml::de::Error, text: &str) -> String {
+    // The toml crate's message names the key; add the line so the operator can find it.
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// Names of resources, roles and adapters: what users type after `/jit request`.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// A Slack ID: one of `prefixes`, then upper-case letters and digits.
+pub fn is_slack_id(s: &str, prefixes: &[char]) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if prefixes.contains(&c))
+        && s.len() >= 3
+        && s.len() <= 24
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:3000"
+
+[[resources]]
+name = "prod-db"
+roles = ["read", "write"]
+default_duration = "1h"
+max_duration = "4h"
+approval_channel = "C0APPROVALS"
+approvers = ["U0APPROVER1", "U0APPROVER2"]
+approver_groups = ["S0DBAS"]
+adapter = "demo"
+
+[adapters.demo]
+type = "noop"
+"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(Path::new("test.toml"), text).unwrap_err().problems
+    }
+
+    #[test]
+    fn a_good_file_loads_with_defaults() {
+        let c = parse(Path::new("test.toml"), GOOD).unwrap();
+        let r = c.resource("prod-db").unwrap();
+        assert_eq!(r.default_role(), "read");
+        assert_eq!(r.approvals_required, 1);
+        assert_eq!(c.slack.api_url, DEFAULT_SLACK_API_URL);
+        assert_eq!(c.requests.pending_timeout.as_secs(), 86_400);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let p =
+            problems(&GOOD.replace("adapter = \"demo\"", "adapter = \"demo\"\napprover = \"x\""));
+        assert!(p[0].contains("unknown field `approver`"), "{p:?}");
+    }
+
+    #[test]
+    fn default_above_max_is_refused_with_both_values() {
+        let p = problems(&GOOD.replace("default_duration = \"1h\"", "default_duration = \"5h\""));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("default_duration (5h) is longer than max_duration (4h)")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_adapter_and_bad_ids_are_all_reported() {
+        let text = GOOD
+            .replace("adapter = \"demo\"", "adapter = \"nope\"")
+            .replace("\"U0APPROVER1\"", "\"alice\"")
+            .replace("C0APPROVALS", "#approvals");
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|m| m.contains("unknown adapter `nope`")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("`alice` is not a Slack user ID")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("`#approvals` is not a Slack channel ID")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_resources_are_refused() {
+        let dup = GOOD
+            .split("[adapters.demo]")
+            .next()
+            .unwrap()
+            .split("[[resources]]")
+            .nth(1)
+            .unwrap();
+        let text = format!("{GOOD}\n[[resources]]{dup}");
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|m| m.contains("duplicate resource `prod-db`")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_durations_say_how_to_write_them() {
+        let p = problems(&GOOD.replace("\"4h\"", "\"4 hours\""));
+        assert!(p[0].contains("write it like 45s"), "{p:?}");
+    }
+
+    #[test]
+    fn more_approvals_than_approvers_is_refused() {
+        let text = GOOD.replace(
+            "approver_groups = [\"S0DBAS\"]\n",
+            "approvals_required = 3\n",
+        );
+        let p = problems(&text);
+        assert!(
+            p.iter()
+                .any(|m| m.contains("3 approvals needed but only 2 approvers")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn exec_adapter_requires_an_existing_program() {
+        let text = GOOD.replace(
+            "type = \"noop\"",
+            "type = \"exec\"\ncommand = [\"/nonexistent/jit-grant\"]",
+        );
+        let p = problems(&text);
+        assert!(
+            p.iter()
+                .any(|m| m.contains("/nonexistent/jit-grant` does not exist")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let e = parse(Path::new("/etc/jitgate.toml"), "nonsense = 1").unwrap_err();
+        assert!(
+            e.to_string().starts_with("/etc/jitgate.toml: 1 problem"),
+            "{e}"
+        );
+    }
+}

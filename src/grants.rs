@@ -1,0 +1,350 @@
+//! The grant lifecycle: approved → granting → active → revoked (or failed), and the
+//! time-out of requests nobody decided on. Each step runs as a durable job (see
+//! `scheduler`); adapter calls happen outside any database transaction.
+
+use std::time::Duration;
+
+use chrono::DateTime;
+use serde_json::json;
+
+use crate::adapters::{AdapterError, GrantContext};
+use crate::duration::HumanDuration;
+use crate::requests::label;
+use crate::scheduler::backoff;
+use crate::slack::cards::slack_date;
+use crate::store::{
+    self, GrantRow, GrantState, JobKind, JobRow, Outgoing, RequestRow, RequestState,
+};
+use crate::{audit, AppState};
+
+/// Runs one claimed job to its next state.
+pub async fn run_job(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+    match job.kind {
+        JobKind::Grant => run_grant(app, job).await,
+        JobKind::Revoke => run_revoke(app, job).await,
+        JobKind::ExpireRequest => expire_request(app, job).await,
+    }
+}
+
+async fn load(app: &AppState, request_id: i64) -> anyhow::Result<(RequestRow, Option<GrantRow>)> {
+    let mut conn = app.db.read.acquire().await?;
+    let request = store::get_request(&mut conn, request_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("request {request_id} vanished"))?;
+    let grant = store::grant_of(&mut conn, request_id).await?;
+    Ok((request, grant))
+}
+
+fn context(grant: &GrantRow, request: &RequestRow, expires_at_ms: i64) -> GrantContext {
+    GrantContext {
+        grant_id: grant.id,
+        request_id: request.id,
+        user_id: grant.user_id.clone(),
+        resource: grant.resource.clone(),
+        role: grant.role.clone(),
+        duration_secs: grant.duration_secs,
+        expires_at: DateTime::from_timestamp_millis(expires_at_ms).unwrap_or_default(),
+        reason: request.reason.clone(),
+        state: grant.adapter_state.clone(),
+    }
+}
+
+fn jittered(app: &AppState, attempt: i64) -> Duration {
+    let jobs = &app.config.jobs;
+    backoff(
+        jobs.backoff_initial.to_std(),
+        jobs.backoff_max.to_std(),
+        attempt as u32,
+        rand::random::<f64>(),
+    )
+}
+
+async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+    let (request, grant) = load(app, job.request_id).await?;
+    let Some(grant) = grant.filter(|g| g.state == GrantState::Granting) else {
+        let mut tx = app.db.begin().await?;
+        store::finish_job(&mut tx, job.id, false, app.now_ms()).await?;
+        tx.commit().await?;
+        return Ok(());
+    };
+    let started = app.now_ms();
+    let planned_expiry = started + grant.duration_secs * 1000;
+    let result = match app.adapters.get(&grant.adapter) {
+        Some(adapter) => {
+            adapter
+                .grant(&context(&grant, &request, planned_expiry))
+                .await
+        }
+        None => Err(AdapterError::Temporary(format!(
+            "adapter `{}` is not in the configuration",
+            grant.adapter
+        ))),
+    };
+    let now = app.now_ms();
+    let what = format!("`{}:{}`", grant.resource, grant.role);
+    let mut tx = app.db.begin().await?;
+    match result {
+        Ok(state) => {
+            // The clock starts when the grant succeeded, not when it was asked for.
+            let expires_at = now + grant.duration_secs * 1000;
+            if store::activate_grant(&mut tx, grant.id, now, expires_at, state.as_deref()).await? {
+                store::insert_job(&mut tx, request.id, JobKind::Revoke, expires_at, now).await?;
+                audit::append(
+                    &mut tx,
+                    now,
+                    audit::SYSTEM_ACTOR,
+                    "grant.active",
+                    Some(request.id),
+                    json!({ "grant_id": grant.id, "adapter": grant.adapter, "granted_at": now, "expires_at": expires_at,
+                            "attempt": job.attempts + 1 }),
+                )
+                .await?;
+                store::enqueue(
+                    &mut tx,
+                    &Outgoing::message(
+                        &grant.user_id,
+                        format!(
+                            ":key: You have {what} now ({}). It ends {}.",
+                            label(request.id),
+                            slack_date(expires_at)
+                        ),
+                        Some(request.id),
+                    ),
+                    now,
+                )
+                .await?;
+                store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
+            }
+            store::finish_job(&mut tx, job.id, false, now).await?;
+        }
+        Err(err) => {
+            let attempts = job.attempts + 1;
+            let permanent = matches!(err, AdapterError::Permanent(_));
+            let message = err.to_string();
+            if permanent || attempts >= app.config.jobs.grant_attempts as i64 {
+                store::fail_grant(&mut tx, grant.id, &message).await?;
+                store::finish_job(&mut tx, job.id, true, now).await?;
+                // Clean up whatever a failed attempt may have left half-applied.
+                store::insert_job(&mut tx, request.id, JobKind::Revoke, now, now).await?;
+                audit::append(
+                    &mut tx,
+                    now,
+                    audit::SYSTEM_ACTOR,
+                    "grant.failed",
+                    Some(request.id),
+                    json!({ "grant_id": grant.id, "adapter": grant.adapter, "attempts": attempts, "error": message }),
+                )
+                .await?;
+                let text = format!(
+                    ":x: Granting {what} for {} failed after {attempts} attempt{}: {}. Nothing is in force.",
+                    label(request.id),
+                    if attempts == 1 { "" } else { "s" },
+                    crate::slack::payloads::escape(&message)
+                );
+                store::enqueue(
+                    &mut tx,
+                    &Outgoing::message(&grant.user_id, text.clone(), Some(request.id)),
+                    now,
+                )
+                .await?;
+                store::enqueue(
+                    &mut tx,
+                    &Outgoing::message(&request.approval_channel, text, Some(request.id)),
+                    now,
+                )
+                .await?;
+            } else {
+                let retry_at = now + jittered(app, attempts).as_millis() as i64;
+                store::retry_job(&mut tx, job.id, retry_at, &message, None).await?;
+                store::set_grant_error(&mut tx, grant.id, &message).await?;
+                audit::append(
+                    &mut tx,
+                    now,
+                    audit::SYSTEM_ACTOR,
+                    "grant.attempt_failed",
+                    Some(request.id),
+                    json!({ "grant_id": grant.id, "attempt": attempts, "error": message, "retry_at": retry_at }),
+                )
+                .await?;
+            }
+            store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
+        }
+    }
+    tx.commit().await?;
+    app.wake_outbox();
+    app.wake_scheduler();
+    Ok(())
+}
+
+async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+    let (request, grant) = load(app, job.request_id).await?;
+    let Some(grant) = grant.filter(|g| matches!(g.state, GrantState::Active | GrantState::Failed))
+    else {
+        let mut tx = app.db.begin().await?;
+        store::finish_job(&mut tx, job.id, false, app.now_ms()).await?;
+        tx.commit().await?;
+        return Ok(());
+    };
+    let cleanup = grant.state == GrantState::Failed;
+    let due = grant.expires_at.unwrap_or(job.run_at);
+    let result = match app.adapters.get(&grant.adapter) {
+        Some(adapter) => adapter.revoke(&context(&grant, &request, due)).await,
+        None => Err(AdapterError::Temporary(format!(
+            "adapter `{}` is not in the configuration; restore it so the access can be revoked",
+            grant.adapter
+        ))),
+    };
+    let now = app.now_ms();
+    let what = format!("`{}:{}`", grant.resource, grant.role);
+    let mut tx = app.db.begin().await?;
+    match result {
+        Ok(()) => {
+            if cleanup {
+                audit::append(
+                    &mut tx,
+                    now,
+                    audit::SYSTEM_ACTOR,
+                    "grant.cleaned_up",
+                    Some(request.id),
+                    json!({ "grant_id": grant.id }),
+                )
+                .await?;
+            } else if store::revoke_grant(&mut tx, grant.id, now, "expiry").await? {
+                audit::append(
+                    &mut tx,
+                    now,
+                    audit::SYSTEM_ACTOR,
+                    "grant.revoked",
+                    Some(request.id),
+                    json!({ "grant_id": grant.id, "adapter": grant.adapter, "expires_at": due, "revoked_at": now,
+                            "late_ms": now - due, "attempt": job.attempts + 1 }),
+                )
+                .await?;
+                store::enqueue(
+                    &mut tx,
+                    &Outgoing::message(
+                        &grant.user_id,
+                        format!(
+                            ":lock: Your access to {what} ({}) has ended.",
+                            label(request.id)
+                        ),
+                        Some(request.id),
+                    ),
+                    now,
+                )
+                .await?;
+                if job.attempts > 0 {
+                    store::enqueue(
+                        &mut tx,
+                        &Outgoing::message(
+                            &request.approval_channel,
+                            format!(
+                                ":white_check_mark: Revoking {what} for <@{}> ({}) succeeded after {} failed attempt{}.",
+                                grant.user_id,
+                                label(request.id),
+                                job.attempts,
+                                if job.attempts == 1 { "" } else { "s" }
+                            ),
+                            Some(request.id),
+                        ),
+                        now,
+                    )
+                    .await?;
+                }
+            }
+            store::finish_job(&mut tx, job.id, false, now).await?;
+        }
+        Err(err) => {
+            // A revoke never gives up: access that should have ended is the worst failure.
+            let attempts = job.attempts + 1;
+            let message = err.to_string();
+            let retry_at = now + jittered(app, attempts).as_millis() as i64;
+            let alert_every = app.config.jobs.revoke_alert_interval.as_secs() as i64 * 1000;
+            let alert = job.last_alert_at.is_none_or(|at| now - at >= alert_every);
+            store::retry_job(&mut tx, job.id, retry_at, &message, alert.then_some(now)).await?;
+            store::set_grant_error(&mut tx, grant.id, &message).await?;
+            audit::append(
+                &mut tx,
+                now,
+                audit::SYSTEM_ACTOR,
+                "revoke.attempt_failed",
+                Some(request.id),
+                json!({ "grant_id": grant.id, "attempt": attempts, "error": message, "retry_at": retry_at }),
+            )
+            .await?;
+            if alert {
+                store::enqueue(
+                    &mut tx,
+                    &Outgoing::message(
+                        &request.approval_channel,
+                        format!(
+                            ":rotating_light: Revoking {what} for <@{}> ({}) is failing: {}. It was due {}; \
+                             jitgate keeps retrying (attempt {attempts}, next {}). Check the `{}` adapter.",
+                            grant.user_id,
+                            label(request.id),
+                            crate::slack::payloads::escape(&message),
+                            slack_date(due),
+                            slack_date(retry_at),
+                            grant.adapter
+                        ),
+                        Some(request.id),
+                    ),
+                    now,
+                )
+                .await?;
+            }
+        }
+    }
+    store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
+    tx.commit().await?;
+    app.wake_outbox();
+    app.wake_scheduler();
+    Ok(())
+}
+
+async fn expire_request(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    if store::transition_request(
+        &mut tx,
+        job.request_id,
+        RequestState::Pending,
+        RequestState::Expired,
+        now,
+    )
+    .await?
+    {
+        if let Some(r) = store::get_request(&mut tx, job.request_id).await? {
+            audit::append(
+                &mut tx,
+                now,
+                audit::SYSTEM_ACTOR,
+                "request.expired",
+                Some(r.id),
+                json!({ "pending_timeout_secs": app.config.requests.pending_timeout.as_secs() }),
+            )
+            .await?;
+            store::enqueue(
+                &mut tx,
+                &Outgoing::message(
+                    &r.requester_id,
+                    format!(
+                        ":hourglass: Your request {} for `{}:{}` expired: nobody decided within {}. Ask again if you still need it.",
+                        label(r.id),
+                        r.resource,
+                        r.role,
+                        HumanDuration::from_secs(app.config.requests.pending_timeout.as_secs())
+                    ),
+                    Some(r.id),
+                ),
+                now,
+            )
+            .await?;
+            store::enqueue(&mut tx, &Outgoing::update_card(r.id), now).await?;
+        }
+    }
+    store::finish_job(&mut tx, job.id, false, now).await?;
+    tx.commit().await?;
+    app.wake_outbox();
+    Ok(())
+}

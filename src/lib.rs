@@ -1,0 +1,221 @@
+//! jitgate: just-in-time access through Slack.
+//!
+//! `start` builds the whole service from a validated configuration; `main.rs`, the
+//! integration tests and the benchmarks all use it, so they run the same code.
+
+pub mod adapters;
+pub mod approvals;
+pub mod audit;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod duration;
+pub mod grants;
+pub mod http;
+pub mod requests;
+pub mod scheduler;
+pub mod slack;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::adapters::{Adapter, Adapters};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::slack::client::SlackApi;
+use crate::store::{Db, Outgoing};
+
+/// Secrets, read from the environment only. Never logged: `Debug` redacts them.
+#[derive(Clone)]
+pub struct Secrets {
+    pub bot_token: String,
+    pub signing_secret: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { <redacted> }")
+    }
+}
+
+impl Secrets {
+    /// Reads `SLACK_BOT_TOKEN` and `SLACK_SIGNING_SECRET`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let get = |name: &str, hint: &str| match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+            _ => Err(anyhow::anyhow!("{name} is not set; {hint}")),
+        };
+        Ok(Self {
+            bot_token: get(
+                "SLACK_BOT_TOKEN",
+                "set it to the app's Bot User OAuth Token (xoxb-…, under OAuth & Permissions)",
+            )?,
+            signing_secret: get(
+                "SLACK_SIGNING_SECRET",
+                "set it to the app's Signing Secret (under Basic Information)",
+            )?,
+        })
+    }
+}
+
+/// Everything a request handler or background task needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub clock: SharedClock,
+    pub slack: SlackApi,
+    pub adapters: Arc<Adapters>,
+    pub(crate) signing_secret: Arc<[u8]>,
+    pub(crate) scheduler_wake: Arc<Notify>,
+    pub(crate) outbox_wake: Arc<Notify>,
+    pub(crate) job_permits: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    /// Now, in unix milliseconds, from the injected clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
+    /// Tells the scheduler that a job may be due sooner than it thought.
+    pub fn wake_scheduler(&self) {
+        self.scheduler_wake.notify_one();
+    }
+
+    /// Tells the outbox worker there is something to send.
+    pub fn wake_outbox(&self) {
+        self.outbox_wake.notify_one();
+    }
+
+    /// Queues one Slack message on its own (outside any other change).
+    pub async fn send_now(&self, message: Outgoing) -> anyhow::Result<()> {
+        let mut conn = self.db.write.acquire().await?;
+        store::enqueue(&mut conn, &message, self.now_ms()).await?;
+        drop(conn);
+        self.wake_outbox();
+        Ok(())
+    }
+}
+
+/// How to run: the clock, and adapters to use instead of the configured ones (tests).
+#[derive(Clone)]
+pub struct Options {
+    pub clock: SharedClock,
+    pub adapter_overrides: Vec<(String, Arc<dyn Adapter>)>,
+    /// How long running adapter calls may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(clock::SystemClock),
+            adapter_overrides: Vec::new(),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A running jitgate.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state, for tests and benchmarks to inspect.
+    pub state: AppState,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+}
+
+impl Running {
+    /// Stops taking requests, lets running work finish (bounded), then closes the database.
+    /// Interrupted jobs are resumed at the next start.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.state.shutdown.cancel();
+        let served = self.server.await;
+        self.state.tasks.close();
+        if tokio::time::timeout(self.grace, self.state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "some work did not finish in time; it resumes at the next start");
+        }
+        self.state.db.close().await;
+        tracing::info!("jitgate stopped");
+        served
+            .context("server task panicked")?
+            .context("server error")?;
+        Ok(())
+    }
+
+    /// Waits until shutdown is requested through the state's token, then shuts down.
+    pub async fn until_shutdown(self) -> anyhow::Result<()> {
+        self.state.shutdown.cancelled().await;
+        self.shutdown().await
+    }
+}
+
+/// Opens the database, resumes interrupted work, and serves on `listener`.
+pub async fn start(
+    config: Config,
+    secrets: Secrets,
+    options: Options,
+    listener: TcpListener,
+) -> anyhow::Result<Running> {
+    let db = Db::open(&config.database.url).await?;
+    {
+        let mut conn = db.write.acquire().await?;
+        let resumed = store::recover_running_jobs(&mut conn).await?;
+        if resumed > 0 {
+            tracing::warn!(jobs = resumed, "resuming jobs interrupted by the last stop");
+        }
+    }
+    let mut adapters = Adapters::from_config(&config);
+    for (name, adapter) in options.adapter_overrides {
+        adapters.insert(&name, adapter);
+    }
+    let concurrency = config.jobs.concurrency;
+    let state = AppState {
+        slack: SlackApi::new(&config.slack.api_url, &secrets.bot_token),
+        config: Arc::new(config),
+        db,
+        clock: options.clock,
+        adapters: Arc::new(adapters),
+        signing_secret: Arc::from(secrets.signing_secret.into_bytes()),
+        scheduler_wake: Arc::new(Notify::new()),
+        outbox_wake: Arc::new(Notify::new()),
+        job_permits: Arc::new(Semaphore::new(concurrency)),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    };
+    // Overdue revokes first: claim what is due before the first request is served.
+    scheduler::claim_and_spawn(&state, state.now_ms()).await?;
+    state.tasks.spawn(scheduler::run(state.clone()));
+    state.tasks.spawn(slack::outbox::run(state.clone()));
+
+    let addr = listener.local_addr()?;
+    let app = http::router(state.clone());
+    let token = state.shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, "jitgate listening");
+    Ok(Running {
+        addr,
+        state,
+        server,
+        grace: options.shutdown_grace,
+    })
+}

@@ -1,0 +1,162 @@
+//! The `jitgate` command line. The work happens in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use jitgate::config::{self, DEFAULT_CONFIG_PATH};
+
+#[derive(Parser)]
+#[command(name = "jitgate", version, about = "Just-in-time access through Slack")]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "JITGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bot.
+    Serve,
+    /// Check the configuration file and exit (non-zero if it has problems).
+    CheckConfig,
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that no audit entry was edited, inserted or deleted.
+    Verify,
+    /// Print the audit log as JSON lines.
+    Export {
+        /// Only entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("JITGATE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::CheckConfig => {
+            println!(
+                "{}: OK ({} resource{}, {} adapter{})",
+                config.path.display(),
+                config.resources.len(),
+                if config.resources.len() == 1 { "" } else { "s" },
+                config.adapters.len(),
+                if config.adapters.len() == 1 { "" } else { "s" }
+            );
+            for var in ["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"] {
+                if std::env::var(var)
+                    .map(|v| v.trim().is_empty())
+                    .unwrap_or(true)
+                {
+                    println!("note: {var} is not set; `jitgate serve` needs it");
+                }
+            }
+            Ok(())
+        }
+        Command::Serve => serve(config).await,
+        Command::Audit { command } => audit(config, command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: config::Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let secrets = jitgate::Secrets::from_env()?;
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {listen} (server.listen in {})",
+                config.path.display()
+            )
+        })?;
+    let running = jitgate::start(config, secrets, jitgate::Options::default(), listener).await?;
+    let token = running.state.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    running.until_shutdown().await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn audit(config: config::Config, command: AuditCommand) -> anyhow::Result<()> {
+    let db = jitgate::store::Db::open(&config.database.url).await?;
+    let mut conn = db.read.acquire().await?;
+    match command {
+        AuditCommand::Verify => match jitgate::audit::verify_chain(&mut conn).await? {
+            Ok(n) => println!("audit log intact: {n} entries verified"),
+            Err(e) => anyhow::bail!("audit log damaged: {e}"),
+        },
+        AuditCommand::Export { after } => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let mut last = after;
+            loop {
+                let batch = jitgate::audit::entries(&mut conn, last, 10_000).await?;
+                let Some(end) = batch.last().map(|e| e.seq) else {
+                    break;
+                };
+                for e in &batch {
+                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                }
+                last = end;
+            }
+        }
+    }
+    drop(conn);
+    db.close().await;
+    Ok(())
+}

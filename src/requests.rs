@@ -1,0 +1,289 @@
+//! Access requests: how they are named, validated against the configuration, and stored.
+
+use serde_json::json;
+
+use crate::config::{Config, Resource};
+use crate::duration::HumanDuration;
+use crate::store::{self, JobKind, NewRequest, Outgoing};
+use crate::{audit, AppState};
+
+/// How users see and type a request id.
+pub fn label(id: i64) -> String {
+    format!("JIT-{id}")
+}
+
+/// Reads a request id as users type it: `JIT-42`, `jit-42`, `#42` or `42`.
+pub fn parse_label(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let digits = t
+        .strip_prefix("JIT-")
+        .or_else(|| t.strip_prefix("jit-"))
+        .or_else(|| t.strip_prefix("Jit-"))
+        .or_else(|| t.strip_prefix('#'))
+        .unwrap_or(t);
+    if digits.is_empty() || digits.len() > 15 || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|n| *n > 0)
+}
+
+/// A request as typed, before it is checked against the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestInput {
+    pub resource: String,
+    pub role: Option<String>,
+    pub duration: Option<HumanDuration>,
+    pub reason: String,
+}
+
+/// A request that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidRequest {
+    pub resource: String,
+    pub role: String,
+    pub duration: HumanDuration,
+    pub reason: String,
+    pub approval_channel: String,
+    pub approvals_required: u32,
+}
+
+fn resource_summary(r: &Resource) -> String {
+    let mut s = format!(
+        "`{}` (roles: {}; up to {})",
+        r.name,
+        r.roles.join(", "),
+        r.max_duration
+    );
+    if !r.description.is_empty() {
+        s.push_str(&format!(
+            " — {}",
+            crate::slack::payloads::escape(&r.description)
+        ));
+    }
+    s
+}
+
+/// The configured resources, one per line, for help and error texts.
+pub fn resource_list(config: &Config) -> String {
+    config
+        .resources
+        .iter()
+        .map(|r| format!("• {}", resource_summary(r)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Checks a typed request against the configuration. The error is the reply to show.
+pub fn validate(config: &Config, input: &RequestInput) -> Result<ValidRequest, String> {
+    let cmd = &config.slack.command;
+    let Some(resource) = config.resource(&input.resource) else {
+        return Err(format!(
+            "There is no resource called `{}`. You can ask for:\n{}\nFor example: `{cmd} request {}:{} {} <reason>`",
+            crate::slack::payloads::escape(&input.resource),
+            resource_list(config),
+            config.resources[0].name,
+            config.resources[0].default_role(),
+            config.resources[0].default_duration,
+        ));
+    };
+    let role = match &input.role {
+        Some(role) if !resource.roles.contains(role) => {
+            return Err(format!(
+                "`{}` has no role `{}`. Its roles are: {}.",
+                resource.name,
+                crate::slack::payloads::escape(role),
+                resource.roles.join(", ")
+            ));
+        }
+        Some(role) => role.clone(),
+        None => resource.default_role().to_string(),
+    };
+    let duration = input.duration.unwrap_or(resource.default_duration);
+    if duration > resource.max_duration {
+        return Err(format!(
+            "{duration} is longer than the {} allowed for `{}`. Ask for {} or less, for example `{cmd} request {}:{role} {} {}`.",
+            resource.max_duration,
+            resource.name,
+            resource.max_duration,
+            resource.name,
+            resource.max_duration,
+            if input.reason.is_empty() { "<reason>" } else { "…" },
+        ));
+    }
+    let reason = input.reason.trim().to_string();
+    if reason.is_empty() {
+        return Err(format!(
+            "Please say why you need access, for example: `{cmd} request {}:{role} {duration} investigating INC-1234`",
+            resource.name
+        ));
+    }
+    let len = reason.chars().count();
+    if len > config.requests.max_reason_length {
+        return Err(format!(
+            "Your reason is {len} characters long; please keep it under {} (link to a ticket instead).",
+            config.requests.max_reason_length
+        ));
+    }
+    Ok(ValidRequest {
+        resource: resource.name.clone(),
+        role,
+        duration,
+        reason,
+        approval_channel: resource.approval_channel.clone(),
+        approvals_required: resource.approvals_required,
+    })
+}
+
+/// Who asked, and from where.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub user_id: String,
+    pub team_id: String,
+    pub channel_id: String,
+}
+
+/// Stores a validated request with its audit entry, its card and its time-out, in one
+/// commit. Returns the new request id.
+pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyhow::Result<i64> {
+    let now = app.now_ms();
+    let new = NewRequest {
+        requester_id: who.user_id.clone(),
+        team_id: who.team_id.clone(),
+        resource: req.resource.clone(),
+        role: req.role.clone(),
+        duration_secs: req.duration.as_secs() as i64,
+        reason: req.reason.clone(),
+        origin_channel: who.channel_id.clone(),
+        approval_channel: req.approval_channel.clone(),
+        approvals_required: req.approvals_required as i64,
+        created_at: now,
+    };
+    let mut tx = app.db.begin().await?;
+    let id = store::insert_request(&mut tx, &new).await?;
+    audit::append(
+        &mut tx,
+        now,
+        &who.user_id,
+        "request.created",
+        Some(id),
+        json!({
+            "resource": req.resource,
+            "role": req.role,
+            "duration_secs": req.duration.as_secs(),
+            "reason": req.reason,
+            "channel": who.channel_id,
+            "approval_channel": req.approval_channel,
+            "approvals_required": req.approvals_required,
+        }),
+    )
+    .await?;
+    store::enqueue(&mut tx, &Outgoing::post_card(id), now).await?;
+    let timeout_at = now + app.config.requests.pending_timeout.as_secs() as i64 * 1000;
+    store::insert_job(&mut tx, id, JobKind::ExpireRequest, timeout_at, now).await?;
+    tx.commit().await?;
+    app.wake_outbox();
+    app.wake_scheduler();
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        crate::config::parse(
+            Path::new("t.toml"),
+            r#"
+[[resources]]
+name = "prod-db"
+description = "Production PostgreSQL"
+roles = ["read", "write"]
+default_duration = "1h"
+max_duration = "4h"
+approval_channel = "C0APPROVALS"
+approvers = ["U0APPROVER1"]
+adapter = "demo"
+
+[adapters.demo]
+type = "noop"
+"#,
+        )
+        .unwrap()
+    }
+
+    fn input(
+        resource: &str,
+        role: Option<&str>,
+        duration: Option<&str>,
+        reason: &str,
+    ) -> RequestInput {
+        RequestInput {
+            resource: resource.into(),
+            role: role.map(Into::into),
+            duration: duration.map(|d| d.parse().unwrap()),
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn labels_round_trip_in_every_typed_form() {
+        assert_eq!(label(42), "JIT-42");
+        for t in ["JIT-42", "jit-42", "#42", "42", " 42 "] {
+            assert_eq!(parse_label(t), Some(42), "{t}");
+        }
+        for t in [
+            "",
+            "JIT-",
+            "x42",
+            "-1",
+            "0",
+            "JIT-4 2",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_label(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn defaults_fill_role_and_duration() {
+        let v = validate(&config(), &input("prod-db", None, None, "debugging")).unwrap();
+        assert_eq!((v.role.as_str(), v.duration.as_secs()), ("read", 3600));
+    }
+
+    #[test]
+    fn unknown_resource_lists_what_exists() {
+        let e = validate(&config(), &input("prod", None, None, "x")).unwrap_err();
+        assert!(
+            e.contains("no resource called `prod`")
+                && e.contains("`prod-db` (roles: read, write; up to 4h)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_role_lists_the_roles() {
+        let e = validate(&config(), &input("prod-db", Some("admin"), None, "x")).unwrap_err();
+        assert!(
+            e.contains("no role `admin`") && e.contains("read, write"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duration_above_max_names_the_max() {
+        let e = validate(&config(), &input("prod-db", None, Some("5h"), "x")).unwrap_err();
+        assert!(e.starts_with("5h is longer than the 4h allowed"), "{e}");
+    }
+
+    #[test]
+    fn empty_and_overlong_reasons_are_refused() {
+        assert!(validate(&config(), &input("prod-db", None, None, "  "))
+            .unwrap_err()
+            .contains("say why"));
+        let long = "x".repeat(501);
+        assert!(validate(&config(), &input("prod-db", None, None, &long))
+            .unwrap_err()
+            .contains("under 500"));
+    }
+}

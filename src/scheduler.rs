@@ -1,0 +1,138 @@
+//! The durable timer. Jobs (grants, revokes, request time-outs) live in the `jobs` table
+//! with the time they are due; the loop sleeps until the earliest one, or until woken
+//! because a sooner one was added, and never scans the table on a fixed interval.
+
+use std::time::Duration;
+
+use crate::store;
+use crate::AppState;
+
+/// How long to wait before attempt `attempt + 1` (attempt counts from 1): doubling from
+/// `initial`, capped at `max`, with "equal jitter" (half fixed, half random) so that many
+/// failing jobs do not retry in lockstep. `random` is in `[0, 1)`.
+pub fn backoff(initial: Duration, max: Duration, attempt: u32, random: f64) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
+    let capped = initial.saturating_mul(factor).min(max);
+    capped / 2 + capped.mul_f64(random.clamp(0.0, 1.0) / 2.0)
+}
+
+/// Claims as many due jobs as there are free workers and starts them. Returns how many.
+pub async fn claim_and_spawn(app: &AppState, now_ms: i64) -> anyhow::Result<usize> {
+    let free = app.job_permits.available_permits();
+    if free == 0 {
+        return Ok(0);
+    }
+    let jobs = {
+        let mut conn = app.db.write.acquire().await?;
+        store::claim_due_jobs(&mut conn, now_ms, free as i64).await?
+    };
+    let n = jobs.len();
+    for job in jobs {
+        let permit = app.job_permits.clone().try_acquire_owned()?;
+        let task_app = app.clone();
+        app.tasks.spawn(async move {
+            let id = job.id;
+            let kind = job.kind;
+            if let Err(e) = crate::grants::run_job(&task_app, job).await {
+                tracing::error!(
+                    job = id,
+                    ?kind,
+                    error = format!("{e:#}"),
+                    "job failed; retrying in a minute"
+                );
+                let retry_at = task_app.now_ms() + 60_000;
+                if let Ok(mut conn) = task_app.db.write.acquire().await {
+                    let _ = store::retry_job(
+                        &mut conn,
+                        id,
+                        retry_at,
+                        "internal error; see the jitgate log",
+                        None,
+                    )
+                    .await;
+                }
+            }
+            drop(permit);
+            task_app.wake_scheduler();
+        });
+    }
+    Ok(n)
+}
+
+/// Runs every job due at `now_ms` and waits for them to finish. Returns how many ran.
+/// Tests and one-off commands drive the scheduler with this.
+pub async fn run_due(app: &AppState, now_ms: i64) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let n = claim_and_spawn(app, now_ms).await?;
+        total += n;
+        // Wait until every worker is free again, i.e. the claimed jobs are done.
+        let all = app.config.jobs.concurrency as u32;
+        drop(app.job_permits.acquire_many(all).await?);
+        if n == 0 {
+            return Ok(total);
+        }
+    }
+}
+
+/// The scheduler loop, until shutdown.
+pub async fn run(app: AppState) {
+    loop {
+        if app.shutdown.is_cancelled() {
+            break;
+        }
+        if let Err(e) = claim_and_spawn(&app, app.now_ms()).await {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "scheduler could not claim jobs; retrying"
+            );
+        }
+        let next = match app.db.read.acquire().await {
+            Ok(mut conn) => store::next_job_due(&mut conn).await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "scheduler could not read the next due time");
+                Some(app.now_ms() + 5_000)
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler could not reach the database");
+                Some(app.now_ms() + 5_000)
+            }
+        };
+        let sleep = match next {
+            // With every worker busy, a finishing job wakes us.
+            Some(at) if app.job_permits.available_permits() > 0 => app
+                .clock
+                .sleep_until(chrono::DateTime::from_timestamp_millis(at).unwrap_or_default()),
+            _ => Box::pin(std::future::pending()),
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = app.scheduler_wake.notified() => {}
+            _ = app.shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!("scheduler stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(5), s(300), 1, 1.0), s(5));
+        assert_eq!(backoff(s(5), s(300), 2, 1.0), s(10));
+        assert_eq!(backoff(s(5), s(300), 3, 0.0), s(10));
+        assert_eq!(backoff(s(5), s(300), 50, 1.0), s(300));
+    }
+
+    proptest! {
+        #[test]
+        fn backoff_stays_within_half_and_full_of_the_capped_delay(attempt in 0u32..100, r in 0.0f64..1.0) {
+            let d = backoff(Duration::from_secs(2), Duration::from_secs(600), attempt, r);
+            prop_assert!(d >= Duration::from_secs(1));
+            prop_assert!(d <= Duration::from_secs(600));
+        }
+    }
+}

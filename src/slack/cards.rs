@@ -1,0 +1,338 @@
+//! What jitgate shows in Slack: the approval card (Block Kit) and its plain-text messages.
+//!
+//! The card is always rendered from the stored state, so every update shows the whole
+//! truth (who decided, granted, expired, failed) rather than a patch on the last version.
+
+use slack_morphism::prelude::*;
+
+use crate::duration::HumanDuration;
+use crate::requests::label;
+use crate::slack::payloads::escape;
+use crate::store::{DecisionRow, GrantRow, GrantState, JobRow, RequestRow, RequestState, Verdict};
+
+/// `action_id` of the Approve button.
+pub const APPROVE: &str = "jit_approve";
+/// `action_id` of the Deny button.
+pub const DENY: &str = "jit_deny";
+
+/// Section text must stay under Slack's 3000-character limit.
+const MAX_SECTION: usize = 2900;
+
+/// Everything the card shows.
+#[derive(Debug, Clone)]
+pub struct CardModel<'a> {
+    pub request: &'a RequestRow,
+    pub description: &'a str,
+    pub decisions: &'a [DecisionRow],
+    pub grant: Option<&'a GrantRow>,
+    /// The grant or revoke job currently relevant, for retry status.
+    pub job: Option<&'a JobRow>,
+}
+
+/// Slack's date formatting: each reader sees their own time zone.
+pub fn slack_date(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let fallback = chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default();
+    format!("<!date^{secs}^{{date_short_pretty}} {{time}}|{fallback}>")
+}
+
+/// Shortens `text` to at most `max` characters, marking the cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// User text, escaped for mrkdwn and short enough for one section.
+fn user_text(text: &str, budget: usize) -> String {
+    let mut max = budget;
+    loop {
+        let escaped = escape(&truncate(text, max));
+        if escaped.len() <= budget || max < 16 {
+            return escaped;
+        }
+        max = max * 3 / 4;
+    }
+}
+
+fn mention_list(users: &[&str]) -> String {
+    users
+        .iter()
+        .map(|u| format!("<@{u}>"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The status lines under the request details.
+pub fn status_text(m: &CardModel<'_>) -> String {
+    let r = m.request;
+    let approvers: Vec<&str> = m
+        .decisions
+        .iter()
+        .filter(|d| d.verdict == Verdict::Approve)
+        .map(|d| d.approver_id.as_str())
+        .collect();
+    match r.state {
+        RequestState::Pending => {
+            if approvers.is_empty() {
+                if r.approvals_required > 1 {
+                    format!(":hourglass_flowing_sand: Waiting for {} approvals.", r.approvals_required)
+                } else {
+                    ":hourglass_flowing_sand: Waiting for an approver.".to_string()
+                }
+            } else {
+                format!(
+                    ":hourglass_flowing_sand: Approved by {} ({} of {}); waiting for {} more.",
+                    mention_list(&approvers),
+                    approvers.len(),
+                    r.approvals_required,
+                    r.approvals_required as usize - approvers.len().min(r.approvals_required as usize)
+                )
+            }
+        }
+        RequestState::Denied => {
+            let denier = m.decisions.iter().find(|d| d.verdict == Verdict::Deny);
+            match denier {
+                Some(d) => format!(":no_entry: Denied by <@{}> {}.", d.approver_id, slack_date(d.decided_at)),
+                None => ":no_entry: Denied.".to_string(),
+            }
+        }
+        RequestState::Expired => format!(
+            ":hourglass: Expired {}: nobody decided in time. Ask again with a new request if still needed.",
+            slack_date(r.decided_at.unwrap_or(r.created_at))
+        ),
+        RequestState::Approved => {
+            let mut lines = vec![format!(
+                ":white_check_mark: Approved by {} {}.",
+                mention_list(&approvers),
+                slack_date(r.decided_at.unwrap_or(r.created_at))
+            )];
+            if let Some(g) = m.grant {
+                lines.push(grant_line(g, m.job));
+            }
+            lines.join("\n")
+        }
+    }
+}
+
+fn grant_line(g: &GrantRow, job: Option<&JobRow>) -> String {
+    let retrying =
+        |what: &str| match job.and_then(|j| j.last_error.as_deref().map(|e| (j.attempts, e))) {
+            Some((attempts, err)) if attempts > 0 => {
+                format!(
+                    " :warning: {what} attempt {attempts} failed ({}); retrying.",
+                    escape(&truncate(err, 200))
+                )
+            }
+            _ => String::new(),
+        };
+    match g.state {
+        GrantState::Granting => format!(
+            ":arrows_counterclockwise: Granting access…{}",
+            retrying("Grant")
+        ),
+        GrantState::Active => format!(
+            ":key: Access granted {}; ends {}.{}",
+            slack_date(g.granted_at.unwrap_or(g.created_at)),
+            slack_date(g.expires_at.unwrap_or(g.created_at)),
+            retrying("Revoke")
+        ),
+        GrantState::Revoked => {
+            let when = slack_date(g.revoked_at.unwrap_or(g.created_at));
+            match g.revoked_by.as_deref() {
+                Some(by) if by.starts_with('U') || by.starts_with('W') => {
+                    format!(":lock: Access revoked early by <@{by}> {when}.")
+                }
+                _ => format!(":lock: Access ended {when} (expired)."),
+            }
+        }
+        GrantState::Failed => {
+            format!(
+            ":x: Granting failed: {}. Nothing is in force; ask again once the problem is fixed.",
+            escape(&truncate(g.last_error.as_deref().unwrap_or("unknown error"), 300))
+        )
+        }
+    }
+}
+
+/// The one-line summary used as the notification text.
+pub fn card_fallback(r: &RequestRow) -> String {
+    format!(
+        "Access request {}: <@{}> asks for {}:{} for {}",
+        label(r.id),
+        r.requester_id,
+        r.resource,
+        r.role,
+        HumanDuration::from_secs(r.duration_secs as u64)
+    )
+}
+
+/// The approval card.
+pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
+    let r = m.request;
+    let duration = HumanDuration::from_secs(r.duration_secs as u64);
+    let mut blocks: Vec<SlackBlock> = vec![
+        SlackHeaderBlock::new(pt!(format!("Access request {}", label(r.id)))).into(),
+        SlackSectionBlock::new()
+            .with_fields(vec![
+                md!(format!("*Requester*\n<@{}>", r.requester_id)),
+                md!(format!("*Resource*\n`{}:{}`", r.resource, r.role)),
+                md!(format!("*Duration*\n{duration}")),
+                md!(format!("*Request*\n{}", label(r.id))),
+            ])
+            .into(),
+        SlackSectionBlock::new()
+            .with_text(md!(format!(
+                "*Reason*\n{}",
+                user_text(&r.reason, MAX_SECTION - 20)
+            )))
+            .into(),
+    ];
+    let mut context = format!("Requested {}", slack_date(r.created_at));
+    if !m.description.is_empty() {
+        context = format!("{} · {context}", escape(&truncate(m.description, 200)));
+    }
+    if r.origin_channel != r.approval_channel && r.origin_channel.starts_with(['C', 'G']) {
+        context.push_str(&format!(" · from <#{}>", r.origin_channel));
+    }
+    blocks.push(SlackContextBlock::new(vec![md!(context)]).into());
+    blocks.push(
+        SlackSectionBlock::new()
+            .with_text(md!(status_text(m)))
+            .into(),
+    );
+    if r.state == RequestState::Pending {
+        let id = r.id.to_string();
+        blocks.push(
+            SlackActionsBlock::new(vec![
+                SlackBlockButtonElement::new(pt!("Approve"))
+                    .with_action_id(APPROVE.into())
+                    .with_value(id.clone())
+                    .with_style(SlackBlockButtonStyle::Primary)
+                    .into(),
+                SlackBlockButtonElement::new(pt!("Deny"))
+                    .with_action_id(DENY.into())
+                    .with_value(id)
+                    .with_style(SlackBlockButtonStyle::Danger)
+                    .into(),
+            ])
+            .into(),
+        );
+    }
+    SlackMessageContent::new()
+        .with_text(card_fallback(r))
+        .with_blocks(blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(state: RequestState) -> RequestRow {
+        RequestRow {
+            id: 42,
+            requester_id: "U1".into(),
+            team_id: "T1".into(),
+            resource: "prod-db".into(),
+            role: "read".into(),
+            duration_secs: 7200,
+            reason: "investigating <!channel> & INC-1234".into(),
+            origin_channel: "C9".into(),
+            approval_channel: "C0".into(),
+            approvals_required: 2,
+            state,
+            created_at: 1_700_000_000_000,
+            decided_at: None,
+            card_channel: None,
+            card_ts: None,
+        }
+    }
+
+    fn json(m: &CardModel<'_>) -> String {
+        serde_json::to_string(&render_card(m)).unwrap()
+    }
+
+    #[test]
+    fn pending_card_has_buttons_that_carry_only_the_request_id() {
+        let r = request(RequestState::Pending);
+        let m = CardModel {
+            request: &r,
+            description: "Production DB",
+            decisions: &[],
+            grant: None,
+            job: None,
+        };
+        let j = json(&m);
+        assert!(j.contains("\"action_id\":\"jit_approve\""), "{j}");
+        assert!(j.contains("\"value\":\"42\""), "{j}");
+        assert!(j.contains("JIT-42"));
+        assert!(j.contains("prod-db:read"));
+        assert!(j.contains("2h"));
+        // The reason cannot ping the channel.
+        assert!(j.contains("&lt;!channel&gt; &amp; INC-1234"), "{j}");
+    }
+
+    #[test]
+    fn decided_card_has_no_buttons_and_names_the_decider() {
+        let mut r = request(RequestState::Denied);
+        r.decided_at = Some(1_700_000_100_000);
+        let d = [DecisionRow {
+            approver_id: "U2".into(),
+            verdict: Verdict::Deny,
+            decided_at: 1_700_000_100_000,
+        }];
+        let m = CardModel {
+            request: &r,
+            description: "",
+            decisions: &d,
+            grant: None,
+            job: None,
+        };
+        let j = json(&m);
+        assert!(!j.contains("jit_approve"));
+        assert!(j.contains("Denied by <@U2>"), "{j}");
+    }
+
+    #[test]
+    fn partial_approval_shows_progress() {
+        let r = request(RequestState::Pending);
+        let d = [DecisionRow {
+            approver_id: "U2".into(),
+            verdict: Verdict::Approve,
+            decided_at: 1,
+        }];
+        let m = CardModel {
+            request: &r,
+            description: "",
+            decisions: &d,
+            grant: None,
+            job: None,
+        };
+        assert!(status_text(&m).contains("(1 of 2)"), "{}", status_text(&m));
+    }
+
+    #[test]
+    fn long_reasons_are_cut_to_fit_a_section() {
+        let mut r = request(RequestState::Pending);
+        r.reason = "<".repeat(5000);
+        let m = CardModel {
+            request: &r,
+            description: "",
+            decisions: &[],
+            grant: None,
+            job: None,
+        };
+        let content = render_card(&m);
+        let blocks = serde_json::to_value(content.blocks.unwrap()).unwrap();
+        for b in blocks.as_array().unwrap() {
+            if let Some(t) = b.pointer("/text/text").and_then(|t| t.as_str()) {
+                assert!(t.len() <= 3000, "section of {} chars", t.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Delivers the Slack messages written to the `outbox` table.
+//!
+//! State changes write their messages in the same transaction; this worker sends them
+//! afterwards, so no Slack call ever happens inside a transaction, and a message Slack
+//! could not take (down, 5xx, 429) is kept and sent later rather than dropped. Cards are
+//! rendered from the stored state at delivery time, so a late update still shows the truth.
+
+use std::time::Duration;
+
+use crate::scheduler::backoff;
+use crate::slack::cards::{render_card, CardModel};
+use crate::slack::client::SlackCallError;
+use crate::store::{self, GrantState, JobKind, OutboxKind, OutboxRow};
+use crate::AppState;
+
+/// A response_url stops working after 30 minutes.
+const RESPONSE_URL_LIFETIME_MS: i64 = 30 * 60 * 1000;
+/// Retry waits for a message Slack could not take.
+const RETRY_INITIAL: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// What became of one delivery attempt.
+enum Delivery {
+    Sent,
+    /// Nothing to send any more (the card it would update shows the latest state anyway).
+    Moot,
+    Failed(SlackCallError),
+}
+
+/// The worker loop, until shutdown.
+pub async fn run(app: AppState) {
+    loop {
+        if app.shutdown.is_cancelled() {
+            break;
+        }
+        let due = match app.db.read.acquire().await {
+            Ok(mut conn) => store::due_outbox(&mut conn, app.now_ms(), 100).await,
+            Err(e) => Err(e),
+        };
+        let due = due.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "outbox: cannot read the database");
+            Vec::new()
+        });
+        let idle = due.is_empty();
+        for row in due {
+            if app.shutdown.is_cancelled() {
+                break;
+            }
+            if let Some(pause) = deliver_one(&app, row).await {
+                // Slack's rate limits apply per method and workspace: pause everything.
+                let until = app.clock.now() + chrono::Duration::from_std(pause).unwrap_or_default();
+                tokio::select! {
+                    _ = app.clock.sleep_until(until) => {}
+                    _ = app.shutdown.cancelled() => {}
+                }
+                break;
+            }
+        }
+        if !idle {
+            continue;
+        }
+        let next = match app.db.read.acquire().await {
+            Ok(mut conn) => store::next_outbox_due(&mut conn).await.ok().flatten(),
+            Err(_) => Some(app.now_ms() + 5_000),
+        };
+        let sleep = match next {
+            Some(at) => app
+                .clock
+                .sleep_until(chrono::DateTime::from_timestamp_millis(at).unwrap_or_default()),
+            None => Box::pin(std::future::pending()),
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = app.outbox_wake.notified() => {}
+            _ = app.shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!("outbox stopped");
+}
+
+/// Sends one entry and records the result. Returns a pause when Slack rate-limited us.
+async fn deliver_one(app: &AppState, row: OutboxRow) -> Option<Duration> {
+    let id = row.id;
+    let kind = row.kind;
+    let attempts = row.attempts;
+    let result = match send(app, &row).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(
+                outbox = id,
+                error = format!("{e:#}"),
+                "outbox: internal error"
+            );
+            Delivery::Failed(SlackCallError::Transient("internal error".into()))
+        }
+    };
+    let now = app.now_ms();
+    let mut pause = None;
+    let recorded = async {
+        let mut conn = app.db.write.acquire().await?;
+        match result {
+            Delivery::Sent | Delivery::Moot => store::outbox_sent(&mut conn, id, now).await?,
+            Delivery::Failed(SlackCallError::RateLimited(after)) => {
+                let after = after
+                    .unwrap_or(Duration::from_secs(1))
+                    .max(Duration::from_millis(100));
+                tracing::warn!(outbox = id, ?kind, retry_after = ?after, "Slack rate limit; pausing deliveries");
+                store::outbox_retry(
+                    &mut conn,
+                    id,
+                    now + after.as_millis() as i64,
+                    "rate limited",
+                )
+                .await?;
+                pause = Some(after);
+            }
+            Delivery::Failed(SlackCallError::Transient(e)) => {
+                let wait = backoff(
+                    RETRY_INITIAL,
+                    RETRY_MAX,
+                    attempts as u32 + 1,
+                    rand::random::<f64>(),
+                );
+                tracing::warn!(outbox = id, ?kind, error = %e, retry_in = ?wait, "Slack call failed; will retry");
+                store::outbox_retry(&mut conn, id, now + wait.as_millis() as i64, &e).await?;
+            }
+            Delivery::Failed(SlackCallError::Permanent(e)) => {
+                tracing::error!(outbox = id, ?kind, error = %e, "Slack refused a message; giving up on it");
+                store::outbox_failed(&mut conn, id, &e).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = recorded.await {
+        tracing::error!(
+            outbox = id,
+            error = format!("{e:#}"),
+            "outbox: cannot record a delivery"
+        );
+    }
+    pause
+}
+
+async fn send(app: &AppState, row: &OutboxRow) -> anyhow::Result<Delivery> {
+    let failed = |e| Ok(Delivery::Failed(e));
+    match row.kind {
+        OutboxKind::Message => {
+            let (Some(channel), Some(text)) = (&row.channel, &row.body) else {
+                return Ok(Delivery::Moot);
+            };
+            let content =
+                slack_morphism::prelude::SlackMessageContent::new().with_text(text.clone());
+            match app.slack.post_message(channel, content).await {
+                Ok(_) => Ok(Delivery::Sent),
+                Err(e) => failed(e),
+            }
+        }
+        OutboxKind::Ephemeral => {
+            let (Some(url), Some(text)) = (&row.response_url, &row.body) else {
+                return Ok(Delivery::Moot);
+            };
+            if app.now_ms() - row.created_at > RESPONSE_URL_LIFETIME_MS {
+                return failed(SlackCallError::Permanent("response_url expired".into()));
+            }
+            match app.slack.respond_ephemeral(url, text).await {
+                Ok(()) => Ok(Delivery::Sent),
+                Err(e) => failed(e),
+            }
+        }
+        OutboxKind::PostCard | OutboxKind::UpdateCard => {
+            let Some(request_id) = row.request_id else {
+                return Ok(Delivery::Moot);
+            };
+            let (request, decisions, grant, job, post_pending) = {
+                let mut conn = app.db.read.acquire().await?;
+                let Some(request) = store::get_request(&mut conn, request_id).await? else {
+                    return Ok(Delivery::Moot);
+                };
+                let decisions = store::decisions(&mut conn, request_id).await?;
+                let grant = store::grant_of(&mut conn, request_id).await?;
+                let job_kind = match grant.as_ref().map(|g| g.state) {
+                    Some(GrantState::Granting) => Some(JobKind::Grant),
+                    Some(GrantState::Active) => Some(JobKind::Revoke),
+                    _ => None,
+                };
+                let job = match job_kind {
+                    Some(k) => store::job_of(&mut conn, request_id, k).await?,
+                    None => None,
+                };
+                let post_pending = store::card_post_pending(&mut conn, request_id).await?;
+                (request, decisions, grant, job, post_pending)
+            };
+            let description = app
+                .config
+                .resource(&request.resource)
+                .map(|r| r.description.as_str())
+                .unwrap_or("");
+            let model = CardModel {
+                request: &request,
+                description,
+                decisions: &decisions,
+                grant: grant.as_ref(),
+                job: job.as_ref(),
+            };
+            let content = render_card(&model);
+            match (row.kind, &request.card_ts) {
+                (OutboxKind::PostCard, Some(_)) => Ok(Delivery::Moot),
+                (OutboxKind::PostCard, None) => match app
+                    .slack
+                    .post_message(&request.approval_channel, content)
+                    .await
+                {
+                    Ok((channel, ts)) => {
+                        let mut conn = app.db.write.acquire().await?;
+                        store::set_card(&mut conn, request_id, &channel, &ts).await?;
+                        Ok(Delivery::Sent)
+                    }
+                    Err(e) => failed(e),
+                },
+                (_, Some(ts)) => {
+                    let channel = request
+                        .card_channel
+                        .clone()
+                        .unwrap_or(request.approval_channel.clone());
+                    match app.slack.update_message(&channel, ts, content).await {
+                        Ok(()) => Ok(Delivery::Sent),
+                        Err(e) => failed(e),
+                    }
+                }
+                // No card yet: the pending post will render the latest state when it goes.
+                (_, None) if post_pending => Ok(Delivery::Moot),
+                (_, None) => failed(SlackCallError::Permanent(
+                    "the card was never posted".into(),
+                )),
+            }
+        }
+    }
+}

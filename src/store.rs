@@ -1,0 +1,722 @@
+//! All SQL lives here. Functions take a connection (or a transaction) so that callers
+//! compose one state change, its audit entry and its Slack messages into one commit.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqliteConnection, SqlitePool};
+
+/// The schema, embedded in the binary and applied at start-up.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A database handle: one writer connection, so write transactions never contend with
+/// each other inside the process, and a pool of readers (WAL lets them run alongside).
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub write: SqlitePool,
+    pub read: SqlitePool,
+}
+
+/// A write transaction.
+pub type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// The options every connection uses, in production and tests alike.
+pub fn connect_options(url: &str) -> anyhow::Result<SqliteConnectOptions> {
+    let url = if url.starts_with("sqlite:") {
+        url.to_string()
+    } else {
+        format!("sqlite://{url}")
+    };
+    let opts = SqliteConnectOptions::from_str(&url)
+        .with_context(|| format!("database.url `{url}` is not a SQLite URL"))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // An acknowledged request must survive a power cut, not only a crash.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    Ok(opts)
+}
+
+impl Db {
+    /// Opens (creating if missing) and migrates the database.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let opts = connect_options(url)?;
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await
+            .with_context(|| format!("opening the database {url}"))?;
+        MIGRATOR
+            .run(&write)
+            .await
+            .with_context(|| format!("migrating the database {url}"))?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.read_only(true))
+            .await
+            .with_context(|| format!("opening the database {url} for reading"))?;
+        Ok(Self { write, read })
+    }
+
+    /// Starts a write transaction. `BEGIN IMMEDIATE` takes the write lock up front, so a
+    /// read-then-write transaction cannot fail half-way with "database is locked".
+    pub async fn begin(&self) -> sqlx::Result<Tx> {
+        self.write.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// Closes both pools, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+// ---- requests ------------------------------------------------------------------------
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum RequestState {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+/// A stored request.
+#[derive(Debug, Clone, FromRow)]
+pub struct RequestRow {
+    pub id: i64,
+    pub requester_id: String,
+    pub team_id: String,
+    pub resource: String,
+    pub role: String,
+    pub duration_secs: i64,
+    pub reason: String,
+    pub origin_channel: String,
+    pub approval_channel: String,
+    pub approvals_required: i64,
+    pub state: RequestState,
+    pub created_at: i64,
+    pub decided_at: Option<i64>,
+    pub card_channel: Option<String>,
+    pub card_ts: Option<String>,
+}
+
+/// What a new request needs.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub requester_id: String,
+    pub team_id: String,
+    pub resource: String,
+    pub role: String,
+    pub duration_secs: i64,
+    pub reason: String,
+    pub origin_channel: String,
+    pub approval_channel: String,
+    pub approvals_required: i64,
+    pub created_at: i64,
+}
+
+pub async fn insert_request(conn: &mut SqliteConnection, r: &NewRequest) -> sqlx::Result<i64> {
+    let row: (i64,) = sqlx::query_as(
+        "INSERT INTO requests (requester_id, team_id, resource, role, duration_secs, reason, \
+         origin_channel, approval_channel, approvals_required, state, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) RETURNING id",
+    )
+    .bind(&r.requester_id)
+    .bind(&r.team_id)
+    .bind(&r.resource)
+    .bind(&r.role)
+    .bind(r.duration_secs)
+    .bind(&r.reason)
+    .bind(&r.origin_channel)
+    .bind(&r.approval_channel)
+    .bind(r.approvals_required)
+    .bind(r.created_at)
+    .fetch_one(conn)
+    .await?;
+    Ok(row.0)
+}
+
+pub async fn get_request(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<Option<RequestRow>> {
+    sqlx::query_as("SELECT * FROM requests WHERE id = ?")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Moves a request from `from` to `to`; false if it was not in `from` (someone else won).
+pub async fn transition_request(
+    conn: &mut SqliteConnection,
+    id: i64,
+    from: RequestState,
+    to: RequestState,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done =
+        sqlx::query("UPDATE requests SET state = ?, decided_at = ? WHERE id = ? AND state = ?")
+            .bind(to)
+            .bind(now)
+            .bind(id)
+            .bind(from)
+            .execute(conn)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_card(
+    conn: &mut SqliteConnection,
+    id: i64,
+    channel: &str,
+    ts: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE requests SET card_channel = ?, card_ts = ? WHERE id = ?")
+        .bind(channel)
+        .bind(ts)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The caller's requests still waiting for a decision, newest first.
+pub async fn pending_requests_of(
+    conn: &mut SqliteConnection,
+    user: &str,
+) -> sqlx::Result<Vec<RequestRow>> {
+    sqlx::query_as(
+        "SELECT * FROM requests WHERE requester_id = ? AND state = 'pending' ORDER BY id DESC LIMIT 20",
+    )
+    .bind(user)
+    .fetch_all(conn)
+    .await
+}
+
+// ---- decisions -----------------------------------------------------------------------
+
+/// An approver's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum Verdict {
+    Approve,
+    Deny,
+}
+
+/// A stored decision.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct DecisionRow {
+    pub approver_id: String,
+    pub verdict: Verdict,
+    pub decided_at: i64,
+}
+
+pub async fn decisions(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+) -> sqlx::Result<Vec<DecisionRow>> {
+    sqlx::query_as(
+        "SELECT approver_id, verdict, decided_at FROM decisions WHERE request_id = ? ORDER BY decided_at, rowid",
+    )
+    .bind(request_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Records a decision; false if this approver had already decided (double click).
+pub async fn insert_decision(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+    approver: &str,
+    verdict: Verdict,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO decisions (request_id, approver_id, verdict, decided_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (request_id, approver_id) DO NOTHING",
+    )
+    .bind(request_id)
+    .bind(approver)
+    .bind(verdict)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+// ---- grants --------------------------------------------------------------------------
+
+/// Where a grant stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum GrantState {
+    Granting,
+    Active,
+    Revoked,
+    Failed,
+}
+
+/// A stored grant.
+#[derive(Debug, Clone, FromRow)]
+pub struct GrantRow {
+    pub id: i64,
+    pub request_id: i64,
+    pub user_id: String,
+    pub resource: String,
+    pub role: String,
+    pub adapter: String,
+    pub duration_secs: i64,
+    pub state: GrantState,
+    pub created_at: i64,
+    pub granted_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
+    pub adapter_state: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// Creates the grant for an approved request; false if it already has one.
+pub async fn insert_grant(
+    conn: &mut SqliteConnection,
+    request: &RequestRow,
+    adapter: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO grants (request_id, user_id, resource, role, adapter, duration_secs, state, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, 'granting', ?) ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(request.id)
+    .bind(&request.requester_id)
+    .bind(&request.resource)
+    .bind(&request.role)
+    .bind(adapter)
+    .bind(request.duration_secs)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn grant_of(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+) -> sqlx::Result<Option<GrantRow>> {
+    sqlx::query_as("SELECT * FROM grants WHERE request_id = ?")
+        .bind(request_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Marks a grant active from `granted_at`; false if it was not being granted.
+pub async fn activate_grant(
+    conn: &mut SqliteConnection,
+    grant_id: i64,
+    granted_at: i64,
+    expires_at: i64,
+    adapter_state: Option<&str>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE grants SET state = 'active', granted_at = ?, expires_at = ?, adapter_state = ?, last_error = NULL \
+         WHERE id = ? AND state = 'granting'",
+    )
+    .bind(granted_at)
+    .bind(expires_at)
+    .bind(adapter_state)
+    .bind(grant_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a grant that could not be given as failed.
+pub async fn fail_grant(
+    conn: &mut SqliteConnection,
+    grant_id: i64,
+    error: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE grants SET state = 'failed', last_error = ? WHERE id = ? AND state = 'granting'",
+    )
+    .bind(error)
+    .bind(grant_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks an active grant revoked. Only called once the adapter confirmed the revoke.
+pub async fn revoke_grant(
+    conn: &mut SqliteConnection,
+    grant_id: i64,
+    now: i64,
+    by: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE grants SET state = 'revoked', revoked_at = ?, revoked_by = ?, last_error = NULL \
+         WHERE id = ? AND state = 'active'",
+    )
+    .bind(now)
+    .bind(by)
+    .bind(grant_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn set_grant_error(
+    conn: &mut SqliteConnection,
+    grant_id: i64,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE grants SET last_error = ? WHERE id = ?")
+        .bind(error)
+        .bind(grant_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The caller's grants being given or in force, soonest expiry first.
+pub async fn live_grants_of(
+    conn: &mut SqliteConnection,
+    user: &str,
+) -> sqlx::Result<Vec<GrantRow>> {
+    sqlx::query_as(
+        "SELECT * FROM grants WHERE user_id = ? AND state IN ('granting', 'active') \
+         ORDER BY expires_at IS NULL, expires_at LIMIT 20",
+    )
+    .bind(user)
+    .fetch_all(conn)
+    .await
+}
+
+// ---- jobs ----------------------------------------------------------------------------
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum JobKind {
+    Grant,
+    Revoke,
+    ExpireRequest,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, FromRow)]
+pub struct JobRow {
+    pub id: i64,
+    pub request_id: i64,
+    pub kind: JobKind,
+    pub run_at: i64,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub last_alert_at: Option<i64>,
+}
+
+/// Schedules a job; a second one of the same kind for the same request is ignored.
+pub async fn insert_job(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+    kind: JobKind,
+    run_at: i64,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO jobs (request_id, kind, state, run_at, created_at) VALUES (?, ?, 'pending', ?, ?) \
+         ON CONFLICT (kind, request_id) DO NOTHING",
+    )
+    .bind(request_id)
+    .bind(kind)
+    .bind(run_at)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` due jobs, earliest first, in one statement.
+pub async fn claim_due_jobs(
+    conn: &mut SqliteConnection,
+    now: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(
+        "UPDATE jobs SET state = 'running' WHERE id IN \
+           (SELECT id FROM jobs WHERE state = 'pending' AND run_at <= ? ORDER BY run_at LIMIT ?) \
+         RETURNING id, request_id, kind, run_at, attempts, last_error, last_alert_at",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// When the next pending job is due, if any.
+pub async fn next_job_due(conn: &mut SqliteConnection) -> sqlx::Result<Option<i64>> {
+    let row: (Option<i64>,) =
+        sqlx::query_as("SELECT MIN(run_at) FROM jobs WHERE state = 'pending'")
+            .fetch_one(conn)
+            .await?;
+    Ok(row.0)
+}
+
+/// Finishes a claimed job.
+pub async fn finish_job(
+    conn: &mut SqliteConnection,
+    id: i64,
+    failed: bool,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?")
+        .bind(if failed { "failed" } else { "done" })
+        .bind(now)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Puts a claimed job back to run again at `run_at` after a failed attempt.
+pub async fn retry_job(
+    conn: &mut SqliteConnection,
+    id: i64,
+    run_at: i64,
+    error: &str,
+    alerted_at: Option<i64>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'pending', attempts = attempts + 1, run_at = ?, last_error = ?, \
+         last_alert_at = COALESCE(?, last_alert_at) WHERE id = ?",
+    )
+    .bind(run_at)
+    .bind(error)
+    .bind(alerted_at)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Releases a claimed job untouched (shutdown interrupted it before it ran).
+pub async fn release_job(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET state = 'pending' WHERE id = ? AND state = 'running'")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Jobs left 'running' by a process that died are put back to run now.
+pub async fn recover_running_jobs(conn: &mut SqliteConnection) -> sqlx::Result<u64> {
+    let done = sqlx::query("UPDATE jobs SET state = 'pending' WHERE state = 'running'")
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Cancels a pending job (for example a request time-out once someone decided).
+pub async fn cancel_job(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+    kind: JobKind,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET state = 'done', finished_at = ? WHERE request_id = ? AND kind = ? AND state = 'pending'")
+        .bind(now)
+        .bind(request_id)
+        .bind(kind)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The job of `kind` for a request.
+pub async fn job_of(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+    kind: JobKind,
+) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as(
+        "SELECT id, request_id, kind, run_at, attempts, last_error, last_alert_at FROM jobs WHERE request_id = ? AND kind = ?",
+    )
+    .bind(request_id)
+    .bind(kind)
+    .fetch_optional(conn)
+    .await
+}
+
+// ---- outbox --------------------------------------------------------------------------
+
+/// What an outbox entry sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum OutboxKind {
+    /// The approval card, rendered from the request's state at delivery time.
+    PostCard,
+    /// Re-render the card in place.
+    UpdateCard,
+    /// A plain message to a channel or, with a user ID as channel, a DM.
+    Message,
+    /// A reply only the clicker sees, through the interaction's response_url.
+    Ephemeral,
+}
+
+/// A stored outbox entry.
+#[derive(Debug, Clone, FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub kind: OutboxKind,
+    pub request_id: Option<i64>,
+    pub channel: Option<String>,
+    pub body: Option<String>,
+    pub response_url: Option<String>,
+    pub attempts: i64,
+    pub created_at: i64,
+}
+
+/// A message to send once the current transaction commits.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub kind: OutboxKind,
+    pub request_id: Option<i64>,
+    pub channel: Option<String>,
+    pub body: Option<String>,
+    pub response_url: Option<String>,
+}
+
+impl Outgoing {
+    pub fn post_card(request_id: i64) -> Self {
+        Self {
+            kind: OutboxKind::PostCard,
+            request_id: Some(request_id),
+            channel: None,
+            body: None,
+            response_url: None,
+        }
+    }
+    pub fn update_card(request_id: i64) -> Self {
+        Self {
+            kind: OutboxKind::UpdateCard,
+            request_id: Some(request_id),
+            channel: None,
+            body: None,
+            response_url: None,
+        }
+    }
+    /// A message to a channel ID, or a DM when `channel` is a user ID.
+    pub fn message(channel: &str, text: String, request_id: Option<i64>) -> Self {
+        Self {
+            kind: OutboxKind::Message,
+            request_id,
+            channel: Some(channel.to_string()),
+            body: Some(text),
+            response_url: None,
+        }
+    }
+    pub fn ephemeral(response_url: &str, text: String) -> Self {
+        Self {
+            kind: OutboxKind::Ephemeral,
+            request_id: None,
+            channel: None,
+            body: Some(text),
+            response_url: Some(response_url.to_string()),
+        }
+    }
+}
+
+pub async fn enqueue(conn: &mut SqliteConnection, m: &Outgoing, now: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (kind, request_id, channel, body, response_url, state, next_attempt_at, created_at) \
+         VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+    )
+    .bind(m.kind)
+    .bind(m.request_id)
+    .bind(&m.channel)
+    .bind(&m.body)
+    .bind(&m.response_url)
+    .bind(now)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Due outbox entries in the order they were written.
+pub async fn due_outbox(
+    conn: &mut SqliteConnection,
+    now: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<OutboxRow>> {
+    sqlx::query_as(
+        "SELECT id, kind, request_id, channel, body, response_url, attempts, created_at FROM outbox \
+         WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn next_outbox_due(conn: &mut SqliteConnection) -> sqlx::Result<Option<i64>> {
+    let row: (Option<i64>,) =
+        sqlx::query_as("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")
+            .fetch_one(conn)
+            .await?;
+    Ok(row.0)
+}
+
+/// True while a card post for this request is still waiting to be delivered.
+pub async fn card_post_pending(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<bool> {
+    let row: (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM outbox WHERE request_id = ? AND kind = 'post_card' AND state = 'pending'",
+    )
+    .bind(request_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(row.0 > 0)
+}
+
+pub async fn outbox_sent(conn: &mut SqliteConnection, id: i64, now: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1 WHERE id = ?",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn outbox_failed(conn: &mut SqliteConnection, id: i64, error: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET state = 'failed', last_error = ?, attempts = attempts + 1 WHERE id = ?",
+    )
+    .bind(error)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn outbox_retry(
+    conn: &mut SqliteConnection,
+    id: i64,
+    at: i64,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outbox SET next_attempt_at = ?, last_error = ?, attempts = attempts + 1 WHERE id = ?")
+        .bind(at)
+        .bind(error)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
