@@ -41,8 +41,7 @@ impl Refusal {
             Refusal::NotApprover => {
                 let who = resource
                     .map(|r| {
-                        let mut names: Vec<String> =
-                            r.approvers.iter().map(|u| format!("<@{u}>")).collect();
+                        let mut names: Vec<String> = r.approvers.iter().map(|u| format!("<@{u}>")).collect();
                         names.extend(r.approver_groups.iter().map(|g| format!("<!subteam^{g}>")));
                         names.join(", ")
                     })
@@ -54,11 +53,7 @@ impl Refusal {
             }
             Refusal::AlreadyDecided(v) => format!(
                 "You already {} {id}; it still needs another approver.",
-                if *v == Verdict::Approve {
-                    "approved"
-                } else {
-                    "denied"
-                }
+                if *v == Verdict::Approve { "approved" } else { "denied" }
             ),
         }
     }
@@ -105,10 +100,7 @@ pub fn outcome(required: i64, decisions: &[DecisionRow]) -> Outcome {
     if decisions.iter().any(|d| d.verdict == Verdict::Deny) {
         return Outcome::Denied;
     }
-    let approvals = decisions
-        .iter()
-        .filter(|d| d.verdict == Verdict::Approve)
-        .count();
+    let approvals = decisions.iter().filter(|d| d.verdict == Verdict::Approve).count();
     if approvals as i64 >= required {
         Outcome::Approved
     } else {
@@ -154,11 +146,7 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
     let (request, decisions) = {
         let mut conn = app.db.read.acquire().await?;
         let Some(request) = store::get_request(&mut conn, request_id).await? else {
-            return reply(format!(
-                "{} does not exist; nothing changed.",
-                label(request_id)
-            ))
-            .await;
+            return reply(format!("{} does not exist; nothing changed.", label(request_id))).await;
         };
         let decisions = store::decisions(&mut conn, request_id).await?;
         (request, decisions)
@@ -247,10 +235,7 @@ pub async fn record(
     let requester = current.requester_id.as_str();
     let what = format!("`{}:{}`", current.resource, current.role);
     match result {
-        Outcome::Waiting {
-            approvals,
-            required,
-        } => {
+        Outcome::Waiting { approvals, required } => {
             audit::append(
                 &mut tx,
                 now,
@@ -262,27 +247,12 @@ pub async fn record(
             .await?;
         }
         Outcome::Denied => {
-            if !store::transition_request(
-                &mut tx,
-                request.id,
-                RequestState::Pending,
-                RequestState::Denied,
-                now,
-            )
-            .await?
+            if !store::transition_request(&mut tx, request.id, RequestState::Pending, RequestState::Denied, now).await?
             {
                 return Ok(Err(Refusal::NotPending(current.state)));
             }
             store::cancel_job(&mut tx, request.id, JobKind::ExpireRequest, now).await?;
-            audit::append(
-                &mut tx,
-                now,
-                approver,
-                "request.denied",
-                Some(request.id),
-                json!({}),
-            )
-            .await?;
+            audit::append(&mut tx, now, approver, "request.denied", Some(request.id), json!({})).await?;
             store::enqueue(
                 &mut tx,
                 &Outgoing::message(
@@ -298,14 +268,8 @@ pub async fn record(
             .await?;
         }
         Outcome::Approved => {
-            if !store::transition_request(
-                &mut tx,
-                request.id,
-                RequestState::Pending,
-                RequestState::Approved,
-                now,
-            )
-            .await?
+            if !store::transition_request(&mut tx, request.id, RequestState::Pending, RequestState::Approved, now)
+                .await?
             {
                 return Ok(Err(Refusal::NotPending(current.state)));
             }
@@ -410,10 +374,7 @@ mod tests {
     #[test]
     fn non_approver_click_is_refused() {
         let r = request(RequestState::Pending);
-        assert_eq!(
-            may_decide(&resource(), &r, &[], "UX", false),
-            Err(Refusal::NotApprover)
-        );
+        assert_eq!(may_decide(&resource(), &r, &[], "UX", false), Err(Refusal::NotApprover));
     }
 
     #[test]
@@ -421,10 +382,7 @@ mod tests {
         let mut res = resource();
         res.approvers.push("UR".into());
         let r = request(RequestState::Pending);
-        assert_eq!(
-            may_decide(&res, &r, &[], "UR", true),
-            Err(Refusal::SelfApproval)
-        );
+        assert_eq!(may_decide(&res, &r, &[], "UR", true), Err(Refusal::SelfApproval));
     }
 
     #[test]

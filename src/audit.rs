@@ -48,10 +48,7 @@ fn entry_hash(
         at.to_string().as_bytes(),
         actor.as_bytes(),
         action.as_bytes(),
-        request_id
-            .map(|r| r.to_string())
-            .unwrap_or_default()
-            .as_bytes(),
+        request_id.map(|r| r.to_string()).unwrap_or_default().as_bytes(),
         details.as_bytes(),
     ] {
         h.update((field.len() as u64).to_be_bytes());
@@ -69,10 +66,9 @@ pub async fn append(
     request_id: Option<i64>,
     details: serde_json::Value,
 ) -> sqlx::Result<()> {
-    let last: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?;
+    let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
     let (seq, prev) = match last {
         Some((s, h)) => (s + 1, h),
         None => (1, GENESIS.to_string()),
@@ -96,11 +92,7 @@ pub async fn append(
 }
 
 /// Entries from `after_seq` on, in order.
-pub async fn entries(
-    conn: &mut SqliteConnection,
-    after_seq: i64,
-    limit: i64,
-) -> sqlx::Result<Vec<AuditEntry>> {
+pub async fn entries(conn: &mut SqliteConnection, after_seq: i64, limit: i64) -> sqlx::Result<Vec<AuditEntry>> {
     sqlx::query_as("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?")
         .bind(after_seq)
         .bind(limit)
@@ -109,10 +101,7 @@ pub async fn entries(
 }
 
 /// Entries about one request, in order.
-pub async fn entries_for_request(
-    conn: &mut SqliteConnection,
-    request_id: i64,
-) -> sqlx::Result<Vec<AuditEntry>> {
+pub async fn entries_for_request(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<Vec<AuditEntry>> {
     sqlx::query_as("SELECT * FROM audit_log WHERE request_id = ? ORDER BY seq")
         .bind(request_id)
         .fetch_all(conn)
@@ -141,16 +130,7 @@ pub fn verify_entry(e: &AuditEntry, expected_seq: i64, prev_hash: &str) -> Resul
     if e.prev_hash != prev_hash {
         return Err(ChainError::BrokenLink { seq: e.seq });
     }
-    if entry_hash(
-        &e.prev_hash,
-        e.seq,
-        e.at,
-        &e.actor,
-        &e.action,
-        e.request_id,
-        &e.details,
-    ) != e.hash
-    {
+    if entry_hash(&e.prev_hash, e.seq, e.at, &e.actor, &e.action, e.request_id, &e.details) != e.hash {
         return Err(ChainError::Tampered { seq: e.seq });
     }
     Ok(())
@@ -184,15 +164,7 @@ mod tests {
         (1..=n)
             .map(|seq| {
                 let details = format!("{{\"n\":{seq}}}");
-                let hash = entry_hash(
-                    &prev,
-                    seq,
-                    seq * 10,
-                    "U1",
-                    "request.created",
-                    Some(seq),
-                    &details,
-                );
+                let hash = entry_hash(&prev, seq, seq * 10, "U1", "request.created", Some(seq), &details);
                 let e = AuditEntry {
                     seq,
                     at: seq * 10,
@@ -234,12 +206,6 @@ mod tests {
     fn a_deleted_entry_is_detected() {
         let mut c = chain(5);
         c.remove(2);
-        assert_eq!(
-            check(&c),
-            Err(ChainError::Gap {
-                seq: 4,
-                expected: 3
-            })
-        );
+        assert_eq!(check(&c), Err(ChainError::Gap { seq: 4, expected: 3 }));
     }
 }

@@ -81,10 +81,7 @@ pub fn parse(text: &str, config: &Config) -> Result<Command, String> {
     };
     let target = target.to_ascii_lowercase();
     let (resource, role) = match target.split_once(':') {
-        Some((res, role)) => (
-            res.to_string(),
-            Some(role.to_string()).filter(|r| !r.is_empty()),
-        ),
+        Some((res, role)) => (res.to_string(), Some(role.to_string()).filter(|r| !r.is_empty())),
         None => (target, None),
     };
     let duration = match tokens.peek() {

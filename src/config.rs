@@ -205,9 +205,7 @@ struct RawDatabase {
 
 impl Default for RawDatabase {
     fn default() -> Self {
-        Self {
-            url: default_db_url(),
-        }
+        Self { url: default_db_url() }
     }
 }
 
@@ -355,18 +353,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let jobs = JobsConfig {
         grant_attempts: raw.jobs.grant_attempts.unwrap_or(5),
-        backoff_initial: raw
-            .jobs
-            .backoff_initial
-            .unwrap_or(HumanDuration::from_secs(5)),
-        backoff_max: raw
-            .jobs
-            .backoff_max
-            .unwrap_or(HumanDuration::from_secs(300)),
-        revoke_alert_interval: raw
-            .jobs
-            .revoke_alert_interval
-            .unwrap_or(HumanDuration::from_secs(3600)),
+        backoff_initial: raw.jobs.backoff_initial.unwrap_or(HumanDuration::from_secs(5)),
+        backoff_max: raw.jobs.backoff_max.unwrap_or(HumanDuration::from_secs(300)),
+        revoke_alert_interval: raw.jobs.revoke_alert_interval.unwrap_or(HumanDuration::from_secs(3600)),
         concurrency: raw.jobs.concurrency.unwrap_or(8),
     };
     if jobs.grant_attempts == 0 || jobs.grant_attempts > 100 {
@@ -476,9 +465,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let distinct_approvers: HashSet<_> = r.approvers.iter().collect();
         if r.approvals_required == 0 {
             problems.push(format!("{key}.approvals_required: must be at least 1"));
-        } else if r.approver_groups.is_empty()
-            && (r.approvals_required as usize) > distinct_approvers.len()
-        {
+        } else if r.approver_groups.is_empty() && (r.approvals_required as usize) > distinct_approvers.len() {
             problems.push(format!(
                 "{key}.approvals_required: {} approvals needed but only {} approvers listed; \
                  add approvers or lower approvals_required",
@@ -535,11 +522,7 @@ impl Config {
     }
 }
 
-fn adapter_from_table(
-    key: &str,
-    mut table: toml::Table,
-    base_dir: &Path,
-) -> Result<AdapterConfig, Vec<String>> {
+fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Result<AdapterConfig, Vec<String>> {
     let Some(kind) = table.remove("type") else {
         return Err(vec![format!(
             "{key}.type: missing; write type = \"exec\" (or \"noop\")"
@@ -693,8 +676,7 @@ type = "noop"
 
     #[test]
     fn unknown_keys_are_named() {
-        let p =
-            problems(&GOOD.replace("adapter = \"demo\"", "adapter = \"demo\"\napprover = \"x\""));
+        let p = problems(&GOOD.replace("adapter = \"demo\"", "adapter = \"demo\"\napprover = \"x\""));
         assert!(p[0].contains("unknown field `approver`"), "{p:?}");
     }
 
@@ -715,18 +697,10 @@ type = "noop"
             .replace("\"U0APPROVER1\"", "\"alice\"")
             .replace("C0APPROVALS", "#approvals");
         let p = problems(&text);
+        assert!(p.iter().any(|m| m.contains("unknown adapter `nope`")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("`alice` is not a Slack user ID")), "{p:?}");
         assert!(
-            p.iter().any(|m| m.contains("unknown adapter `nope`")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter()
-                .any(|m| m.contains("`alice` is not a Slack user ID")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter()
-                .any(|m| m.contains("`#approvals` is not a Slack channel ID")),
+            p.iter().any(|m| m.contains("`#approvals` is not a Slack channel ID")),
             "{p:?}"
         );
     }
@@ -742,10 +716,7 @@ type = "noop"
             .unwrap();
         let text = format!("{GOOD}\n[[resources]]{dup}");
         let p = problems(&text);
-        assert!(
-            p.iter().any(|m| m.contains("duplicate resource `prod-db`")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|m| m.contains("duplicate resource `prod-db`")), "{p:?}");
     }
 
     #[test]
@@ -756,14 +727,10 @@ type = "noop"
 
     #[test]
     fn more_approvals_than_approvers_is_refused() {
-        let text = GOOD.replace(
-            "approver_groups = [\"S0DBAS\"]\n",
-            "approvals_required = 3\n",
-        );
+        let text = GOOD.replace("approver_groups = [\"S0DBAS\"]\n", "approvals_required = 3\n");
         let p = problems(&text);
         assert!(
-            p.iter()
-                .any(|m| m.contains("3 approvals needed but only 2 approvers")),
+            p.iter().any(|m| m.contains("3 approvals needed but only 2 approvers")),
             "{p:?}"
         );
     }
@@ -776,8 +743,7 @@ type = "noop"
         );
         let p = problems(&text);
         assert!(
-            p.iter()
-                .any(|m| m.contains("/nonexistent/jit-grant` does not exist")),
+            p.iter().any(|m| m.contains("/nonexistent/jit-grant` does not exist")),
             "{p:?}"
         );
     }
@@ -785,9 +751,6 @@ type = "noop"
     #[test]
     fn errors_name_the_file() {
         let e = parse(Path::new("/etc/jitgate.toml"), "nonsense = 1").unwrap_err();
-        assert!(
-            e.to_string().starts_with("/etc/jitgate.toml: 1 problem"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("/etc/jitgate.toml: 1 problem"), "{e}");
     }
 }

@@ -136,23 +136,14 @@ mod tests {
             ("1D2H", 93_600),
         ];
         for (text, secs) in cases {
-            assert_eq!(
-                text.parse::<HumanDuration>().unwrap().as_secs(),
-                secs,
-                "{text}"
-            );
+            assert_eq!(text.parse::<HumanDuration>().unwrap().as_secs(), secs, "{text}");
         }
     }
 
     #[test]
     fn refuses_what_is_not_a_duration() {
-        for text in [
-            "", "2", "h", "2x", "30m1h", "1h1h", "-1h", "1.5h", "2 h", "0s", "400d",
-        ] {
-            assert!(
-                text.parse::<HumanDuration>().is_err(),
-                "{text} should be refused"
-            );
+        for text in ["", "2", "h", "2x", "30m1h", "1h1h", "-1h", "1.5h", "2 h", "0s", "400d"] {
+            assert!(text.parse::<HumanDuration>().is_err(), "{text} should be refused");
         }
     }
 

@@ -12,9 +12,7 @@ use crate::duration::HumanDuration;
 use crate::requests::label;
 use crate::scheduler::backoff;
 use crate::slack::cards::slack_date;
-use crate::store::{
-    self, GrantRow, GrantState, JobKind, JobRow, Outgoing, RequestRow, RequestState,
-};
+use crate::store::{self, GrantRow, GrantState, JobKind, JobRow, Outgoing, RequestRow, RequestState};
 use crate::{audit, AppState};
 
 /// Runs one claimed job to its next state.
@@ -70,11 +68,7 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let started = app.now_ms();
     let planned_expiry = started + grant.duration_secs * 1000;
     let result = match app.adapters.get(&grant.adapter) {
-        Some(adapter) => {
-            adapter
-                .grant(&context(&grant, &request, planned_expiry))
-                .await
-        }
+        Some(adapter) => adapter.grant(&context(&grant, &request, planned_expiry)).await,
         None => Err(AdapterError::Temporary(format!(
             "adapter `{}` is not in the configuration",
             grant.adapter
@@ -84,10 +78,18 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let what = format!("`{}:{}`", grant.resource, grant.role);
     let mut tx = app.db.begin().await?;
     match result {
-        Ok(state) => {
+        Ok(granted) => {
             // The clock starts when the grant succeeded, not when it was asked for.
             let expires_at = now + grant.duration_secs * 1000;
-            if store::activate_grant(&mut tx, grant.id, now, expires_at, state.as_deref()).await? {
+            if store::activate_grant(&mut tx, grant.id, now, expires_at, granted.state.as_deref()).await? {
+                if let Some(note) = granted.private_note {
+                    store::enqueue(
+                        &mut tx,
+                        &Outgoing::private_message(&grant.user_id, note, Some(request.id)),
+                        now,
+                    )
+                    .await?;
+                }
                 store::insert_job(&mut tx, request.id, JobKind::Revoke, expires_at, now).await?;
                 audit::append(
                     &mut tx,
@@ -178,8 +180,7 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
 
 async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let (request, grant) = load(app, job.request_id).await?;
-    let Some(grant) = grant.filter(|g| matches!(g.state, GrantState::Active | GrantState::Failed))
-    else {
+    let Some(grant) = grant.filter(|g| matches!(g.state, GrantState::Active | GrantState::Failed)) else {
         let mut tx = app.db.begin().await?;
         store::finish_job(&mut tx, job.id, false, app.now_ms()).await?;
         tx.commit().await?;
@@ -224,10 +225,7 @@ async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                     &mut tx,
                     &Outgoing::message(
                         &grant.user_id,
-                        format!(
-                            ":lock: Your access to {what} ({}) has ended.",
-                            label(request.id)
-                        ),
+                        format!(":lock: Your access to {what} ({}) has ended.", label(request.id)),
                         Some(request.id),
                     ),
                     now,

@@ -11,9 +11,7 @@ use axum::{Json, Router};
 
 use crate::approvals::{self, Click};
 use crate::commands;
-use crate::slack::payloads::{
-    BlockActions, EventEnvelope, Interaction, InteractionForm, SlashCommand,
-};
+use crate::slack::payloads::{BlockActions, EventEnvelope, Interaction, InteractionForm, SlashCommand};
 use crate::slack::signature;
 use crate::AppState;
 
@@ -39,9 +37,7 @@ impl FromRequest<AppState> for Signed {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let headers: HeaderMap = req.headers().clone();
-        let body = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| e.into_response())?;
+        let body = Bytes::from_request(req, state).await.map_err(|e| e.into_response())?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let now = state.clock.now().timestamp();
         match signature::verify(
@@ -145,10 +141,7 @@ async fn event(State(_app): State<AppState>, Signed(body): Signed) -> Response {
             Json(serde_json::json!({ "challenge": challenge })).into_response()
         }
         Ok(EventEnvelope::EventCallback { event_id, .. }) => {
-            tracing::debug!(
-                ?event_id,
-                "event received; jitgate subscribes to none it acts on"
-            );
+            tracing::debug!(?event_id, "event received; jitgate subscribes to none it acts on");
             StatusCode::OK.into_response()
         }
         Ok(EventEnvelope::Other) => StatusCode::OK.into_response(),

@@ -144,17 +144,12 @@ impl Running {
         self.state.shutdown.cancel();
         let served = self.server.await;
         self.state.tasks.close();
-        if tokio::time::timeout(self.grace, self.state.tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.grace, self.state.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "some work did not finish in time; it resumes at the next start");
         }
         self.state.db.close().await;
         tracing::info!("jitgate stopped");
-        served
-            .context("server task panicked")?
-            .context("server error")?;
+        served.context("server task panicked")?.context("server error")?;
         Ok(())
     }
 

@@ -75,10 +75,7 @@ async fn main() -> ExitCode {
                 if config.adapters.len() == 1 { "" } else { "s" }
             );
             for var in ["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"] {
-                if std::env::var(var)
-                    .map(|v| v.trim().is_empty())
-                    .unwrap_or(true)
-                {
+                if std::env::var(var).map(|v| v.trim().is_empty()).unwrap_or(true) {
                     println!("note: {var} is not set; `jitgate serve` needs it");
                 }
             }
@@ -102,12 +99,7 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {listen} (server.listen in {})",
-                config.path.display()
-            )
-        })?;
+        .with_context(|| format!("cannot listen on {listen} (server.listen in {})", config.path.display()))?;
     let running = jitgate::start(config, secrets, jitgate::Options::default(), listener).await?;
     let token = running.state.shutdown.clone();
     tokio::spawn(async move {

@@ -48,17 +48,9 @@ pub struct ValidRequest {
 }
 
 fn resource_summary(r: &Resource) -> String {
-    let mut s = format!(
-        "`{}` (roles: {}; up to {})",
-        r.name,
-        r.roles.join(", "),
-        r.max_duration
-    );
+    let mut s = format!("`{}` (roles: {}; up to {})", r.name, r.roles.join(", "), r.max_duration);
     if !r.description.is_empty() {
-        s.push_str(&format!(
-            " — {}",
-            crate::slack::payloads::escape(&r.description)
-        ));
+        s.push_str(&format!(" — {}", crate::slack::payloads::escape(&r.description)));
     }
     s
 }
@@ -212,12 +204,7 @@ type = "noop"
         .unwrap()
     }
 
-    fn input(
-        resource: &str,
-        role: Option<&str>,
-        duration: Option<&str>,
-        reason: &str,
-    ) -> RequestInput {
+    fn input(resource: &str, role: Option<&str>, duration: Option<&str>, reason: &str) -> RequestInput {
         RequestInput {
             resource: resource.into(),
             role: role.map(Into::into),
@@ -232,15 +219,7 @@ type = "noop"
         for t in ["JIT-42", "jit-42", "#42", "42", " 42 "] {
             assert_eq!(parse_label(t), Some(42), "{t}");
         }
-        for t in [
-            "",
-            "JIT-",
-            "x42",
-            "-1",
-            "0",
-            "JIT-4 2",
-            "99999999999999999999",
-        ] {
+        for t in ["", "JIT-", "x42", "-1", "0", "JIT-4 2", "99999999999999999999"] {
             assert_eq!(parse_label(t), None, "{t}");
         }
     }
@@ -255,8 +234,7 @@ type = "noop"
     fn unknown_resource_lists_what_exists() {
         let e = validate(&config(), &input("prod", None, None, "x")).unwrap_err();
         assert!(
-            e.contains("no resource called `prod`")
-                && e.contains("`prod-db` (roles: read, write; up to 4h)"),
+            e.contains("no resource called `prod`") && e.contains("`prod-db` (roles: read, write; up to 4h)"),
             "{e}"
         );
     }
@@ -264,10 +242,7 @@ type = "noop"
     #[test]
     fn unknown_role_lists_the_roles() {
         let e = validate(&config(), &input("prod-db", Some("admin"), None, "x")).unwrap_err();
-        assert!(
-            e.contains("no role `admin`") && e.contains("read, write"),
-            "{e}"
-        );
+        assert!(e.contains("no role `admin`") && e.contains("read, write"), "{e}");
     }
 
     #[test]

@@ -42,14 +42,8 @@ pub async fn claim_and_spawn(app: &AppState, now_ms: i64) -> anyhow::Result<usiz
                 );
                 let retry_at = task_app.now_ms() + 60_000;
                 if let Ok(mut conn) = task_app.db.write.acquire().await {
-                    let _ = store::retry_job(
-                        &mut conn,
-                        id,
-                        retry_at,
-                        "internal error; see the jitgate log",
-                        None,
-                    )
-                    .await;
+                    let _ =
+                        store::retry_job(&mut conn, id, retry_at, "internal error; see the jitgate log", None).await;
                 }
             }
             drop(permit);
@@ -82,10 +76,7 @@ pub async fn run(app: AppState) {
             break;
         }
         if let Err(e) = claim_and_spawn(&app, app.now_ms()).await {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "scheduler could not claim jobs; retrying"
-            );
+            tracing::error!(error = format!("{e:#}"), "scheduler could not claim jobs; retrying");
         }
         let next = match app.db.read.acquire().await {
             Ok(mut conn) => store::next_job_due(&mut conn).await.unwrap_or_else(|e| {

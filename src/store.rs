@@ -160,23 +160,17 @@ pub async fn transition_request(
     to: RequestState,
     now: i64,
 ) -> sqlx::Result<bool> {
-    let done =
-        sqlx::query("UPDATE requests SET state = ?, decided_at = ? WHERE id = ? AND state = ?")
-            .bind(to)
-            .bind(now)
-            .bind(id)
-            .bind(from)
-            .execute(conn)
-            .await?;
+    let done = sqlx::query("UPDATE requests SET state = ?, decided_at = ? WHERE id = ? AND state = ?")
+        .bind(to)
+        .bind(now)
+        .bind(id)
+        .bind(from)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_card(
-    conn: &mut SqliteConnection,
-    id: i64,
-    channel: &str,
-    ts: &str,
-) -> sqlx::Result<()> {
+pub async fn set_card(conn: &mut SqliteConnection, id: i64, channel: &str, ts: &str) -> sqlx::Result<()> {
     sqlx::query("UPDATE requests SET card_channel = ?, card_ts = ? WHERE id = ?")
         .bind(channel)
         .bind(ts)
@@ -187,16 +181,11 @@ pub async fn set_card(
 }
 
 /// The caller's requests still waiting for a decision, newest first.
-pub async fn pending_requests_of(
-    conn: &mut SqliteConnection,
-    user: &str,
-) -> sqlx::Result<Vec<RequestRow>> {
-    sqlx::query_as(
-        "SELECT * FROM requests WHERE requester_id = ? AND state = 'pending' ORDER BY id DESC LIMIT 20",
-    )
-    .bind(user)
-    .fetch_all(conn)
-    .await
+pub async fn pending_requests_of(conn: &mut SqliteConnection, user: &str) -> sqlx::Result<Vec<RequestRow>> {
+    sqlx::query_as("SELECT * FROM requests WHERE requester_id = ? AND state = 'pending' ORDER BY id DESC LIMIT 20")
+        .bind(user)
+        .fetch_all(conn)
+        .await
 }
 
 // ---- decisions -----------------------------------------------------------------------
@@ -217,10 +206,7 @@ pub struct DecisionRow {
     pub decided_at: i64,
 }
 
-pub async fn decisions(
-    conn: &mut SqliteConnection,
-    request_id: i64,
-) -> sqlx::Result<Vec<DecisionRow>> {
+pub async fn decisions(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<Vec<DecisionRow>> {
     sqlx::query_as(
         "SELECT approver_id, verdict, decided_at FROM decisions WHERE request_id = ? ORDER BY decided_at, rowid",
     )
@@ -305,10 +291,7 @@ pub async fn insert_grant(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn grant_of(
-    conn: &mut SqliteConnection,
-    request_id: i64,
-) -> sqlx::Result<Option<GrantRow>> {
+pub async fn grant_of(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<Option<GrantRow>> {
     sqlx::query_as("SELECT * FROM grants WHERE request_id = ?")
         .bind(request_id)
         .fetch_optional(conn)
@@ -337,28 +320,17 @@ pub async fn activate_grant(
 }
 
 /// Marks a grant that could not be given as failed.
-pub async fn fail_grant(
-    conn: &mut SqliteConnection,
-    grant_id: i64,
-    error: &str,
-) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE grants SET state = 'failed', last_error = ? WHERE id = ? AND state = 'granting'",
-    )
-    .bind(error)
-    .bind(grant_id)
-    .execute(conn)
-    .await?;
+pub async fn fail_grant(conn: &mut SqliteConnection, grant_id: i64, error: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE grants SET state = 'failed', last_error = ? WHERE id = ? AND state = 'granting'")
+        .bind(error)
+        .bind(grant_id)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Marks an active grant revoked. Only called once the adapter confirmed the revoke.
-pub async fn revoke_grant(
-    conn: &mut SqliteConnection,
-    grant_id: i64,
-    now: i64,
-    by: &str,
-) -> sqlx::Result<bool> {
+pub async fn revoke_grant(conn: &mut SqliteConnection, grant_id: i64, now: i64, by: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "UPDATE grants SET state = 'revoked', revoked_at = ?, revoked_by = ?, last_error = NULL \
          WHERE id = ? AND state = 'active'",
@@ -371,11 +343,7 @@ pub async fn revoke_grant(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_grant_error(
-    conn: &mut SqliteConnection,
-    grant_id: i64,
-    error: &str,
-) -> sqlx::Result<()> {
+pub async fn set_grant_error(conn: &mut SqliteConnection, grant_id: i64, error: &str) -> sqlx::Result<()> {
     sqlx::query("UPDATE grants SET last_error = ? WHERE id = ?")
         .bind(error)
         .bind(grant_id)
@@ -385,10 +353,7 @@ pub async fn set_grant_error(
 }
 
 /// The caller's grants being given or in force, soonest expiry first.
-pub async fn live_grants_of(
-    conn: &mut SqliteConnection,
-    user: &str,
-) -> sqlx::Result<Vec<GrantRow>> {
+pub async fn live_grants_of(conn: &mut SqliteConnection, user: &str) -> sqlx::Result<Vec<GrantRow>> {
     sqlx::query_as(
         "SELECT * FROM grants WHERE user_id = ? AND state IN ('granting', 'active') \
          ORDER BY expires_at IS NULL, expires_at LIMIT 20",
@@ -443,11 +408,7 @@ pub async fn insert_job(
 }
 
 /// Claims up to `limit` due jobs, earliest first, in one statement.
-pub async fn claim_due_jobs(
-    conn: &mut SqliteConnection,
-    now: i64,
-    limit: i64,
-) -> sqlx::Result<Vec<JobRow>> {
+pub async fn claim_due_jobs(conn: &mut SqliteConnection, now: i64, limit: i64) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as(
         "UPDATE jobs SET state = 'running' WHERE id IN \
            (SELECT id FROM jobs WHERE state = 'pending' AND run_at <= ? ORDER BY run_at LIMIT ?) \
@@ -461,20 +422,14 @@ pub async fn claim_due_jobs(
 
 /// When the next pending job is due, if any.
 pub async fn next_job_due(conn: &mut SqliteConnection) -> sqlx::Result<Option<i64>> {
-    let row: (Option<i64>,) =
-        sqlx::query_as("SELECT MIN(run_at) FROM jobs WHERE state = 'pending'")
-            .fetch_one(conn)
-            .await?;
+    let row: (Option<i64>,) = sqlx::query_as("SELECT MIN(run_at) FROM jobs WHERE state = 'pending'")
+        .fetch_one(conn)
+        .await?;
     Ok(row.0)
 }
 
 /// Finishes a claimed job.
-pub async fn finish_job(
-    conn: &mut SqliteConnection,
-    id: i64,
-    failed: bool,
-    now: i64,
-) -> sqlx::Result<()> {
+pub async fn finish_job(conn: &mut SqliteConnection, id: i64, failed: bool, now: i64) -> sqlx::Result<()> {
     sqlx::query("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?")
         .bind(if failed { "failed" } else { "done" })
         .bind(now)
@@ -523,27 +478,20 @@ pub async fn recover_running_jobs(conn: &mut SqliteConnection) -> sqlx::Result<u
 }
 
 /// Cancels a pending job (for example a request time-out once someone decided).
-pub async fn cancel_job(
-    conn: &mut SqliteConnection,
-    request_id: i64,
-    kind: JobKind,
-    now: i64,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET state = 'done', finished_at = ? WHERE request_id = ? AND kind = ? AND state = 'pending'")
-        .bind(now)
-        .bind(request_id)
-        .bind(kind)
-        .execute(conn)
-        .await?;
+pub async fn cancel_job(conn: &mut SqliteConnection, request_id: i64, kind: JobKind, now: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'done', finished_at = ? WHERE request_id = ? AND kind = ? AND state = 'pending'",
+    )
+    .bind(now)
+    .bind(request_id)
+    .bind(kind)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// The job of `kind` for a request.
-pub async fn job_of(
-    conn: &mut SqliteConnection,
-    request_id: i64,
-    kind: JobKind,
-) -> sqlx::Result<Option<JobRow>> {
+pub async fn job_of(conn: &mut SqliteConnection, request_id: i64, kind: JobKind) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(
         "SELECT id, request_id, kind, run_at, attempts, last_error, last_alert_at FROM jobs WHERE request_id = ? AND kind = ?",
     )
@@ -590,6 +538,8 @@ pub struct Outgoing {
     pub channel: Option<String>,
     pub body: Option<String>,
     pub response_url: Option<String>,
+    /// The body is a secret: erased once delivered.
+    pub sensitive: bool,
 }
 
 impl Outgoing {
@@ -600,6 +550,7 @@ impl Outgoing {
             channel: None,
             body: None,
             response_url: None,
+            sensitive: false,
         }
     }
     pub fn update_card(request_id: i64) -> Self {
@@ -609,6 +560,7 @@ impl Outgoing {
             channel: None,
             body: None,
             response_url: None,
+            sensitive: false,
         }
     }
     /// A message to a channel ID, or a DM when `channel` is a user ID.
@@ -619,6 +571,14 @@ impl Outgoing {
             channel: Some(channel.to_string()),
             body: Some(text),
             response_url: None,
+            sensitive: false,
+        }
+    }
+    /// A DM holding a secret; its text is erased once Slack has it.
+    pub fn private_message(user: &str, text: String, request_id: Option<i64>) -> Self {
+        Self {
+            sensitive: true,
+            ..Self::message(user, text, request_id)
         }
     }
     pub fn ephemeral(response_url: &str, text: String) -> Self {
@@ -628,20 +588,22 @@ impl Outgoing {
             channel: None,
             body: Some(text),
             response_url: Some(response_url.to_string()),
+            sensitive: false,
         }
     }
 }
 
 pub async fn enqueue(conn: &mut SqliteConnection, m: &Outgoing, now: i64) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO outbox (kind, request_id, channel, body, response_url, state, next_attempt_at, created_at) \
-         VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+        "INSERT INTO outbox (kind, request_id, channel, body, response_url, sensitive, state, next_attempt_at, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
     )
     .bind(m.kind)
     .bind(m.request_id)
     .bind(&m.channel)
     .bind(&m.body)
     .bind(&m.response_url)
+    .bind(m.sensitive)
     .bind(now)
     .bind(now)
     .execute(conn)
@@ -650,11 +612,7 @@ pub async fn enqueue(conn: &mut SqliteConnection, m: &Outgoing, now: i64) -> sql
 }
 
 /// Due outbox entries in the order they were written.
-pub async fn due_outbox(
-    conn: &mut SqliteConnection,
-    now: i64,
-    limit: i64,
-) -> sqlx::Result<Vec<OutboxRow>> {
+pub async fn due_outbox(conn: &mut SqliteConnection, now: i64, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as(
         "SELECT id, kind, request_id, channel, body, response_url, attempts, created_at FROM outbox \
          WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
@@ -666,52 +624,41 @@ pub async fn due_outbox(
 }
 
 pub async fn next_outbox_due(conn: &mut SqliteConnection) -> sqlx::Result<Option<i64>> {
-    let row: (Option<i64>,) =
-        sqlx::query_as("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")
-            .fetch_one(conn)
-            .await?;
+    let row: (Option<i64>,) = sqlx::query_as("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")
+        .fetch_one(conn)
+        .await?;
     Ok(row.0)
 }
 
 /// True while a card post for this request is still waiting to be delivered.
 pub async fn card_post_pending(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<bool> {
-    let row: (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM outbox WHERE request_id = ? AND kind = 'post_card' AND state = 'pending'",
-    )
-    .bind(request_id)
-    .fetch_one(conn)
-    .await?;
+    let row: (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE request_id = ? AND kind = 'post_card' AND state = 'pending'")
+            .bind(request_id)
+            .fetch_one(conn)
+            .await?;
     Ok(row.0 > 0)
 }
 
 pub async fn outbox_sent(conn: &mut SqliteConnection, id: i64, now: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1 WHERE id = ?",
-    )
-    .bind(now)
-    .bind(id)
-    .execute(conn)
-    .await?;
+    sqlx::query("UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1 WHERE id = ?")
+        .bind(now)
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 pub async fn outbox_failed(conn: &mut SqliteConnection, id: i64, error: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE outbox SET state = 'failed', last_error = ?, attempts = attempts + 1 WHERE id = ?",
-    )
-    .bind(error)
-    .bind(id)
-    .execute(conn)
-    .await?;
+    sqlx::query("UPDATE outbox SET state = 'failed', last_error = ?, attempts = attempts + 1 WHERE id = ?")
+        .bind(error)
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
-pub async fn outbox_retry(
-    conn: &mut SqliteConnection,
-    id: i64,
-    at: i64,
-    error: &str,
-) -> sqlx::Result<()> {
+pub async fn outbox_retry(conn: &mut SqliteConnection, id: i64, at: i64, error: &str) -> sqlx::Result<()> {
     sqlx::query("UPDATE outbox SET next_attempt_at = ?, last_error = ?, attempts = attempts + 1 WHERE id = ?")
         .bind(at)
         .bind(error)

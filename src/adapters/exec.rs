@@ -11,7 +11,7 @@ use std::process::Stdio;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use super::{Adapter, AdapterError, BoxFuture, GrantContext};
+use super::{Adapter, AdapterError, BoxFuture, GrantContext, Granted};
 use crate::config::ExecAdapterConfig;
 
 /// Largest stdout kept as grant state.
@@ -35,9 +35,11 @@ impl ExecAdapter {
     }
 
     async fn run(&self, action: &str, ctx: &GrantContext) -> Result<String, AdapterError> {
-        let (program, args) = self.config.command.split_first().ok_or_else(|| {
-            AdapterError::Permanent(format!("adapter {}: empty command", self.name))
-        })?;
+        let (program, args) = self
+            .config
+            .command
+            .split_first()
+            .ok_or_else(|| AdapterError::Permanent(format!("adapter {}: empty command", self.name)))?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
@@ -60,8 +62,7 @@ impl ExecAdapter {
             .env("JIT_DURATION_SECONDS", ctx.duration_secs.to_string())
             .env(
                 "JIT_EXPIRES_AT",
-                ctx.expires_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ctx.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             )
             .env("JIT_REASON", &ctx.reason);
         if action == "revoke" {
@@ -103,8 +104,7 @@ impl ExecAdapter {
                 )));
             }
         };
-        let status = status
-            .map_err(|e| AdapterError::Temporary(format!("waiting for {program}: {}", e.kind())))?;
+        let status = status.map_err(|e| AdapterError::Temporary(format!("waiting for {program}: {}", e.kind())))?;
         if !status.success() {
             // stderr can say anything; it goes to the process log only.
             tracing::warn!(
@@ -116,9 +116,7 @@ impl ExecAdapter {
                 .code()
                 .map(|c| format!("exit status {c}"))
                 .unwrap_or_else(|| "killed by a signal".into());
-            return Err(AdapterError::Temporary(format!(
-                "{program} failed with {code}"
-            )));
+            return Err(AdapterError::Temporary(format!("{program} failed with {code}")));
         }
         if out.len() > MAX_STATE_BYTES {
             return Err(AdapterError::Permanent(format!(
@@ -130,13 +128,10 @@ impl ExecAdapter {
 }
 
 impl Adapter for ExecAdapter {
-    fn grant<'a>(
-        &'a self,
-        ctx: &'a GrantContext,
-    ) -> BoxFuture<'a, Result<Option<String>, AdapterError>> {
+    fn grant<'a>(&'a self, ctx: &'a GrantContext) -> BoxFuture<'a, Result<Granted, AdapterError>> {
         Box::pin(async move {
             let out = self.run("grant", ctx).await?;
-            Ok(Some(out).filter(|s| !s.is_empty()))
+            Ok(Granted::with_state(Some(out).filter(|s| !s.is_empty())))
         })
     }
 
@@ -195,24 +190,18 @@ mod tests {
         let a = adapter(script(dir.path(), &body), 10);
         std::env::set_var("SLACK_SIGNING_SECRET_TEST_CANARY", "x");
         let state = a.grant(&ctx("$(rm -rf /); `id` 'quoted'")).await.unwrap();
-        assert_eq!(state.as_deref(), Some("login-7"));
+        assert_eq!(state.state.as_deref(), Some("login-7"));
         let env = std::fs::read_to_string(out).unwrap();
         assert!(env.contains("JIT_ACTION=grant\n"), "{env}");
         assert!(env.contains("JIT_GRANT_ID=7\n"));
         assert!(env.contains("JIT_REQUEST_ID=JIT-42\n"));
-        assert!(
-            env.contains("JIT_EXPIRES_AT=2023-11-14T22:13:20Z\n"),
-            "{env}"
-        );
+        assert!(env.contains("JIT_EXPIRES_AT=2023-11-14T22:13:20Z\n"), "{env}");
         assert!(
             env.contains("JIT_REASON=$(rm -rf /); `id` 'quoted'\n"),
             "user text arrives verbatim: {env}"
         );
         assert!(env.contains("EXTRA=yes"));
-        assert!(
-            !env.contains("SLACK"),
-            "jitgate's environment must not leak: {env}"
-        );
+        assert!(!env.contains("SLACK"), "jitgate's environment must not leak: {env}");
         assert!(!env.contains("JIT_GRANT_STATE"));
     }
 
@@ -228,10 +217,7 @@ mod tests {
             10,
         );
         a.revoke(&ctx("r")).await.unwrap();
-        assert_eq!(
-            std::fs::read_to_string(out).unwrap(),
-            "revoke state-from-grant\n"
-        );
+        assert_eq!(std::fs::read_to_string(out).unwrap(), "revoke state-from-grant\n");
     }
 
     #[tokio::test]
@@ -239,10 +225,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = adapter(script(dir.path(), "echo secret-token-123 >&2; exit 3"), 10);
         let err = a.grant(&ctx("r")).await.unwrap_err();
-        assert!(
-            err.to_string().ends_with("failed with exit status 3"),
-            "{err}"
-        );
+        assert!(err.to_string().ends_with("failed with exit status 3"), "{err}");
         assert!(!err.to_string().contains("secret"));
     }
 
@@ -252,10 +235,7 @@ mod tests {
         let a = adapter(script(dir.path(), "exec sleep 30"), 1);
         let started = std::time::Instant::now();
         let err = a.grant(&ctx("r")).await.unwrap_err();
-        assert!(
-            err.to_string().contains("did not finish within 1s"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("did not finish within 1s"), "{err}");
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 }

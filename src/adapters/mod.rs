@@ -48,15 +48,50 @@ pub enum AdapterError {
     Permanent(String),
 }
 
+/// What a successful grant hands back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Granted {
+    /// Opaque state kept with the grant and handed back to `revoke`. Stored in SQLite, so
+    /// never a secret.
+    pub state: Option<String>,
+    /// A message for the requester's eyes only (for example generated credentials). Sent
+    /// as a DM, erased from the outbox once delivered, never logged or audited.
+    pub private_note: Option<String>,
+}
+
+impl Granted {
+    /// A grant with state only.
+    pub fn with_state(state: Option<String>) -> Self {
+        Self {
+            state,
+            private_note: None,
+        }
+    }
+}
+
+/// Access an adapter says exists, as listed for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedAccess {
+    /// The jitgate grant it belongs to, when the adapter can tell.
+    pub grant_id: Option<i64>,
+    /// What it is, for reports (like `role jit_42_alice`).
+    pub description: String,
+}
+
 /// Gives and takes away one kind of access.
 pub trait Adapter: Send + Sync {
-    /// Gives the access; returns state to hand back to `revoke`.
-    fn grant<'a>(
-        &'a self,
-        ctx: &'a GrantContext,
-    ) -> BoxFuture<'a, Result<Option<String>, AdapterError>>;
-    /// Takes the access away.
+    /// Gives the access. Must succeed if the access is already there (retries after a crash).
+    fn grant<'a>(&'a self, ctx: &'a GrantContext) -> BoxFuture<'a, Result<Granted, AdapterError>>;
+    /// Takes the access away. Must succeed if it is already gone.
     fn revoke<'a>(&'a self, ctx: &'a GrantContext) -> BoxFuture<'a, Result<(), AdapterError>>;
+    /// Whether the access is in force now; `None` when the adapter cannot tell.
+    fn is_active<'a>(&'a self, _ctx: &'a GrantContext) -> BoxFuture<'a, Result<Option<bool>, AdapterError>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Everything this adapter has granted that still exists; `None` when it cannot list.
+    fn list_granted(&self) -> BoxFuture<'_, Result<Option<Vec<ListedAccess>>, AdapterError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Does nothing and always succeeds. For trying jitgate out and for benchmarks.
@@ -64,11 +99,8 @@ pub trait Adapter: Send + Sync {
 pub struct NoopAdapter;
 
 impl Adapter for NoopAdapter {
-    fn grant<'a>(
-        &'a self,
-        _ctx: &'a GrantContext,
-    ) -> BoxFuture<'a, Result<Option<String>, AdapterError>> {
-        Box::pin(async { Ok(None) })
+    fn grant<'a>(&'a self, _ctx: &'a GrantContext) -> BoxFuture<'a, Result<Granted, AdapterError>> {
+        Box::pin(async { Ok(Granted::default()) })
     }
     fn revoke<'a>(&'a self, _ctx: &'a GrantContext) -> BoxFuture<'a, Result<(), AdapterError>> {
         Box::pin(async { Ok(()) })

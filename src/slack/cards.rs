@@ -61,11 +61,7 @@ fn user_text(text: &str, budget: usize) -> String {
 }
 
 fn mention_list(users: &[&str]) -> String {
-    users
-        .iter()
-        .map(|u| format!("<@{u}>"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    users.iter().map(|u| format!("<@{u}>")).collect::<Vec<_>>().join(", ")
 }
 
 /// The status lines under the request details.
@@ -81,7 +77,10 @@ pub fn status_text(m: &CardModel<'_>) -> String {
         RequestState::Pending => {
             if approvers.is_empty() {
                 if r.approvals_required > 1 {
-                    format!(":hourglass_flowing_sand: Waiting for {} approvals.", r.approvals_required)
+                    format!(
+                        ":hourglass_flowing_sand: Waiting for {} approvals.",
+                        r.approvals_required
+                    )
                 } else {
                     ":hourglass_flowing_sand: Waiting for an approver.".to_string()
                 }
@@ -98,7 +97,11 @@ pub fn status_text(m: &CardModel<'_>) -> String {
         RequestState::Denied => {
             let denier = m.decisions.iter().find(|d| d.verdict == Verdict::Deny);
             match denier {
-                Some(d) => format!(":no_entry: Denied by <@{}> {}.", d.approver_id, slack_date(d.decided_at)),
+                Some(d) => format!(
+                    ":no_entry: Denied by <@{}> {}.",
+                    d.approver_id,
+                    slack_date(d.decided_at)
+                ),
                 None => ":no_entry: Denied.".to_string(),
             }
         }
@@ -121,21 +124,17 @@ pub fn status_text(m: &CardModel<'_>) -> String {
 }
 
 fn grant_line(g: &GrantRow, job: Option<&JobRow>) -> String {
-    let retrying =
-        |what: &str| match job.and_then(|j| j.last_error.as_deref().map(|e| (j.attempts, e))) {
-            Some((attempts, err)) if attempts > 0 => {
-                format!(
-                    " :warning: {what} attempt {attempts} failed ({}); retrying.",
-                    escape(&truncate(err, 200))
-                )
-            }
-            _ => String::new(),
-        };
+    let retrying = |what: &str| match job.and_then(|j| j.last_error.as_deref().map(|e| (j.attempts, e))) {
+        Some((attempts, err)) if attempts > 0 => {
+            format!(
+                " :warning: {what} attempt {attempts} failed ({}); retrying.",
+                escape(&truncate(err, 200))
+            )
+        }
+        _ => String::new(),
+    };
     match g.state {
-        GrantState::Granting => format!(
-            ":arrows_counterclockwise: Granting access…{}",
-            retrying("Grant")
-        ),
+        GrantState::Granting => format!(":arrows_counterclockwise: Granting access…{}", retrying("Grant")),
         GrantState::Active => format!(
             ":key: Access granted {}; ends {}.{}",
             slack_date(g.granted_at.unwrap_or(g.created_at)),
@@ -153,9 +152,9 @@ fn grant_line(g: &GrantRow, job: Option<&JobRow>) -> String {
         }
         GrantState::Failed => {
             format!(
-            ":x: Granting failed: {}. Nothing is in force; ask again once the problem is fixed.",
-            escape(&truncate(g.last_error.as_deref().unwrap_or("unknown error"), 300))
-        )
+                ":x: Granting failed: {}. Nothing is in force; ask again once the problem is fixed.",
+                escape(&truncate(g.last_error.as_deref().unwrap_or("unknown error"), 300))
+            )
         }
     }
 }
@@ -187,10 +186,7 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
             ])
             .into(),
         SlackSectionBlock::new()
-            .with_text(md!(format!(
-                "*Reason*\n{}",
-                user_text(&r.reason, MAX_SECTION - 20)
-            )))
+            .with_text(md!(format!("*Reason*\n{}", user_text(&r.reason, MAX_SECTION - 20))))
             .into(),
     ];
     let mut context = format!("Requested {}", slack_date(r.created_at));
@@ -201,11 +197,7 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
         context.push_str(&format!(" · from <#{}>", r.origin_channel));
     }
     blocks.push(SlackContextBlock::new(vec![md!(context)]).into());
-    blocks.push(
-        SlackSectionBlock::new()
-            .with_text(md!(status_text(m)))
-            .into(),
-    );
+    blocks.push(SlackSectionBlock::new().with_text(md!(status_text(m))).into());
     if r.state == RequestState::Pending {
         let id = r.id.to_string();
         blocks.push(

@@ -32,9 +32,7 @@ impl From<SlackClientError> for SlackCallError {
     fn from(e: SlackClientError) -> Self {
         match e {
             SlackClientError::RateLimitError(r) => SlackCallError::RateLimited(r.retry_after),
-            SlackClientError::ApiError(api) if api.code == "ratelimited" => {
-                SlackCallError::RateLimited(None)
-            }
+            SlackClientError::ApiError(api) if api.code == "ratelimited" => SlackCallError::RateLimited(None),
             SlackClientError::ApiError(api) if TRANSIENT_CODES.contains(&api.code.as_str()) => {
                 SlackCallError::Transient(api.code)
             }
@@ -42,9 +40,7 @@ impl From<SlackClientError> for SlackCallError {
             SlackClientError::HttpError(h) if h.status_code.is_client_error() => {
                 SlackCallError::Permanent(format!("HTTP {}", h.status_code))
             }
-            SlackClientError::HttpError(h) => {
-                SlackCallError::Transient(format!("HTTP {}", h.status_code))
-            }
+            SlackClientError::HttpError(h) => SlackCallError::Transient(format!("HTTP {}", h.status_code)),
             other => SlackCallError::Transient(other.to_string()),
         }
     }
@@ -64,40 +60,31 @@ impl std::fmt::Debug for SlackApi {
 }
 
 /// An HTTPS (and, for loopback test servers, HTTP) connector using the system's roots.
-pub fn https_connector(
-) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+pub fn https_connector() -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
     let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(error = %e, "no CA certificates found; HTTPS calls will fail (install ca-certificates)");
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
+            let config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default protocol versions")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
         }
     };
-    builder
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .build()
+    builder.https_or_http().enable_http1().enable_http2().build()
 }
 
 impl SlackApi {
     /// A client for the Web API at `api_url` (like `https://slack.com/api`).
     pub fn new(api_url: &str, bot_token: &str) -> Self {
         let base = format!("{}/", api_url.trim_end_matches('/'));
-        let connector =
-            SlackClientHyperConnector::from(https_connector()).with_slack_api_url(&base);
+        let connector = SlackClientHyperConnector::from(https_connector()).with_slack_api_url(&base);
         Self {
             client: Arc::new(SlackClient::new(connector)),
-            token: Arc::new(SlackApiToken::new(SlackApiTokenValue::new(
-                bot_token.to_string(),
-            ))),
+            token: Arc::new(SlackApiToken::new(SlackApiTokenValue::new(bot_token.to_string()))),
         }
     }
 
@@ -108,8 +95,7 @@ impl SlackApi {
         content: SlackMessageContent,
     ) -> Result<(String, String), SlackCallError> {
         let session = self.client.open_session(&self.token);
-        let req =
-            SlackApiChatPostMessageRequest::new(channel.into(), content).with_unfurl_links(false);
+        let req = SlackApiChatPostMessageRequest::new(channel.into(), content).with_unfurl_links(false);
         let resp = session.chat_post_message(&req).await?;
         Ok((resp.channel.to_string(), resp.ts.to_string()))
     }
@@ -128,22 +114,14 @@ impl SlackApi {
     }
 
     /// Replies only to the person who clicked, through the interaction's response_url.
-    pub async fn respond_ephemeral(
-        &self,
-        response_url: &str,
-        text: &str,
-    ) -> Result<(), SlackCallError> {
+    pub async fn respond_ephemeral(&self, response_url: &str, text: &str) -> Result<(), SlackCallError> {
         let url: url::Url = response_url
             .parse()
             .map_err(|_| SlackCallError::Permanent("response_url is not a URL".into()))?;
-        let req = SlackApiPostWebhookMessageRequest::new(
-            SlackMessageContent::new().with_text(text.to_string()),
-        )
-        .with_replace_original(false);
+        let req = SlackApiPostWebhookMessageRequest::new(SlackMessageContent::new().with_text(text.to_string()))
+            .with_replace_original(false);
         // response_type is not a field of the request type; ephemeral is Slack's default.
-        self.client
-            .respond_to_event(&SlackResponseUrl(url), &req)
-            .await?;
+        self.client.respond_to_event(&SlackResponseUrl(url), &req).await?;
         Ok(())
     }
 
@@ -156,11 +134,7 @@ impl SlackApi {
     }
 
     /// True if `user` belongs to any of `groups`, asked of Slack now.
-    pub async fn is_in_any_group(
-        &self,
-        groups: &[String],
-        user: &str,
-    ) -> Result<bool, SlackCallError> {
+    pub async fn is_in_any_group(&self, groups: &[String], user: &str) -> Result<bool, SlackCallError> {
         for g in groups {
             if self.group_members(g).await?.iter().any(|u| u == user) {
                 return Ok(true);

@@ -86,11 +86,7 @@ async fn deliver_one(app: &AppState, row: OutboxRow) -> Option<Duration> {
     let result = match send(app, &row).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(
-                outbox = id,
-                error = format!("{e:#}"),
-                "outbox: internal error"
-            );
+            tracing::error!(outbox = id, error = format!("{e:#}"), "outbox: internal error");
             Delivery::Failed(SlackCallError::Transient("internal error".into()))
         }
     };
@@ -101,26 +97,13 @@ async fn deliver_one(app: &AppState, row: OutboxRow) -> Option<Duration> {
         match result {
             Delivery::Sent | Delivery::Moot => store::outbox_sent(&mut conn, id, now).await?,
             Delivery::Failed(SlackCallError::RateLimited(after)) => {
-                let after = after
-                    .unwrap_or(Duration::from_secs(1))
-                    .max(Duration::from_millis(100));
+                let after = after.unwrap_or(Duration::from_secs(1)).max(Duration::from_millis(100));
                 tracing::warn!(outbox = id, ?kind, retry_after = ?after, "Slack rate limit; pausing deliveries");
-                store::outbox_retry(
-                    &mut conn,
-                    id,
-                    now + after.as_millis() as i64,
-                    "rate limited",
-                )
-                .await?;
+                store::outbox_retry(&mut conn, id, now + after.as_millis() as i64, "rate limited").await?;
                 pause = Some(after);
             }
             Delivery::Failed(SlackCallError::Transient(e)) => {
-                let wait = backoff(
-                    RETRY_INITIAL,
-                    RETRY_MAX,
-                    attempts as u32 + 1,
-                    rand::random::<f64>(),
-                );
+                let wait = backoff(RETRY_INITIAL, RETRY_MAX, attempts as u32 + 1, rand::random::<f64>());
                 tracing::warn!(outbox = id, ?kind, error = %e, retry_in = ?wait, "Slack call failed; will retry");
                 store::outbox_retry(&mut conn, id, now + wait.as_millis() as i64, &e).await?;
             }
@@ -148,8 +131,7 @@ async fn send(app: &AppState, row: &OutboxRow) -> anyhow::Result<Delivery> {
             let (Some(channel), Some(text)) = (&row.channel, &row.body) else {
                 return Ok(Delivery::Moot);
             };
-            let content =
-                slack_morphism::prelude::SlackMessageContent::new().with_text(text.clone());
+            let content = slack_morphism::prelude::SlackMessageContent::new().with_text(text.clone());
             match app.slack.post_message(channel, content).await {
                 Ok(_) => Ok(Delivery::Sent),
                 Err(e) => failed(e),
@@ -205,23 +187,18 @@ async fn send(app: &AppState, row: &OutboxRow) -> anyhow::Result<Delivery> {
             let content = render_card(&model);
             match (row.kind, &request.card_ts) {
                 (OutboxKind::PostCard, Some(_)) => Ok(Delivery::Moot),
-                (OutboxKind::PostCard, None) => match app
-                    .slack
-                    .post_message(&request.approval_channel, content)
-                    .await
-                {
-                    Ok((channel, ts)) => {
-                        let mut conn = app.db.write.acquire().await?;
-                        store::set_card(&mut conn, request_id, &channel, &ts).await?;
-                        Ok(Delivery::Sent)
+                (OutboxKind::PostCard, None) => {
+                    match app.slack.post_message(&request.approval_channel, content).await {
+                        Ok((channel, ts)) => {
+                            let mut conn = app.db.write.acquire().await?;
+                            store::set_card(&mut conn, request_id, &channel, &ts).await?;
+                            Ok(Delivery::Sent)
+                        }
+                        Err(e) => failed(e),
                     }
-                    Err(e) => failed(e),
-                },
+                }
                 (_, Some(ts)) => {
-                    let channel = request
-                        .card_channel
-                        .clone()
-                        .unwrap_or(request.approval_channel.clone());
+                    let channel = request.card_channel.clone().unwrap_or(request.approval_channel.clone());
                     match app.slack.update_message(&channel, ts, content).await {
                         Ok(()) => Ok(Delivery::Sent),
                         Err(e) => failed(e),
@@ -229,9 +206,7 @@ async fn send(app: &AppState, row: &OutboxRow) -> anyhow::Result<Delivery> {
                 }
                 // No card yet: the pending post will render the latest state when it goes.
                 (_, None) if post_pending => Ok(Delivery::Moot),
-                (_, None) => failed(SlackCallError::Permanent(
-                    "the card was never posted".into(),
-                )),
+                (_, None) => failed(SlackCallError::Permanent("the card was never posted".into())),
             }
         }
     }

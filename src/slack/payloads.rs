@@ -92,16 +92,12 @@ pub enum EventEnvelope {
 /// Slack escapes `&`, `<` and `>` in command text; this undoes it so the stored text is
 /// what the user typed. Rendering escapes again.
 pub fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
+    text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
 
 /// Escapes text for Slack mrkdwn so user input cannot mention, link or break formatting.
 pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -123,8 +119,7 @@ mod tests {
 
     #[test]
     fn other_interactions_are_recognised_as_other() {
-        let i: Interaction =
-            serde_json::from_str(r#"{"type":"view_submission","user":{"id":"U1"}}"#).unwrap();
+        let i: Interaction = serde_json::from_str(r#"{"type":"view_submission","user":{"id":"U1"}}"#).unwrap();
         assert!(matches!(i, Interaction::Other));
     }
 

@@ -52,16 +52,11 @@ pub fn verify(
     let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
         return Err(SignatureError::MissingHeaders);
     };
-    let ts: i64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| SignatureError::BadTimestamp)?;
+    let ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
     if (now - ts).abs() > MAX_SKEW_SECS {
         return Err(SignatureError::Stale);
     }
-    let hex_sig = signature
-        .strip_prefix("v0=")
-        .ok_or(SignatureError::Malformed)?;
+    let hex_sig = signature.strip_prefix("v0=").ok_or(SignatureError::Malformed)?;
     let expected = hex::decode(hex_sig).map_err(|_| SignatureError::Malformed)?;
     // verify_slice compares in constant time.
     mac(secret, timestamp.trim(), body)
@@ -83,13 +78,7 @@ mod tests {
     fn documented_example_vector_verifies_with_a_pinned_clock() {
         assert_eq!(sign(SECRET, TS, BODY.as_bytes()), EXPECTED);
         assert_eq!(
-            verify(
-                SECRET,
-                Some(TS),
-                Some(EXPECTED),
-                BODY.as_bytes(),
-                1_531_420_618 + 10
-            ),
+            verify(SECRET, Some(TS), Some(EXPECTED), BODY.as_bytes(), 1_531_420_618 + 10),
             Ok(())
         );
     }
