@@ -238,4 +238,20 @@ mod tests {
         assert!(err.to_string().contains("did not finish within 1s"), "{err}");
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
+
+    #[tokio::test]
+    async fn exec_adapter_passes_the_conformance_checks() {
+        // A script that keeps its "access" in a file, idempotently, like a real one should.
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("granted");
+        let body = format!(
+            "f={}\ncase \"$JIT_ACTION\" in\n  grant) grep -qx \"$JIT_GRANT_ID\" \"$f\" 2>/dev/null || echo \"$JIT_GRANT_ID\" >> \"$f\"; echo \"state-$JIT_GRANT_ID\" ;;\n  revoke) touch \"$f\"; grep -vx \"$JIT_GRANT_ID\" \"$f\" > \"$f.new\"; mv \"$f.new\" \"$f\" ;;\nesac",
+            store.display()
+        );
+        let a = adapter(script(dir.path(), &body), 10);
+        let mut c = ctx("r");
+        c.state = None;
+        crate::adapters::conformance::check(&a, &c, false).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&store).unwrap(), "");
+    }
 }

@@ -4,6 +4,7 @@
 //! "already granted" and "already revoked" are successes. `grant` may return opaque state
 //! (for example a generated login name) that is handed back to `revoke`.
 
+pub mod conformance;
 pub mod exec;
 
 use std::collections::HashMap;
