@@ -17,7 +17,10 @@ CREATE TABLE requests (
     created_at         INTEGER NOT NULL,
     decided_at         INTEGER,
     card_channel       TEXT,
-    card_ts            TEXT
+    card_ts            TEXT,
+    -- 'extension' requests ask for more time on the grant of `extends_request_id`.
+    kind               TEXT    NOT NULL DEFAULT 'access' CHECK (kind IN ('access', 'extension')),
+    extends_request_id INTEGER REFERENCES requests (id)
 ) STRICT;
 CREATE INDEX requests_by_requester ON requests (requester_id, state);
 
@@ -27,6 +30,8 @@ CREATE TABLE decisions (
     approver_id TEXT    NOT NULL,
     verdict     TEXT    NOT NULL CHECK (verdict IN ('approve', 'deny')),
     decided_at  INTEGER NOT NULL,
+    -- Why, when the decider is a policy rather than a person (e.g. on-call evidence).
+    reason      TEXT,
     PRIMARY KEY (request_id, approver_id)
 ) STRICT;
 
@@ -45,6 +50,9 @@ CREATE TABLE grants (
     expires_at    INTEGER,
     revoked_at    INTEGER,
     revoked_by    TEXT,
+    -- Set when someone ends the grant early; the revoke job then runs at once.
+    revoke_requested_by TEXT,
+    revoke_requested_at INTEGER,
     adapter_state TEXT,
     last_error    TEXT
 ) STRICT;
@@ -55,7 +63,7 @@ CREATE INDEX grants_by_user ON grants (user_id, state);
 CREATE TABLE jobs (
     id            INTEGER PRIMARY KEY,
     request_id    INTEGER NOT NULL REFERENCES requests (id),
-    kind          TEXT    NOT NULL CHECK (kind IN ('grant', 'revoke', 'expire_request')),
+    kind          TEXT    NOT NULL CHECK (kind IN ('grant', 'revoke', 'expire_request', 'auto_approve', 'remind')),
     state         TEXT    NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
     run_at        INTEGER NOT NULL,
     attempts      INTEGER NOT NULL DEFAULT 0,
@@ -81,7 +89,9 @@ CREATE TABLE outbox (
     next_attempt_at INTEGER NOT NULL,
     last_error      TEXT,
     created_at      INTEGER NOT NULL,
-    sent_at         INTEGER
+    sent_at         INTEGER,
+    -- The body is a secret (generated credentials): erased once Slack has taken it.
+    sensitive       INTEGER NOT NULL DEFAULT 0 CHECK (sensitive IN (0, 1))
 ) STRICT;
 CREATE INDEX outbox_due ON outbox (next_attempt_at, id) WHERE state = 'pending';
 

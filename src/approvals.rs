@@ -353,6 +353,8 @@ mod tests {
             decided_at: None,
             card_channel: None,
             card_ts: None,
+            kind: crate::store::RequestKind::Access,
+            extends_request_id: None,
         }
     }
 
@@ -361,6 +363,7 @@ mod tests {
             approver_id: who.into(),
             verdict,
             decided_at: 0,
+            reason: None,
         }
     }
 

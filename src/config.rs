@@ -60,6 +60,9 @@ pub struct RequestsConfig {
     pub pending_timeout: HumanDuration,
     /// Longest reason accepted, in characters.
     pub max_reason_length: usize,
+    /// First reminder to approvers after this long; then 2×, 4× … until the time-out.
+    /// `None` turns reminders off.
+    pub remind_after: Option<HumanDuration>,
 }
 
 /// `[jobs]`: how grant and revoke attempts are retried.
@@ -225,6 +228,7 @@ struct RawSlack {
 struct RawRequests {
     pending_timeout: Option<HumanDuration>,
     max_reason_length: Option<usize>,
+    remind_after: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -346,6 +350,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .pending_timeout
             .unwrap_or(HumanDuration::from_secs(24 * 3600)),
         max_reason_length: raw.requests.max_reason_length.unwrap_or(500),
+        remind_after: match raw.requests.remind_after.as_deref().map(str::trim) {
+            None => Some(HumanDuration::from_secs(3600)),
+            Some("off") | Some("never") => None,
+            Some(text) => match text.parse() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(format!("requests.remind_after: {e}, or \"off\""));
+                    None
+                }
+            },
+        },
     };
     if !(10..=2000).contains(&requests.max_reason_length) {
         problems.push("requests.max_reason_length: must be between 10 and 2000".into());

@@ -21,6 +21,21 @@ pub async fn run_job(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         JobKind::Grant => run_grant(app, job).await,
         JobKind::Revoke => run_revoke(app, job).await,
         JobKind::ExpireRequest => expire_request(app, job).await,
+        JobKind::Remind => remind(app, job).await,
+        JobKind::AutoApprove => {
+            // Written by a newer jitgate (on-call auto-approval); fall back to normal approval.
+            tracing::warn!(
+                job = job.id,
+                "auto-approval is not available; sending the request for normal approval"
+            );
+            let now = app.now_ms();
+            let mut tx = app.db.begin().await?;
+            store::enqueue(&mut tx, &Outgoing::post_card(job.request_id), now).await?;
+            store::finish_job(&mut tx, job.id, false, now).await?;
+            tx.commit().await?;
+            app.wake_outbox();
+            Ok(())
+        }
     }
 }
 
@@ -342,6 +357,52 @@ async fn expire_request(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         }
     }
     store::finish_job(&mut tx, job.id, false, now).await?;
+    tx.commit().await?;
+    app.wake_outbox();
+    Ok(())
+}
+
+/// Reminds the approval channel of a request nobody has decided on, then schedules the
+/// next reminder twice as far out (1×, 2×, 4× `remind_after` …) while it stays pending.
+async fn remind(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    let request = store::get_request(&mut tx, job.request_id).await?;
+    match request.filter(|r| r.state == RequestState::Pending) {
+        Some(r) => {
+            let waited = HumanDuration::from_secs(((now - r.created_at).max(1000) / 1000) as u64);
+            store::enqueue(
+                &mut tx,
+                &Outgoing::message(
+                    &r.approval_channel,
+                    format!(
+                        ":bell: {} from <@{}> for `{}:{}` has been waiting {waited} for a decision.",
+                        label(r.id),
+                        r.requester_id,
+                        r.resource,
+                        r.role
+                    ),
+                    Some(r.id),
+                ),
+                now,
+            )
+            .await?;
+            let interval = app
+                .config
+                .requests
+                .remind_after
+                .map(|d| d.as_secs() as i64 * 1000)
+                .unwrap_or(0);
+            let next = now + interval * 2i64.pow((job.attempts as u32 + 1).min(10));
+            let timeout_at = r.created_at + app.config.requests.pending_timeout.as_secs() as i64 * 1000;
+            if interval > 0 && next < timeout_at {
+                store::retry_job(&mut tx, job.id, next, "", None).await?;
+            } else {
+                store::finish_job(&mut tx, job.id, false, now).await?;
+            }
+        }
+        None => store::finish_job(&mut tx, job.id, false, now).await?,
+    }
     tx.commit().await?;
     app.wake_outbox();
     Ok(())

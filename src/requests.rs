@@ -172,6 +172,12 @@ pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyh
     store::enqueue(&mut tx, &Outgoing::post_card(id), now).await?;
     let timeout_at = now + app.config.requests.pending_timeout.as_secs() as i64 * 1000;
     store::insert_job(&mut tx, id, JobKind::ExpireRequest, timeout_at, now).await?;
+    if let Some(remind) = app.config.requests.remind_after {
+        let at = now + remind.as_secs() as i64 * 1000;
+        if at < timeout_at {
+            store::insert_job(&mut tx, id, JobKind::Remind, at, now).await?;
+        }
+    }
     tx.commit().await?;
     app.wake_outbox();
     app.wake_scheduler();

@@ -107,6 +107,16 @@ pub struct RequestRow {
     pub decided_at: Option<i64>,
     pub card_channel: Option<String>,
     pub card_ts: Option<String>,
+    pub kind: RequestKind,
+    pub extends_request_id: Option<i64>,
+}
+
+/// Whether a request asks for new access or for more time on an existing grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum RequestKind {
+    Access,
+    Extension,
 }
 
 /// What a new request needs.
@@ -204,11 +214,13 @@ pub struct DecisionRow {
     pub approver_id: String,
     pub verdict: Verdict,
     pub decided_at: i64,
+    /// Why, when a policy decided (on-call evidence).
+    pub reason: Option<String>,
 }
 
 pub async fn decisions(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<Vec<DecisionRow>> {
     sqlx::query_as(
-        "SELECT approver_id, verdict, decided_at FROM decisions WHERE request_id = ? ORDER BY decided_at, rowid",
+        "SELECT approver_id, verdict, decided_at, reason FROM decisions WHERE request_id = ? ORDER BY decided_at, rowid",
     )
     .bind(request_id)
     .fetch_all(conn)
@@ -264,6 +276,8 @@ pub struct GrantRow {
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub revoked_by: Option<String>,
+    pub revoke_requested_by: Option<String>,
+    pub revoke_requested_at: Option<i64>,
     pub adapter_state: Option<String>,
     pub last_error: Option<String>,
 }
@@ -372,6 +386,10 @@ pub enum JobKind {
     Grant,
     Revoke,
     ExpireRequest,
+    /// Decide whether an incident-channel request is approved by the on-call policy.
+    AutoApprove,
+    /// Remind approvers of a request still pending.
+    Remind,
 }
 
 /// A stored job.

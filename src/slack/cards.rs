@@ -242,6 +242,8 @@ mod tests {
             decided_at: None,
             card_channel: None,
             card_ts: None,
+            kind: crate::store::RequestKind::Access,
+            extends_request_id: None,
         }
     }
 
@@ -277,6 +279,7 @@ mod tests {
             approver_id: "U2".into(),
             verdict: Verdict::Deny,
             decided_at: 1_700_000_100_000,
+            reason: None,
         }];
         let m = CardModel {
             request: &r,
@@ -297,6 +300,7 @@ mod tests {
             approver_id: "U2".into(),
             verdict: Verdict::Approve,
             decided_at: 1,
+            reason: None,
         }];
         let m = CardModel {
             request: &r,
