@@ -80,8 +80,8 @@ pub fn https_connector() -> hyper_rustls::HttpsConnector<hyper_util::client::leg
 impl SlackApi {
     /// A client for the Web API at `api_url` (like `https://slack.com/api`).
     pub fn new(api_url: &str, bot_token: &str) -> Self {
-        let base = format!("{}/", api_url.trim_end_matches('/'));
-        let connector = SlackClientHyperConnector::from(https_connector()).with_slack_api_url(&base);
+        let base = api_url.trim_end_matches('/');
+        let connector = SlackClientHyperConnector::from(https_connector()).with_slack_api_url(base);
         Self {
             client: Arc::new(SlackClient::new(connector)),
             token: Arc::new(SlackApiToken::new(SlackApiTokenValue::new(bot_token.to_string()))),

@@ -1,0 +1,119 @@
+//! What users type and what they are told.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn help_and_empty_command_show_usage_with_resources() {
+    let app = TestApp::start().await;
+    for text in ["", "help"] {
+        let reply = app.command(REQUESTER, text).await;
+        assert!(
+            reply.contains("/jit request <resource>[:<role>] [<duration>] <reason>"),
+            "{reply}"
+        );
+        assert!(
+            reply.contains("`prod-db` (roles: read, write; up to 4h) — Production PostgreSQL"),
+            "{reply}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_are_explained_and_store_nothing() {
+    let app = TestApp::start().await;
+    let cases = [
+        ("request nope:read 1h x", "no resource called `nope`"),
+        (
+            "request prod-db:admin 1h x",
+            "has no role `admin`. Its roles are: read, write.",
+        ),
+        (
+            "request prod-db:read 5h x",
+            "5h is longer than the 4h allowed for `prod-db`",
+        ),
+        ("request prod-db:read 1h", "Please say why you need access"),
+        ("request prod-db 2 x", "is not a duration"),
+        ("request", "Say which resource you need"),
+        ("dance", "I don't know the command `dance`"),
+    ];
+    for (text, expected) in cases {
+        let reply = app.command(REQUESTER, text).await;
+        assert!(reply.contains(expected), "{text:?} → {reply}");
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM requests").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM audit_log").await, 0);
+}
+
+#[tokio::test]
+async fn confirmation_names_the_request_and_the_approval_channel() {
+    let app = TestApp::start().await;
+    let reply = app.command(REQUESTER, "request prod-db:write 90m deploy hotfix").await;
+    assert!(
+        reply.contains("Request *JIT-1*") && reply.contains("`prod-db:write` (1h30m)"),
+        "{reply}"
+    );
+    assert!(reply.contains("<#C0APPROVALS>"), "{reply}");
+}
+
+#[tokio::test]
+async fn list_shows_pending_requests_and_active_grants() {
+    let app = TestApp::start().await;
+    assert!(app.command(REQUESTER, "list").await.contains("no pending requests"));
+    let a = app.request("prod-db:read 1h one").await;
+    let b = app.request("prod-db:write 2h two").await;
+    app.approve(APPROVER1, a).await;
+    app.wait_grant(a, "active").await;
+    let reply = app.command(REQUESTER, "list").await;
+    assert!(
+        reply.contains(&format!("JIT-{a} `prod-db:read` — active, ends <!date^")),
+        "{reply}"
+    );
+    assert!(
+        reply.contains(&format!("JIT-{b} `prod-db:write` for 2h — in <#C0APPROVALS>")),
+        "{reply}"
+    );
+    // Only the caller's own.
+    assert!(app.command(OUTSIDER, "list").await.contains("no pending requests"));
+}
+
+#[tokio::test]
+async fn user_text_is_stored_verbatim_and_escaped_on_the_card() {
+    let app = TestApp::start().await;
+    // Slack escapes &, < and > in command text.
+    let id = app
+        .request("prod-db:read 1h fix &lt;!channel&gt; &amp; `rm -rf /`")
+        .await;
+    let (reason,): (String,) = sqlx::query_as("SELECT reason FROM requests WHERE id = ?")
+        .bind(id)
+        .fetch_one(&app.state().db.read)
+        .await
+        .unwrap();
+    assert_eq!(reason, "fix <!channel> & `rm -rf /`");
+    let card = app.wait_card_containing(id, "Reason").await;
+    assert!(card.contains("&lt;!channel&gt; &amp;"), "{card}");
+    assert!(!card.contains("<!channel>"), "{card}");
+}
+
+#[tokio::test]
+async fn ssl_check_probe_is_answered() {
+    let app = TestApp::start().await;
+    let (status, _) = app
+        .post_signed(
+            "/slack/commands",
+            "ssl_check=1&token=x",
+            "application/x-www-form-urlencoded",
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn events_endpoint_answers_url_verification() {
+    let app = TestApp::start().await;
+    let body =
+        r#"{"token":"x","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let (status, reply) = app.post_signed("/slack/events", body, "application/json").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(v["challenge"], "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P");
+}

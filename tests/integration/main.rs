@@ -1,0 +1,10 @@
+//! Integration tests: the real app over HTTP, signed as Slack signs, against a fake Slack.
+
+mod support;
+
+mod approvals;
+mod commands;
+mod delivery;
+mod lifecycle;
+mod manifest;
+mod security;

@@ -1,0 +1,105 @@
+//! The Slack app manifest and the example configuration shipped in manifest/.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn slack_app_manifest_matches_the_public_schema() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("manifest/slack-app.yaml")).unwrap()).unwrap();
+    // SchemaStore's public JSON Schema for v1 manifests, vendored.
+    let schema_path = root.join("manifest/slack-app-manifest.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&manifest)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    // Exactly the scopes the code uses.
+    let scopes: Vec<&str> = manifest["oauth_config"]["scopes"]["bot"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for needed in ["commands", "chat:write", "chat:write.public", "usergroups:read"] {
+        assert!(scopes.contains(&needed), "missing scope {needed}");
+    }
+    let command = &manifest["features"]["slash_commands"][0];
+    assert_eq!(command["command"], "/jit");
+    assert!(command["url"].as_str().unwrap().ends_with("/slack/commands"));
+    assert!(manifest["settings"]["interactivity"]["request_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/slack/interactions"));
+}
+
+#[test]
+fn example_config_passes_check_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["check-config", "--config"])
+        .arg(root.join("manifest/jitgate.example.toml"))
+        .env_remove("JITGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": OK ("));
+}
+
+#[test]
+fn check_config_names_the_file_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[resources]]\nname = \"prod-db\"\napproval_channel = \"#ops\"\napprovers = [\"alice\"]\nadapter = \"missing\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.contains("resources[0] (prod-db).approval_channel: `#ops` is not a Slack channel ID"),
+        "{err}"
+    );
+    assert!(err.contains("unknown adapter `missing`"), "{err}");
+    assert!(err.contains("`alice` is not a Slack user ID"), "{err}");
+}
+
+#[test]
+fn serve_refuses_to_start_without_secrets() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(root.join("manifest/jitgate.example.toml"))
+        .unwrap()
+        .replace(
+            "sqlite://jitgate.db",
+            &format!("sqlite://{}/x.db", dir.path().display()),
+        );
+    let path = root.join("manifest").join(format!("test-{}.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("SLACK_BOT_TOKEN")
+        .env_remove("SLACK_SIGNING_SECRET")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SLACK_BOT_TOKEN is not set"));
+}

@@ -1,0 +1,466 @@
+//! The harness: the real jitgate on an ephemeral port, a fresh SQLite file, a fake Slack,
+//! an exec adapter script that records what it was asked to do, and requests signed
+//! exactly as Slack signs them.
+
+pub mod fake_slack;
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use jitgate::clock::{ManualClock, SharedClock, SystemClock};
+use jitgate::slack::signature::sign;
+
+pub use fake_slack::{Failure, FakeSlack};
+
+pub const SIGNING_SECRET: &str = "test-signing-secret";
+pub const APPROVAL_CHANNEL: &str = "C0APPROVALS";
+pub const REQUESTER: &str = "UREQUESTER";
+pub const APPROVER1: &str = "UAPPROVER1";
+pub const APPROVER2: &str = "UAPPROVER2";
+pub const APPROVER3: &str = "UAPPROVER3";
+pub const GROUP: &str = "SDBAS";
+pub const OUTSIDER: &str = "UOUTSIDER";
+
+/// How long any awaited state may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Waits until `check` returns `Some`, polling, failing the test after `DEADLINE`.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Which clock the app runs on.
+#[derive(Clone)]
+pub enum TestClock {
+    Manual(ManualClock),
+    System,
+}
+
+impl TestClock {
+    pub fn shared(&self) -> SharedClock {
+        match self {
+            TestClock::Manual(c) => Arc::new(c.clone()),
+            TestClock::System => Arc::new(SystemClock),
+        }
+    }
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.shared().now()
+    }
+    /// Moves a manual clock forward.
+    pub fn advance(&self, by: chrono::Duration) {
+        match self {
+            TestClock::Manual(c) => c.advance(by),
+            TestClock::System => panic!("cannot move the system clock"),
+        }
+    }
+}
+
+/// Knobs for one test's configuration.
+pub struct Setup {
+    pub clock: TestClock,
+    /// Extra TOML appended to the generated configuration.
+    pub extra_toml: String,
+    /// `[jobs]` table body.
+    pub jobs_toml: String,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            clock: TestClock::Manual(ManualClock::new(chrono::Utc::now())),
+            extra_toml: String::new(),
+            jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
+        }
+    }
+}
+
+/// A running jitgate with its fake Slack and its files.
+pub struct TestApp {
+    pub dir: Arc<tempfile::TempDir>,
+    pub slack: FakeSlack,
+    pub clock: TestClock,
+    pub running: Option<jitgate::Running>,
+    pub base: String,
+    pub config_text: String,
+    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::start_with(Setup::default()).await
+    }
+
+    pub async fn start_with(setup: Setup) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let slack = FakeSlack::start().await;
+        slack.set_group(GROUP, &["UGROUPMEMBER", APPROVER1]);
+        let script = dir.path().join("adapter.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n\
+             echo \"$JIT_ACTION $JIT_GRANT_ID $JIT_USER_ID $JIT_RESOURCE $JIT_ROLE $JIT_DURATION_SECONDS state=$JIT_GRANT_STATE\" >> \"$LOG\"\n\
+             if [ -e \"$FLAGS/fail-$JIT_ACTION\" ]; then echo 'simulated failure' >&2; exit 1; fi\n\
+             if [ \"$JIT_ACTION\" = grant ]; then echo \"granted-$JIT_GRANT_ID\"; fi\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config_text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+
+[database]
+url = "sqlite://{db}"
+
+[slack]
+api_url = "{api}"
+
+[requests]
+pending_timeout = "24h"
+remind_after = "off"
+
+[jobs]
+{jobs}
+
+[[resources]]
+name = "prod-db"
+description = "Production PostgreSQL"
+roles = ["read", "write"]
+default_duration = "1h"
+max_duration = "4h"
+approval_channel = "{chan}"
+approvers = ["{a1}", "{a2}"]
+approver_groups = ["{group}"]
+approvals_required = 1
+adapter = "demo"
+
+[[resources]]
+name = "payments"
+roles = ["admin"]
+default_duration = "30m"
+max_duration = "2h"
+approval_channel = "{chan}"
+approvers = ["{a1}", "{a2}", "{a3}"]
+approvals_required = 2
+adapter = "demo"
+
+[adapters.demo]
+type = "exec"
+command = ["{script}"]
+timeout = "10s"
+env = {{ LOG = "{log}", FLAGS = "{flags}" }}
+{extra}
+"#,
+            db = dir.path().join("jitgate.db").display(),
+            api = slack.api_url(),
+            jobs = setup.jobs_toml,
+            chan = APPROVAL_CHANNEL,
+            a1 = APPROVER1,
+            a2 = APPROVER2,
+            a3 = APPROVER3,
+            group = GROUP,
+            script = script.display(),
+            log = dir.path().join("adapter.log").display(),
+            flags = dir.path().display(),
+            extra = setup.extra_toml,
+        );
+        let mut app = Self {
+            dir,
+            slack,
+            clock: setup.clock,
+            running: None,
+            base: String::new(),
+            config_text,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        };
+        app.boot().await;
+        app
+    }
+
+    /// Starts (or restarts) jitgate on the same database.
+    pub async fn boot(&mut self) {
+        let config = jitgate::config::parse(&self.dir.path().join("jitgate.toml"), &self.config_text)
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let secrets = jitgate::Secrets {
+            bot_token: fake_slack::BOT_TOKEN.into(),
+            signing_secret: SIGNING_SECRET.into(),
+        };
+        let options = jitgate::Options {
+            clock: self.clock.shared(),
+            adapter_overrides: Vec::new(),
+            shutdown_grace: Duration::from_secs(10),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = jitgate::start(config, secrets, options, listener)
+            .await
+            .expect("jitgate starts");
+        self.base = format!("http://{}", running.addr);
+        self.running = Some(running);
+    }
+
+    /// Graceful stop.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.unwrap();
+        }
+    }
+
+    pub fn state(&self) -> &jitgate::AppState {
+        &self.running.as_ref().expect("running").state
+    }
+
+    /// Creates a flag file that makes the adapter script fail `action`.
+    pub fn fail_adapter(&self, action: &str, fail: bool) {
+        let path = self.dir.path().join(format!("fail-{action}"));
+        if fail {
+            std::fs::write(path, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Lines the adapter script logged, like `grant 1 UREQUESTER prod-db read 3600 state=`.
+    pub fn adapter_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("adapter.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// POSTs `body` to `path`, signed with `secret` at `timestamp`.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: &str,
+        content_type: &str,
+        signature: Option<(String, String)>,
+    ) -> (u16, String) {
+        let mut req = hyper::Request::post(format!("{}{path}", self.base)).header("content-type", content_type);
+        if let Some((ts, sig)) = signature {
+            req = req
+                .header("x-slack-request-timestamp", ts)
+                .header("x-slack-signature", sig);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        let resp = self.http.request(req).await.expect("jitgate answers");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// POSTs `body` signed as Slack signs, with the app's clock.
+    pub async fn post_signed(&self, path: &str, body: &str, content_type: &str) -> (u16, String) {
+        let ts = self.clock.now().timestamp().to_string();
+        let sig = sign(SIGNING_SECRET.as_bytes(), &ts, body.as_bytes());
+        self.post_raw(path, body, content_type, Some((ts, sig))).await
+    }
+
+    /// Sends `/jit <text>` as `user` from `channel`; returns the ephemeral reply text.
+    pub async fn command_in(&self, user: &str, channel: &str, text: &str) -> String {
+        let body = serde_urlencoded::to_string([
+            ("token", "legacy-ignored"),
+            ("team_id", "T0TEAM"),
+            ("team_domain", "acme"),
+            ("channel_id", channel),
+            ("channel_name", "general"),
+            ("user_id", user),
+            ("user_name", "someone"),
+            ("command", "/jit"),
+            ("text", text),
+            ("api_app_id", "A0APP"),
+            ("response_url", &self.slack.response_url("cmd")),
+            ("trigger_id", "123.456.abc"),
+        ])
+        .unwrap();
+        let (status, reply) = self
+            .post_signed("/slack/commands", &body, "application/x-www-form-urlencoded")
+            .await;
+        assert_eq!(status, 200, "command answered: {reply}");
+        let v: Value = serde_json::from_str(&reply).unwrap_or_else(|_| panic!("JSON reply: {reply}"));
+        assert_eq!(v["response_type"], "ephemeral");
+        v["text"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub async fn command(&self, user: &str, text: &str) -> String {
+        self.command_in(user, "C0GENERAL", text).await
+    }
+
+    /// Asks for access and returns the new request id.
+    pub async fn request(&self, text: &str) -> i64 {
+        let reply = self.command(REQUESTER, &format!("request {text}")).await;
+        let id = reply
+            .split("JIT-")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no request id in reply: {reply}"));
+        id
+    }
+
+    /// The block_actions payload for clicking `action_id` on request `id`'s card.
+    pub fn click_body(&self, user: &str, action_id: &str, value: &str, response_id: &str) -> String {
+        let payload = json!({
+            "type": "block_actions",
+            "team": {"id": "T0TEAM", "domain": "acme"},
+            "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T0TEAM"},
+            "api_app_id": "A0APP",
+            "token": "legacy",
+            "container": {"type": "message", "message_ts": "1700000001.000100", "channel_id": APPROVAL_CHANNEL, "is_ephemeral": false},
+            "trigger_id": "123.456.def",
+            "channel": {"id": APPROVAL_CHANNEL, "name": "approvals"},
+            "message": {"type": "message", "ts": "1700000001.000100", "text": "card", "blocks": []},
+            "response_url": self.slack.response_url(response_id),
+            "actions": [{"type": "button", "action_id": action_id, "block_id": "b1",
+                         "text": {"type": "plain_text", "text": "Approve"}, "value": value, "action_ts": "1700000002.1"}]
+        });
+        serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+    }
+
+    /// Clicks a card button as `user`.
+    pub async fn click(&self, user: &str, action_id: &str, request_id: i64) {
+        let body = self.click_body(
+            user,
+            action_id,
+            &request_id.to_string(),
+            &format!("{user}-{request_id}"),
+        );
+        let (status, text) = self
+            .post_signed("/slack/interactions", &body, "application/x-www-form-urlencoded")
+            .await;
+        assert_eq!(status, 200, "click answered: {text}");
+    }
+
+    pub async fn approve(&self, user: &str, id: i64) {
+        self.click(user, "jit_approve", id).await
+    }
+
+    pub async fn deny(&self, user: &str, id: i64) {
+        self.click(user, "jit_deny", id).await
+    }
+
+    /// Runs a read-only SQL query returning one integer.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let row: (i64,) = sqlx::query_as(sql).fetch_one(&self.state().db.read).await.unwrap();
+        row.0
+    }
+
+    /// The state column of a request.
+    pub async fn request_state(&self, id: i64) -> String {
+        let row: (String,) = sqlx::query_as("SELECT state FROM requests WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.state().db.read)
+            .await
+            .unwrap();
+        row.0
+    }
+
+    /// The grant's state, if the request has a grant.
+    pub async fn grant_state(&self, id: i64) -> Option<String> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM grants WHERE request_id = ?")
+            .bind(id)
+            .fetch_optional(&self.state().db.read)
+            .await
+            .unwrap();
+        row.map(|r| r.0)
+    }
+
+    /// Waits for the grant to reach `state`.
+    pub async fn wait_grant(&self, id: i64, state: &str) {
+        wait_for(&format!("grant of JIT-{id} to be {state}"), || async {
+            (self.grant_state(id).await.as_deref() == Some(state)).then_some(())
+        })
+        .await
+    }
+
+    /// Waits for the request to reach `state`.
+    pub async fn wait_request(&self, id: i64, state: &str) {
+        wait_for(&format!("JIT-{id} to be {state}"), || async {
+            (self.request_state(id).await == state).then_some(())
+        })
+        .await
+    }
+
+    /// Waits for `n` successful calls matching `pred` and returns them.
+    pub async fn wait_calls(
+        &self,
+        what: &str,
+        n: usize,
+        pred: impl Fn(&fake_slack::Call) -> bool,
+    ) -> Vec<fake_slack::Call> {
+        wait_for(what, || async {
+            let calls: Vec<_> = self.slack.calls().into_iter().filter(|c| c.ok && pred(c)).collect();
+            (calls.len() >= n).then_some(calls)
+        })
+        .await
+    }
+
+    /// Waits for the ephemeral reply sent to the clicker `user` about request `id`.
+    pub async fn wait_ephemeral(&self, user: &str, id: i64) -> String {
+        let rid = format!("{user}-{id}");
+        let calls = self
+            .wait_calls(&format!("an ephemeral reply to {user}"), 1, |c| {
+                c.method == "response_url" && c.body["response_url_id"] == rid.as_str()
+            })
+            .await;
+        calls[0].text().to_string()
+    }
+
+    /// Waits for the card of request `id` to be posted; returns its latest content (post or update).
+    pub async fn wait_card_containing(&self, id: i64, needle: &str) -> String {
+        let label = format!("Access request JIT-{id}\"");
+        wait_for(&format!("JIT-{id}'s card to show {needle:?}"), || async {
+            let last = self.slack.calls().into_iter().rev().find(|c| {
+                c.ok && (c.method == "chat.postMessage" || c.method == "chat.update") && c.all_text().contains(&label)
+            })?;
+            last.all_text().contains(needle).then(|| last.all_text())
+        })
+        .await
+    }
+
+    /// DMs sent to `user` so far.
+    pub fn dms(&self, user: &str) -> Vec<String> {
+        self.slack
+            .posted_to(user)
+            .iter()
+            .map(|c| c.text().to_string())
+            .collect()
+    }
+
+    /// Waits for a DM to `user` containing `needle`.
+    pub async fn wait_dm(&self, user: &str, needle: &str) -> String {
+        wait_for(&format!("a DM to {user} containing {needle:?}"), || async {
+            self.dms(user).into_iter().find(|t| t.contains(needle))
+        })
+        .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.state.shutdown.cancel();
+        }
+    }
+}
