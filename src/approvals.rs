@@ -7,9 +7,11 @@
 use serde_json::json;
 
 use crate::config::Resource;
+use crate::grants::{self, RevokeRefusal};
 use crate::requests::label;
-use crate::slack::cards::{APPROVE, DENY};
-use crate::store::{self, DecisionRow, JobKind, Outgoing, RequestRow, RequestState, Verdict};
+use crate::slack::cards::{APPROVE, DENY, REVOKE};
+use crate::slack::client::SlackCallError;
+use crate::store::{self, DecisionRow, JobKind, Outgoing, RequestKind, RequestRow, RequestState, Verdict};
 use crate::{audit, AppState};
 
 /// Why a click was refused. Shown to the clicker only.
@@ -31,6 +33,7 @@ impl Refusal {
                     RequestState::Approved => "already approved",
                     RequestState::Denied => "already denied",
                     RequestState::Expired => "expired",
+                    RequestState::Cancelled => "withdrawn",
                     RequestState::Pending => "still pending",
                 };
                 format!("{id} is {what}; nothing changed.")
@@ -125,6 +128,16 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
     let verdict = match click.action_id.as_str() {
         APPROVE => Verdict::Approve,
         DENY => Verdict::Deny,
+        REVOKE => {
+            let text = match click.value.parse::<i64>() {
+                Ok(id) => revoke_as(app, id, &click.user_id, true).await?.unwrap_or_default(),
+                Err(_) => "That button is not one of jitgate's; nothing changed.".into(),
+            };
+            return match &click.response_url {
+                Some(url) => app.send_now(Outgoing::ephemeral(url, text)).await,
+                None => Ok(()),
+            };
+        }
         other => {
             tracing::debug!(action_id = other, "ignoring an action jitgate does not own");
             return Ok(());
@@ -189,6 +202,72 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
         Ok(_) => Ok(()),
         Err(refusal) => reply(refusal.message(&request, Some(&resource))).await,
     }
+}
+
+/// Is `user` an approver of `resource`: listed, or (asking Slack now) in a listed group?
+pub async fn is_approver(app: &AppState, resource: &Resource, user: &str) -> Result<bool, SlackCallError> {
+    if resource.approvers.iter().any(|a| a == user) {
+        return Ok(true);
+    }
+    app.slack.is_in_any_group(&resource.approver_groups, user).await
+}
+
+/// Ends request `request_id`'s grant early on behalf of `actor`, if the requester or an
+/// approver of its resource. Returns the reply for the actor, or `None` when deciding needs
+/// a Slack call (a group lookup) and `may_ask_slack` is false.
+pub async fn revoke_as(
+    app: &AppState,
+    request_id: i64,
+    actor: &str,
+    may_ask_slack: bool,
+) -> anyhow::Result<Option<String>> {
+    let id = label(request_id);
+    let request = {
+        let mut conn = app.db.read.acquire().await?;
+        store::get_request(&mut conn, request_id).await?
+    };
+    let Some(request) = request.filter(|r| r.kind == RequestKind::Access) else {
+        return Ok(Some(format!(
+            "{id} is not a grant jitgate knows; check `{} list`.",
+            app.config.slack.command
+        )));
+    };
+    let resource = app.config.resource(&request.resource);
+    let allowed = if actor == request.requester_id {
+        true
+    } else {
+        match resource {
+            Some(r) if r.approvers.iter().any(|a| a == actor) => true,
+            Some(r) if !r.approver_groups.is_empty() => {
+                if !may_ask_slack {
+                    return Ok(None);
+                }
+                match is_approver(app, r, actor).await {
+                    Ok(yes) => yes,
+                    Err(e) => {
+                        return Ok(Some(format!(
+                            "I couldn't check the approver groups with Slack just now ({e}); nothing changed. Please try again."
+                        )))
+                    }
+                }
+            }
+            _ => false,
+        }
+    };
+    if !allowed {
+        return Ok(Some(format!(
+            "Only <@{}> or an approver of `{}` can revoke {id}; nothing changed.",
+            request.requester_id, request.resource
+        )));
+    }
+    Ok(Some(match grants::revoke_early(app, request_id, actor).await? {
+        Ok(()) => format!(
+            "Revoking {id} (`{}:{}` for <@{}>) now.",
+            request.resource, request.role, request.requester_id
+        ),
+        Err(RevokeRefusal::NoGrant) => format!("{id} has no access to revoke (it was never granted)."),
+        Err(RevokeRefusal::AlreadyEnded) => format!("{id} has already ended or is being revoked."),
+    }))
 }
 
 /// Records an eligible approver's decision in one transaction and applies its outcome.
@@ -333,6 +412,8 @@ mod tests {
             approver_groups: vec!["S1".into()],
             approvals_required: 2,
             adapter: "demo".into(),
+            max_total_duration: crate::duration::HumanDuration::from_secs(3600),
+            self_extend: false,
         }
     }
 

@@ -103,6 +103,8 @@ pub struct TestApp {
     pub running: Option<jitgate::Running>,
     pub base: String,
     pub config_text: String,
+    /// Passed to `Options::revoke_removed` at the next boot.
+    pub revoke_removed: bool,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -192,6 +194,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             running: None,
             base: String::new(),
             config_text,
+            revoke_removed: false,
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
         app.boot().await;
@@ -210,6 +213,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             clock: self.clock.shared(),
             adapter_overrides: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
+            revoke_removed: self.revoke_removed,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = jitgate::start(config, secrets, options, listener)
