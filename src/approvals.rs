@@ -363,27 +363,31 @@ pub async fn record(
                 json!({ "approvers": approvers }),
             )
             .await?;
-            let adapter = app
-                .config
-                .resource(&current.resource)
-                .map(|r| r.adapter.clone())
-                .unwrap_or_default();
-            if store::insert_grant(&mut tx, &current, &adapter, now).await? {
-                store::insert_job(&mut tx, request.id, JobKind::Grant, now, now).await?;
-            }
-            store::enqueue(
-                &mut tx,
-                &Outgoing::message(
-                    requester,
+            let text = match (current.kind, current.extends_request_id) {
+                (RequestKind::Extension, Some(original)) => {
+                    store::insert_job(&mut tx, request.id, JobKind::Extend, now, now).await?;
+                    format!(
+                        ":white_check_mark: Your extension {} of {} was approved by <@{approver}>. Applying it now…",
+                        label(request.id),
+                        label(original)
+                    )
+                }
+                _ => {
+                    let adapter = app
+                        .config
+                        .resource(&current.resource)
+                        .map(|r| r.adapter.clone())
+                        .unwrap_or_default();
+                    if store::insert_grant(&mut tx, &current, &adapter, now).await? {
+                        store::insert_job(&mut tx, request.id, JobKind::Grant, now, now).await?;
+                    }
                     format!(
                         ":white_check_mark: Your request {} for {what} was approved by <@{approver}>. Granting access now…",
                         label(request.id)
-                    ),
-                    Some(request.id),
-                ),
-                now,
-            )
-            .await?;
+                    )
+                }
+            };
+            store::enqueue(&mut tx, &Outgoing::message(requester, text, Some(request.id)), now).await?;
         }
     }
     store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;

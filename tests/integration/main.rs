@@ -5,6 +5,7 @@ mod support;
 mod approvals;
 mod commands;
 mod delivery;
+mod early_end;
 mod lifecycle;
 mod manifest;
 mod security;

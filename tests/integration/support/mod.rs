@@ -433,7 +433,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
 
     /// Waits for the card of request `id` to be posted; returns its latest content (post or update).
     pub async fn wait_card_containing(&self, id: i64, needle: &str) -> String {
-        let label = format!("Access request JIT-{id}\"");
+        let label = format!(" request JIT-{id}\"");
         wait_for(&format!("JIT-{id}'s card to show {needle:?}"), || async {
             let last = self.slack.calls().into_iter().rev().find(|c| {
                 c.ok && (c.method == "chat.postMessage" || c.method == "chat.update") && c.all_text().contains(&label)
