@@ -4,6 +4,7 @@ mod support;
 
 mod approvals;
 mod commands;
+mod crash;
 mod delivery;
 mod early_end;
 mod lifecycle;

@@ -79,6 +79,8 @@ impl TestClock {
 /// Knobs for one test's configuration.
 pub struct Setup {
     pub clock: TestClock,
+    /// Start jitgate inside the test process (false: the test runs the binary itself).
+    pub in_process: bool,
     /// Extra TOML appended to the generated configuration.
     pub extra_toml: String,
     /// `[jobs]` table body.
@@ -89,6 +91,7 @@ impl Default for Setup {
     fn default() -> Self {
         Self {
             clock: TestClock::Manual(ManualClock::new(chrono::Utc::now())),
+            in_process: true,
             extra_toml: String::new(),
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
         }
@@ -122,6 +125,8 @@ impl TestApp {
             &script,
             "#!/bin/sh\n\
              echo \"$JIT_ACTION $JIT_GRANT_ID $JIT_USER_ID $JIT_RESOURCE $JIT_ROLE $JIT_DURATION_SECONDS state=$JIT_GRANT_STATE\" >> \"$LOG\"\n\
+             n=0; while [ -e \"$FLAGS/block-$JIT_ACTION\" ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done\n\
+             echo \"done $JIT_ACTION $JIT_GRANT_ID\" >> \"$LOG.done\"\n\
              if [ -e \"$FLAGS/fail-$JIT_ACTION\" ]; then echo 'simulated failure' >&2; exit 1; fi\n\
              if [ \"$JIT_ACTION\" = grant ]; then echo \"granted-$JIT_GRANT_ID\"; fi\n",
         )
@@ -197,7 +202,9 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             revoke_removed: false,
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
-        app.boot().await;
+        if setup.in_process {
+            app.boot().await;
+        }
         app
     }
 
@@ -232,6 +239,25 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
 
     pub fn state(&self) -> &jitgate::AppState {
         &self.running.as_ref().expect("running").state
+    }
+
+    /// Creates a flag file that makes the adapter script wait before finishing `action`.
+    pub fn block_adapter(&self, action: &str, block: bool) {
+        let path = self.dir.path().join(format!("block-{action}"));
+        if block {
+            std::fs::write(path, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Adapter calls that ran to completion, like `done grant 1`.
+    pub fn adapter_done(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("adapter.log.done"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
     }
 
     /// Creates a flag file that makes the adapter script fail `action`.
