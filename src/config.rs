@@ -27,6 +27,7 @@ pub struct Config {
     pub slack: SlackConfig,
     pub requests: RequestsConfig,
     pub jobs: JobsConfig,
+    pub reconcile: ReconcileConfig,
     pub resources: Vec<Resource>,
     pub adapters: BTreeMap<String, AdapterConfig>,
 }
@@ -78,6 +79,16 @@ pub struct JobsConfig {
     pub revoke_alert_interval: HumanDuration,
     /// Adapter calls running at once.
     pub concurrency: usize,
+}
+
+/// `[reconcile]`: comparing what adapters have granted with what the database says.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// How often; `None` ("off") turns the periodic pass off.
+    pub interval: Option<HumanDuration>,
+    /// Channel ID for reports (a security channel); only the audit log and the process
+    /// log when unset.
+    pub channel: Option<String>,
 }
 
 /// One `[[resources]]` entry.
@@ -179,6 +190,8 @@ struct RawConfig {
     #[serde(default)]
     jobs: RawJobs,
     #[serde(default)]
+    reconcile: RawReconcile,
+    #[serde(default)]
     resources: Vec<RawResource>,
     #[serde(default)]
     adapters: BTreeMap<String, toml::Table>,
@@ -243,6 +256,13 @@ struct RawJobs {
     backoff_max: Option<HumanDuration>,
     revoke_alert_interval: Option<HumanDuration>,
     concurrency: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    interval: Option<String>,
+    channel: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -393,6 +413,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         problems.push("jobs.concurrency: must be between 1 and 256".into());
     }
 
+    let reconcile = ReconcileConfig {
+        interval: match raw.reconcile.interval.as_deref().map(str::trim) {
+            None => Some(HumanDuration::from_secs(3600)),
+            Some("off") | Some("never") => None,
+            Some(text) => match text.parse() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(format!("reconcile.interval: {e}, or \"off\""));
+                    None
+                }
+            },
+        },
+        channel: raw.reconcile.channel,
+    };
+    if let Some(c) = &reconcile.channel {
+        if !is_slack_id(c, &['C', 'G']) {
+            problems.push(format!(
+                "reconcile.channel: `{c}` is not a Slack channel ID; use the ID like \"C0123ABCD\", not the #name"
+            ));
+        }
+    }
+
     let mut adapters = BTreeMap::new();
     for (name, table) in raw.adapters {
         let key = format!("adapters.{name}");
@@ -541,6 +583,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         slack: SlackConfig { api_url, command },
         requests,
         jobs,
+        reconcile,
         resources,
         adapters,
     })

@@ -85,6 +85,8 @@ pub struct Setup {
     pub extra_toml: String,
     /// `[jobs]` table body.
     pub jobs_toml: String,
+    /// Adapters to use instead of the configured ones, by name.
+    pub adapters: Vec<(String, Arc<dyn jitgate::adapters::Adapter>)>,
 }
 
 impl Default for Setup {
@@ -94,6 +96,7 @@ impl Default for Setup {
             in_process: true,
             extra_toml: String::new(),
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
+            adapters: Vec::new(),
         }
     }
 }
@@ -108,6 +111,7 @@ pub struct TestApp {
     pub config_text: String,
     /// Passed to `Options::revoke_removed` at the next boot.
     pub revoke_removed: bool,
+    adapters: Vec<(String, Arc<dyn jitgate::adapters::Adapter>)>,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -200,6 +204,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             base: String::new(),
             config_text,
             revoke_removed: false,
+            adapters: setup.adapters,
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
         if setup.in_process {
@@ -218,7 +223,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
         };
         let options = jitgate::Options {
             clock: self.clock.shared(),
-            adapter_overrides: Vec::new(),
+            adapter_overrides: self.adapters.clone(),
             shutdown_grace: Duration::from_secs(10),
             revoke_removed: self.revoke_removed,
         };
