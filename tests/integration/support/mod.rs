@@ -153,6 +153,7 @@ remind_after = "off"
 
 [jobs]
 {jobs}
+{reconcile}
 
 [[resources]]
 name = "prod-db"
@@ -194,6 +195,11 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             script = script.display(),
             log = dir.path().join("adapter.log").display(),
             flags = dir.path().display(),
+            reconcile = if setup.extra_toml.contains("[reconcile]") {
+                ""
+            } else {
+                "[reconcile]\ninterval = \"off\"\n"
+            },
             extra = setup.extra_toml,
         );
         let mut app = Self {
