@@ -589,6 +589,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     })
 }
 
+/// Applies environment overrides: `SLACK_API_URL` replaces `[slack] api_url`.
+pub fn apply_env(mut config: Config) -> Result<Config, ConfigError> {
+    if let Some(url) = std::env::var("SLACK_API_URL").ok().filter(|u| !u.trim().is_empty()) {
+        let url = url.trim().trim_end_matches('/').to_string();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ConfigError {
+                path: config.path.clone(),
+                problems: vec![format!(
+                    "SLACK_API_URL: `{url}` must start with https://, like {DEFAULT_SLACK_API_URL}"
+                )],
+            });
+        }
+        config.slack.api_url = url;
+    }
+    Ok(config)
+}
+
 impl Config {
     /// The resource called `name`.
     pub fn resource(&self, name: &str) -> Option<&Resource> {

@@ -71,7 +71,7 @@ fn init_tracing() {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let config = match config::load(&cli.config) {
+    let config = match config::load(&cli.config).and_then(config::apply_env) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
