@@ -36,6 +36,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// How long running adapter calls may take to finish at shutdown.
+    pub shutdown_grace: HumanDuration,
 }
 
 /// `[database]`
@@ -202,12 +204,14 @@ struct RawConfig {
 struct RawServer {
     #[serde(default = "default_listen")]
     listen: String,
+    shutdown_grace: Option<HumanDuration>,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            shutdown_grace: None,
         }
     }
 }
@@ -578,7 +582,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         path: path.to_path_buf(),
-        server: ServerConfig { listen },
+        server: ServerConfig {
+            listen,
+            shutdown_grace: raw.server.shutdown_grace.unwrap_or(HumanDuration::from_secs(20)),
+        },
         database,
         slack: SlackConfig { api_url, command },
         requests,

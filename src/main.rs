@@ -117,6 +117,7 @@ async fn serve(config: config::Config, revoke_removed: bool) -> anyhow::Result<(
         .with_context(|| format!("cannot listen on {listen} (server.listen in {})", config.path.display()))?;
     let options = jitgate::Options {
         revoke_removed,
+        shutdown_grace: config.server.shutdown_grace.to_std(),
         ..jitgate::Options::default()
     };
     let running = jitgate::start(config, secrets, options, listener).await?;
