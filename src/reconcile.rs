@@ -5,7 +5,8 @@
 
 use serde_json::json;
 
-use crate::adapters::{Adapter, GrantContext, ListedAccess};
+use crate::adapters::{Adapter, ListedAccess};
+use crate::grants::context;
 use crate::requests::label;
 use crate::store::{self, GrantRow, GrantState, Outgoing};
 use crate::{audit, AppState};
@@ -81,20 +82,6 @@ pub fn orphans<'a>(listed: &'a [ListedAccess], live_grant_ids: &[i64]) -> Vec<&'
         .collect()
 }
 
-fn context(g: &GrantRow, request: Option<&store::RequestRow>) -> GrantContext {
-    GrantContext {
-        grant_id: g.id,
-        request_id: g.request_id,
-        user_id: g.user_id.clone(),
-        resource: g.resource.clone(),
-        role: g.role.clone(),
-        duration_secs: g.duration_secs,
-        expires_at: chrono::DateTime::from_timestamp_millis(g.expires_at.unwrap_or(g.created_at)).unwrap_or_default(),
-        reason: request.map(|r| r.reason.clone()).unwrap_or_default(),
-        state: g.adapter_state.clone(),
-    }
-}
-
 async fn live_grants(app: &AppState) -> anyhow::Result<Vec<GrantRow>> {
     Ok(
         sqlx::query_as("SELECT * FROM grants WHERE state IN ('granting', 'active')")
@@ -153,7 +140,13 @@ pub async fn run(app: &AppState, dry_run: bool) -> anyhow::Result<Report> {
                         };
                         let result = {
                             let _access = app.access_locks.lock(g).await;
-                            adapter.revoke(&context(g, request.as_ref())).await
+                            adapter
+                                .revoke(&context(
+                                    g,
+                                    request.as_ref().map_or("", |r| r.reason.as_str()),
+                                    g.expires_at.unwrap_or(g.created_at),
+                                ))
+                                .await
                         };
                         if let Finding::Orphan { revoked, error, .. } = &mut finding {
                             match result {
@@ -211,7 +204,9 @@ pub async fn run(app: &AppState, dry_run: bool) -> anyhow::Result<Report> {
 }
 
 async fn is_active(adapter: &dyn Adapter, g: &GrantRow) -> Result<Option<bool>, crate::adapters::AdapterError> {
-    adapter.is_active(&context(g, None)).await
+    adapter
+        .is_active(&context(g, "", g.expires_at.unwrap_or(g.created_at)))
+        .await
 }
 
 /// Writes findings to the audit log and, if configured, the security channel.
