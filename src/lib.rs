@@ -175,7 +175,7 @@ pub async fn start(
             tracing::warn!(jobs = resumed, "resuming jobs interrupted by the last stop");
         }
     }
-    let mut adapters = Adapters::from_config(&config);
+    let mut adapters = Adapters::from_config(&config)?;
     for (name, adapter) in options.adapter_overrides {
         adapters.insert(&name, adapter);
     }
