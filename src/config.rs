@@ -125,6 +125,8 @@ impl Resource {
 pub enum AdapterConfig {
     /// Runs a program.
     Exec(ExecAdapterConfig),
+    /// Calls a signed HTTPS webhook.
+    Webhook(WebhookAdapterConfig),
     /// Does nothing; for trying jitgate out and for benchmarks.
     Noop,
 }
@@ -134,6 +136,7 @@ impl AdapterConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             AdapterConfig::Exec(_) => "exec",
+            AdapterConfig::Webhook(_) => "webhook",
             AdapterConfig::Noop => "noop",
         }
     }
@@ -148,6 +151,31 @@ pub struct ExecAdapterConfig {
     pub timeout: HumanDuration,
     /// Extra environment variables for the program.
     pub env: BTreeMap<String, String>,
+}
+
+/// `type = "webhook"`
+#[derive(Clone)]
+pub struct WebhookAdapterConfig {
+    /// Where calls are POSTed: https, or http to a loopback address.
+    pub url: String,
+    /// The environment variable holding the shared signing secret (never the secret itself).
+    pub secret_env: String,
+    /// The whole exchange (connect, send, read the answer) must finish within this.
+    pub timeout: HumanDuration,
+    /// Extra static headers sent with every call; names are valid and none is set by jitgate.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for WebhookAdapterConfig {
+    // Header values may hold a gateway token; only their names are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookAdapterConfig")
+            .field("url", &self.url)
+            .field("secret_env", &self.secret_env)
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// A configuration that cannot be used, with every problem found.
@@ -307,6 +335,16 @@ struct RawExec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Option<String>,
+    secret_env: Option<String>,
+    timeout: Option<HumanDuration>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawNoop {}
 
 // ---- loading -------------------------------------------------------------------------
@@ -440,6 +478,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
 
     let mut adapters = BTreeMap::new();
+    // Adapters defined but invalid: their problems are already reported, so resources
+    // using them are not also told the adapter is unknown.
+    let mut invalid_adapters = HashSet::new();
     for (name, table) in raw.adapters {
         let key = format!("adapters.{name}");
         if !is_name(&name) {
@@ -451,7 +492,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             Ok(a) => {
                 adapters.insert(name, a);
             }
-            Err(mut p) => problems.append(&mut p),
+            Err(mut p) => {
+                problems.append(&mut p);
+                invalid_adapters.insert(name);
+            }
         }
     }
 
@@ -548,7 +592,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 distinct_approvers.len()
             ));
         }
-        if !adapters.contains_key(&r.adapter) {
+        if !adapters.contains_key(&r.adapter) && !invalid_adapters.contains(&r.adapter) {
             let known: Vec<_> = adapters.keys().cloned().collect();
             problems.push(format!(
                 "{key}.adapter: unknown adapter `{}`; define [adapters.{}] or use one of: {}",
@@ -623,7 +667,7 @@ impl Config {
 fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Result<AdapterConfig, Vec<String>> {
     let Some(kind) = table.remove("type") else {
         return Err(vec![format!(
-            "{key}.type: missing; write type = \"exec\" (or \"noop\")"
+            "{key}.type: missing; write type = \"exec\" (or \"webhook\", \"noop\")"
         )]);
     };
     let kind = kind.as_str().unwrap_or_default().to_string();
@@ -679,6 +723,7 @@ fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Res
                 env: raw.env,
             }))
         }
+        "webhook" => webhook_from_value(key, value).map(AdapterConfig::Webhook),
         "noop" => {
             let _: RawNoop = value
                 .try_into()
@@ -686,9 +731,143 @@ fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Res
             Ok(AdapterConfig::Noop)
         }
         other => Err(vec![format!(
-            "{key}.type: unknown adapter type `{other}`; use \"exec\" or \"noop\""
+            "{key}.type: unknown adapter type `{other}`; use \"exec\", \"webhook\" or \"noop\""
         )]),
     }
+}
+
+/// Headers jitgate sets itself on webhook calls (names compared in lower case; every
+/// `x-jitgate-*` name is reserved too).
+const WEBHOOK_RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "host",
+    "user-agent",
+    "idempotency-key",
+];
+
+fn webhook_from_value(key: &str, value: toml::Value) -> Result<WebhookAdapterConfig, Vec<String>> {
+    // The most likely mistake gets its own answer rather than "unknown field".
+    if value.get("secret").is_some() {
+        return Err(vec![format!(
+            "{key}.secret: the signing secret must not be in the file; put it in an environment \
+             variable and name that variable instead, like secret_env = \"JITGATE_WEBHOOK_SECRET\""
+        )]);
+    }
+    let raw: RawWebhook = value
+        .try_into()
+        .map_err(|e: toml::de::Error| vec![format!("{key}: {}", e.message())])?;
+    let mut problems = Vec::new();
+    let url = match raw.url.as_deref().map(str::trim) {
+        None | Some("") => {
+            problems.push(format!(
+                "{key}.url: missing; write the receiver's address, like url = \"https://access.example.com/jitgate\""
+            ));
+            String::new()
+        }
+        Some(text) => match check_webhook_url(text) {
+            Ok(url) => url,
+            Err(fix) => {
+                problems.push(format!("{key}.url: `{text}` {fix}"));
+                String::new()
+            }
+        },
+    };
+    let secret_env = raw.secret_env.unwrap_or_default().trim().to_string();
+    if secret_env.is_empty() {
+        problems.push(format!(
+            "{key}.secret_env: missing; name the environment variable that holds the shared signing \
+             secret, like secret_env = \"JITGATE_WEBHOOK_SECRET\" (the secret itself never goes in the file)"
+        ));
+    } else if !is_env_name(&secret_env) {
+        problems.push(format!(
+            "{key}.secret_env: `{secret_env}` is not an environment variable name; use letters, digits \
+             and _, like \"JITGATE_WEBHOOK_SECRET\""
+        ));
+    } else if secret_env.starts_with("SLACK_") {
+        // A receiver holding Slack's signing secret could forge Slack requests to jitgate.
+        problems.push(format!(
+            "{key}.secret_env: `{secret_env}` must not be a Slack secret; give the webhook its own \
+             secret, like secret_env = \"JITGATE_WEBHOOK_SECRET\""
+        ));
+    }
+    let timeout = raw.timeout.unwrap_or(HumanDuration::from_secs(10));
+    if timeout > HumanDuration::from_secs(300) {
+        problems.push(format!(
+            "{key}.timeout: {timeout} is too long; at most 5m (a call holds one of jobs.concurrency slots)"
+        ));
+    }
+    for (name, value) in &raw.headers {
+        let lower = name.to_ascii_lowercase();
+        if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.push(format!(
+                "{key}.headers: `{name}` is not a header name; use letters, digits and -, like \"X-Team\""
+            ));
+        } else if WEBHOOK_RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-jitgate-") {
+            problems.push(format!("{key}.headers: `{name}` is set by jitgate; remove it"));
+        }
+        if hyper::header::HeaderValue::from_str(value).is_err() {
+            problems.push(format!(
+                "{key}.headers.{name}: the value must be visible ASCII text on one line"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(WebhookAdapterConfig {
+        url,
+        secret_env,
+        timeout,
+        headers: raw.headers,
+    })
+}
+
+/// The URL as jitgate will call it, or what is wrong with it (said after the URL).
+fn check_webhook_url(text: &str) -> Result<String, String> {
+    let example = "write it like \"https://access.example.com/jitgate\"";
+    let url = url::Url::parse(text).map_err(|e| format!("is not a URL ({e}); {example}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if !loopback {
+                return Err(
+                    "uses plain http, which is only allowed to this machine (127.0.0.1, [::1], \
+                            localhost); use https://"
+                        .into(),
+                );
+            }
+        }
+        other => return Err(format!("has the scheme `{other}`; use https://, {example}")),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "holds credentials, which would end up in logs; remove the `user:password@` part \
+                    (receivers authenticate jitgate by the X-Jitgate-Signature header)"
+                .into(),
+        );
+    }
+    let mut url = url;
+    url.set_fragment(None);
+    let normalized = url.to_string();
+    normalized
+        .parse::<hyper::Uri>()
+        .map_err(|e| format!("cannot be used for HTTP ({e}); {example}"))?;
+    Ok(normalized)
+}
+
+/// A portable environment variable name.
+fn is_env_name(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(unix)]

@@ -174,8 +174,9 @@ pub async fn build(
     clock: SharedClock,
     adapter_overrides: Vec<(String, Arc<dyn Adapter>)>,
 ) -> anyhow::Result<AppState> {
+    // Adapters first: a missing adapter secret fails before anything is touched.
+    let mut adapters = Adapters::from_config(&config)?;
     let db = Db::open(&config.database.url).await?;
-    let mut adapters = Adapters::from_config(&config);
     for (name, adapter) in adapter_overrides {
         adapters.insert(&name, adapter);
     }
