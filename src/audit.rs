@@ -57,6 +57,32 @@ fn entry_hash(
     hex::encode(h.finalize())
 }
 
+/// The entry that follows the one with `prev_seq` and `prev_hash` (0 and `GENESIS` for
+/// the first), with its hash computed. For writers that keep the chain's head in memory
+/// and insert many entries at once; `append` reads the head from the table instead.
+pub fn next_entry(
+    prev_seq: i64,
+    prev_hash: &str,
+    at: i64,
+    actor: &str,
+    action: &str,
+    request_id: Option<i64>,
+    details: String,
+) -> AuditEntry {
+    let seq = prev_seq + 1;
+    let hash = entry_hash(prev_hash, seq, at, actor, action, request_id, &details);
+    AuditEntry {
+        seq,
+        at,
+        actor: actor.to_string(),
+        action: action.to_string(),
+        request_id,
+        details,
+        prev_hash: prev_hash.to_string(),
+        hash,
+    }
+}
+
 /// Appends an entry inside the caller's write transaction.
 pub async fn append(
     conn: &mut SqliteConnection,

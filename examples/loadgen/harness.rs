@@ -1,0 +1,196 @@
+//! What every scenario shares: the runtimes, the fake Slack, the configuration, a started
+//! jitgate, signed command bodies, and readings of this process's memory and CPU time.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::runtime::Runtime;
+
+use crate::fake_slack::{self, FakeSlack};
+
+/// The signing secret the server and the load generator share.
+pub const SIGNING_SECRET: &str = "loadgen-signing-secret";
+/// Where approval cards go.
+pub const APPROVAL_CHANNEL: &str = "C0APPROVALS";
+/// The resource every request asks for.
+pub const RESOURCE: &str = "prod-db";
+/// The noop adapter's name in the configuration.
+pub const ADAPTER: &str = "bench";
+
+/// Separate runtimes, so the server runs on as many workers as `jitgate serve` would and
+/// the load generator and the fake Slack do not share its scheduler.
+pub struct Runtimes {
+    pub server: Runtime,
+    pub client: Runtime,
+    pub fake: Runtime,
+}
+
+impl Runtimes {
+    pub fn new(server_threads: usize, client_threads: usize) -> anyhow::Result<Self> {
+        let build = |name: &str, threads: usize| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .thread_name(name)
+                .enable_all()
+                .build()
+                .with_context(|| format!("building the {name} runtime"))
+        };
+        Ok(Self {
+            server: build("server", server_threads)?,
+            client: build("loadgen", client_threads)?,
+            fake: build("fake-slack", 1)?,
+        })
+    }
+}
+
+/// Starts the fake Slack Web API on its own runtime.
+pub fn start_fake(rt: &Runtimes) -> FakeSlack {
+    rt.fake.block_on(FakeSlack::start())
+}
+
+/// A configuration like an operator's: defaults everywhere, one resource, a noop adapter.
+pub fn config_text(db: &Path, api_url: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[database]
+url = "sqlite://{db}"
+
+[slack]
+api_url = "{api_url}"
+
+[[resources]]
+name = "{RESOURCE}"
+description = "Production PostgreSQL"
+roles = ["read", "write"]
+default_duration = "1h"
+max_duration = "4h"
+approval_channel = "{APPROVAL_CHANNEL}"
+approvers = ["UAPPROVER1", "UAPPROVER2"]
+adapter = "{ADAPTER}"
+
+[adapters.{ADAPTER}]
+type = "noop"
+"#,
+        db = db.display()
+    )
+}
+
+/// Starts jitgate exactly as `jitgate serve` does, on an ephemeral loopback port.
+pub async fn start_server(dir: &Path, config_text: &str) -> anyhow::Result<jitgate::Running> {
+    let config = jitgate::config::parse(&dir.join("jitgate.toml"), config_text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secrets = jitgate::Secrets {
+        bot_token: fake_slack::BOT_TOKEN.into(),
+        signing_secret: SIGNING_SECRET.into(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    jitgate::start(config, secrets, jitgate::Options::default(), listener).await
+}
+
+/// The form body Slack posts for `/jit <text>` typed by `user`.
+pub fn command_body(user: &str, text: &str) -> String {
+    serde_urlencoded::to_string([
+        ("token", "legacy-ignored"),
+        ("team_id", "T0TEAM"),
+        ("team_domain", "acme"),
+        ("channel_id", "C0GENERAL"),
+        ("channel_name", "general"),
+        ("user_id", user),
+        ("user_name", "someone"),
+        ("command", "/jit"),
+        ("text", text),
+        ("api_app_id", "A0APP"),
+        ("response_url", "http://127.0.0.1:9/response/cmd"),
+        ("trigger_id", "123.456.abc"),
+    ])
+    .expect("strings encode")
+}
+
+/// Polls `GET /healthz` until it answers 200 or `limit` passes. Returns when it did.
+pub async fn wait_healthy(addr: std::net::SocketAddr, limit: Duration) -> anyhow::Result<Instant> {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let req = "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n";
+            if stream.write_all(req.as_bytes()).await.is_ok() {
+                let mut buf = Vec::new();
+                let _ = stream.read_to_end(&mut buf).await;
+                if buf.starts_with(b"HTTP/1.1 200") {
+                    return Ok(Instant::now());
+                }
+            }
+        }
+        anyhow::ensure!(start.elapsed() < limit, "/healthz did not answer 200 within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Resident memory of this process, from /proc/self/status: (VmRSS, VmHWM) in KiB.
+pub fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// CPU time (user + system) this process used so far, from /proc/self/stat, including
+/// threads that have exited. Resolution: one clock tick (10 ms on Linux).
+pub fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Percentiles of a histogram of microseconds, as text.
+pub fn summary_us(h: &hdrhistogram::Histogram<u64>) -> String {
+    let ms = |v: u64| v as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        ms(h.value_at_quantile(0.50)),
+        ms(h.value_at_quantile(0.90)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max())
+    )
+}
+
+/// This machine, for the report.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cores} cores, {cpu}, {:.1} GiB RAM", mem_kib as f64 / 1024.0 / 1024.0)
+}

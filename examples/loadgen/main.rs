@@ -1,0 +1,128 @@
+//! jitgate's load generator and benchmark scenarios. See BENCHMARKS.md.
+//!
+//! `cargo run --release --example loadgen -- --help`
+//!
+//! Every scenario runs the real server (`jitgate::start`, as `jitgate serve` does) on an
+//! ephemeral loopback port against a fake Slack Web API and a noop adapter, and sends
+//! traffic only to 127.0.0.1. Every loop is bounded in count and time.
+
+mod ack;
+mod expiry;
+// Shared with the integration tests; this program uses only part of it.
+#[allow(dead_code)]
+#[path = "../../tests/integration/support/fake_slack.rs"]
+mod fake_slack;
+mod harness;
+mod history;
+mod startup;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use jitgate::duration::HumanDuration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Signed `/jit request` commands at a given concurrency: throughput, ack latency, errors.
+    Ack,
+    /// Many active grants expiring over a window: revoke lateness and idle CPU.
+    Expiry,
+    /// A database with many past requests: time from start to ready.
+    Startup,
+}
+
+/// Benchmarks jitgate: ack latency under load, revoke punctuality, start-up, footprint.
+#[derive(Parser, Debug)]
+#[command(name = "loadgen")]
+pub struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "ack")]
+    scenario: Scenario,
+
+    /// The SQLite file to use (default: a fresh one in a temporary directory). `startup`
+    /// reuses the past requests already in it.
+    #[arg(long)]
+    db: Option<PathBuf>,
+
+    /// Tokio worker threads for the server (default: one per core, like `jitgate serve`).
+    #[arg(long, default_value_t = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))]
+    server_threads: usize,
+
+    /// Tokio worker threads for the load generator.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+
+    /// ack: concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+
+    /// ack: send this many requests (bounded by --time-limit) instead of running for --duration.
+    #[arg(long)]
+    requests: Option<u64>,
+
+    /// ack: how long to send.
+    #[arg(long, default_value = "10s")]
+    duration: HumanDuration,
+
+    /// ack: upper bound on the run when --requests is given.
+    #[arg(long, default_value = "10m")]
+    time_limit: HumanDuration,
+
+    /// ack: distinct requesting users.
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+
+    /// ack, expiry: how long to wait for the outbox to deliver everything afterwards.
+    #[arg(long, default_value = "10m")]
+    drain_timeout: HumanDuration,
+
+    /// expiry: active grants.
+    #[arg(long, default_value_t = 100_000)]
+    grants: u64,
+
+    /// expiry: the expiries are spread evenly over this window.
+    #[arg(long, default_value = "60s")]
+    window: HumanDuration,
+
+    /// expiry: time from the start of set-up to the first expiry (set-up, start and the
+    /// idle window must fit in it).
+    #[arg(long, default_value = "20s")]
+    setup_allowance: HumanDuration,
+
+    /// expiry: length of each idle-CPU window.
+    #[arg(long, default_value = "10s")]
+    idle: HumanDuration,
+
+    /// startup: past requests in the database.
+    #[arg(long, default_value_t = 1_000_000)]
+    past_requests: u64,
+
+    /// startup: how many times to start and stop.
+    #[arg(long, default_value_t = 5)]
+    runs: u32,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JITGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    println!("machine: {}", harness::machine());
+    let result = match args.scenario {
+        Scenario::Ack => ack::run(&args),
+        Scenario::Expiry => expiry::run(&args),
+        Scenario::Startup => startup::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
