@@ -117,6 +117,49 @@ pub async fn append(
     Ok(())
 }
 
+/// An entry to append with `append_all`.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    pub at: i64,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub request_id: Option<i64>,
+    pub details: serde_json::Value,
+}
+
+/// Appends entries in order inside the caller's write transaction, as `append` would one
+/// by one: the chain's head is read once and the rows go in as multi-row inserts.
+pub async fn append_all(conn: &mut SqliteConnection, events: &[Event<'_>]) -> sqlx::Result<()> {
+    let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (mut seq, mut prev) = last.unwrap_or_else(|| (0, GENESIS.to_string()));
+    let mut entries = Vec::with_capacity(events.len());
+    for e in events {
+        let entry = next_entry(seq, &prev, e.at, e.actor, e.action, e.request_id, e.details.to_string());
+        seq = entry.seq;
+        prev.clone_from(&entry.hash);
+        entries.push(entry);
+    }
+    for chunk in crate::store::chunks(&entries) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash) ",
+        );
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(e.seq)
+                .push_bind(e.at)
+                .push_bind(&e.actor)
+                .push_bind(&e.action)
+                .push_bind(e.request_id)
+                .push_bind(&e.details)
+                .push_bind(&e.prev_hash)
+                .push_bind(&e.hash);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Entries from `after_seq` on, in order.
 pub async fn entries(conn: &mut SqliteConnection, after_seq: i64, limit: i64) -> sqlx::Result<Vec<AuditEntry>> {
     sqlx::query_as("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?")

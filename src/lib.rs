@@ -19,6 +19,7 @@ pub mod slack;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,9 +78,14 @@ pub struct AppState {
     pub adapters: Arc<Adapters>,
     pub(crate) signing_secret: Arc<[u8]>,
     pub(crate) scheduler_wake: Arc<Notify>,
+    /// When the scheduler next wakes on its own (unix ms); `i64::MAX` while it is
+    /// looking for work or has none. See `wake_scheduler_for`.
+    pub(crate) scheduler_next: Arc<AtomicI64>,
     pub(crate) outbox_wake: Arc<Notify>,
     pub(crate) job_permits: Arc<Semaphore>,
     pub(crate) access_locks: Arc<grants::AccessLocks>,
+    /// Requests waiting for their (group) commit.
+    pub(crate) creations: Arc<requests::Creations>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -93,6 +99,15 @@ impl AppState {
     /// Tells the scheduler that a job may be due sooner than it thought.
     pub fn wake_scheduler(&self) {
         self.scheduler_wake.notify_one();
+    }
+
+    /// Tells the scheduler about a new job due at `at_ms`, if it planned to sleep past it.
+    /// Cheaper than `wake_scheduler` when jobs are added often but due late (request
+    /// time-outs): the scheduler is not made to look for work it cannot have.
+    pub fn wake_scheduler_for(&self, at_ms: i64) {
+        if at_ms < self.scheduler_next.load(Ordering::SeqCst) {
+            self.scheduler_wake.notify_one();
+        }
     }
 
     /// Tells the outbox worker there is something to send.
@@ -189,9 +204,11 @@ pub async fn build(
         adapters: Arc::new(adapters),
         signing_secret: Arc::from(secrets.signing_secret.into_bytes()),
         scheduler_wake: Arc::new(Notify::new()),
+        scheduler_next: Arc::new(AtomicI64::new(i64::MAX)),
         outbox_wake: Arc::new(Notify::new()),
         job_permits: Arc::new(Semaphore::new(concurrency)),
         access_locks: Arc::new(grants::AccessLocks::default()),
+        creations: Arc::new(requests::Creations::default()),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     })

@@ -1,6 +1,10 @@
 //! Access requests: how they are named, validated against the configuration, and stored.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
 use serde_json::json;
+use tokio::sync::oneshot;
 
 use crate::config::{Config, Resource};
 use crate::duration::HumanDuration;
@@ -155,46 +159,159 @@ pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyh
 }
 
 /// Stores a pending request (access or extension), its audit entry, its card, its time-out
-/// and its reminder in one transaction.
+/// and its reminder in one transaction, and returns its id once that is committed.
+///
+/// Requests arriving together share a transaction (group commit): SQLite makes one commit
+/// durable at a time, so under load one fsync per batch instead of one per request is what
+/// keeps acknowledgements fast. Each caller still gets its id only after the commit that
+/// holds its rows.
 async fn insert_pending(app: &AppState, new: &NewRequest) -> anyhow::Result<i64> {
-    let now = new.created_at;
-    let mut tx = app.db.begin().await?;
-    let id = store::insert_request(&mut tx, new).await?;
-    let action = match new.kind {
-        store::RequestKind::Access => "request.created",
-        store::RequestKind::Extension => "extension.requested",
-    };
-    audit::append(
-        &mut tx,
-        now,
-        &new.requester_id,
-        action,
-        Some(id),
-        json!({
-            "resource": new.resource,
-            "role": new.role,
-            "duration_secs": new.duration_secs,
-            "reason": new.reason,
-            "channel": new.origin_channel,
-            "approval_channel": new.approval_channel,
-            "approvals_required": new.approvals_required,
-            "extends": new.extends_request_id.map(label),
-        }),
-    )
-    .await?;
-    store::enqueue(&mut tx, &Outgoing::post_card(id), now).await?;
-    let timeout_at = now + app.config.requests.pending_timeout.as_secs() as i64 * 1000;
-    store::insert_job(&mut tx, id, JobKind::ExpireRequest, timeout_at, now).await?;
-    if let Some(remind) = app.config.requests.remind_after {
-        let at = now + remind.as_secs() as i64 * 1000;
-        if at < timeout_at {
-            store::insert_job(&mut tx, id, JobKind::Remind, at, now).await?;
+    let (reply, stored) = oneshot::channel();
+    app.creations.push(Creation {
+        new: new.clone(),
+        reply,
+    });
+    if !app.creations.draining.swap(true, Ordering::SeqCst) {
+        app.tasks.spawn(drain_creations(app.clone()));
+    }
+    stored
+        .await
+        .map_err(|_| anyhow::anyhow!("the request was not stored: jitgate is stopping"))?
+}
+
+/// Most requests stored in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// A request waiting to be stored, and who waits for its id.
+struct Creation {
+    new: NewRequest,
+    reply: oneshot::Sender<anyhow::Result<i64>>,
+}
+
+/// Requests waiting to be stored, and whether a task is storing them.
+#[derive(Default)]
+pub struct Creations {
+    queue: Mutex<Vec<Creation>>,
+    draining: AtomicBool,
+}
+
+impl Creations {
+    fn push(&self, c: Creation) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+    }
+
+    fn take(&self) -> Vec<Creation> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let n = q.len().min(MAX_BATCH);
+        q.drain(..n).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+}
+
+/// Stores queued requests, a batch per transaction, until the queue is empty. At most one
+/// runs at a time (`Creations::draining`); whoever queues a request starts one if none is.
+async fn drain_creations(app: AppState) {
+    loop {
+        let batch = app.creations.take();
+        if batch.is_empty() {
+            app.creations.draining.store(false, Ordering::SeqCst);
+            // A request queued after `take` whose sender saw `draining` still set relies on
+            // us: look once more, and carry on unless another drain has started meanwhile.
+            if app.creations.is_empty() || app.creations.draining.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            continue;
+        }
+        store_batch(&app, batch).await;
+    }
+}
+
+async fn store_batch(app: &AppState, batch: Vec<Creation>) {
+    let rows: Vec<&NewRequest> = batch.iter().map(|c| &c.new).collect();
+    match write_pending(app, &rows).await {
+        Ok(ids) => {
+            for (c, id) in batch.into_iter().zip(ids) {
+                let _ = c.reply.send(Ok(id));
+            }
+        }
+        Err(e) if batch.len() > 1 => {
+            // One bad row must not fail the others: store each on its own.
+            tracing::warn!(
+                error = format!("{e:#}"),
+                requests = batch.len(),
+                "storing a batch of requests failed; storing them one by one"
+            );
+            for c in batch {
+                let one = write_pending(app, &[&c.new]).await.map(|ids| ids[0]);
+                let _ = c.reply.send(one);
+            }
+        }
+        Err(e) => {
+            for c in batch {
+                let _ = c.reply.send(Err(anyhow::anyhow!("{e:#}")));
+            }
         }
     }
+}
+
+/// Writes pending requests with their audit entries, cards, time-outs and reminders in one
+/// transaction. Returns their ids in order.
+async fn write_pending(app: &AppState, rows: &[&NewRequest]) -> anyhow::Result<Vec<i64>> {
+    let mut tx = app.db.begin().await?;
+    let ids = store::insert_requests(&mut tx, rows).await?;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut cards = Vec::with_capacity(rows.len());
+    let mut jobs = Vec::with_capacity(rows.len() * 2);
+    for (new, &id) in rows.iter().zip(&ids) {
+        let now = new.created_at;
+        events.push(audit::Event {
+            at: now,
+            actor: &new.requester_id,
+            action: match new.kind {
+                store::RequestKind::Access => "request.created",
+                store::RequestKind::Extension => "extension.requested",
+            },
+            request_id: Some(id),
+            details: json!({
+                "resource": new.resource,
+                "role": new.role,
+                "duration_secs": new.duration_secs,
+                "reason": new.reason,
+                "channel": new.origin_channel,
+                "approval_channel": new.approval_channel,
+                "approvals_required": new.approvals_required,
+                "extends": new.extends_request_id.map(label),
+            }),
+        });
+        cards.push((Outgoing::post_card(id), now));
+        let timeout_at = now + app.config.requests.pending_timeout.as_secs() as i64 * 1000;
+        let job = |kind, run_at| store::NewJob {
+            request_id: id,
+            kind,
+            run_at,
+            created_at: now,
+        };
+        jobs.push(job(JobKind::ExpireRequest, timeout_at));
+        if let Some(remind) = app.config.requests.remind_after {
+            let at = now + remind.as_secs() as i64 * 1000;
+            if at < timeout_at {
+                jobs.push(job(JobKind::Remind, at));
+            }
+        }
+    }
+    audit::append_all(&mut tx, &events).await?;
+    store::enqueue_all(&mut tx, &cards).await?;
+    store::insert_jobs(&mut tx, &jobs).await?;
     tx.commit().await?;
     app.wake_outbox();
-    app.wake_scheduler();
-    Ok(id)
+    // These jobs are hours away: wake the scheduler only if it planned to sleep longer.
+    if let Some(soonest) = jobs.iter().map(|j| j.run_at).min() {
+        app.wake_scheduler_for(soonest);
+    }
+    Ok(ids)
 }
 
 /// Asks for `add` more time on `original`'s grant. With `self_extend`, it is approved at

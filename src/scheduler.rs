@@ -2,6 +2,7 @@
 //! with the time they are due; the loop sleeps until the earliest one, or until woken
 //! because a sooner one was added, and never scans the table on a fixed interval.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::store;
@@ -75,6 +76,8 @@ pub async fn run(app: AppState) {
         if app.shutdown.is_cancelled() {
             break;
         }
+        // While looking, any new job may be the next one: ask to be woken for all of them.
+        app.scheduler_next.store(i64::MAX, Ordering::SeqCst);
         if let Err(e) = claim_and_spawn(&app, app.now_ms()).await {
             tracing::error!(error = format!("{e:#}"), "scheduler could not claim jobs; retrying");
         }
@@ -88,6 +91,10 @@ pub async fn run(app: AppState) {
                 Some(app.now_ms() + 5_000)
             }
         };
+        // From here, `wake_scheduler_for` wakes us only for a job due before `next`; one
+        // added after the read above but due sooner still wakes us (the store comes after
+        // the read, the creator's check after its commit, and Notify keeps the permit).
+        app.scheduler_next.store(next.unwrap_or(i64::MAX), Ordering::SeqCst);
         let sleep = match next {
             // With every worker busy, a finishing job wakes us.
             Some(at) if app.job_permits.available_permits() > 0 => app

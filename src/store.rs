@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqliteConnection, SqlitePool};
+use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 /// The schema, embedded in the binary and applied at start-up.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -778,5 +778,106 @@ pub async fn outbox_retry(conn: &mut SqliteConnection, id: i64, at: i64, error: 
         .bind(id)
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+// ---- many rows at once ----------------------------------------------------------------
+
+/// Sizes of multi-row statements. Many rows are written in chunks of these sizes, so
+/// only a few distinct statements are ever prepared (and stay in the statement cache).
+const CHUNK_SIZES: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
+
+/// `items` cut into chunks whose sizes are in `CHUNK_SIZES`, largest first.
+pub(crate) fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let n = CHUNK_SIZES.iter().copied().find(|n| *n <= rest.len())?;
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// Inserts pending requests as `insert_request` does, in multi-row statements, and
+/// returns their ids in order. The ids follow the largest one, as SQLite would choose
+/// them; the caller must hold the write lock (`Db::begin`) so no one else takes them.
+pub async fn insert_requests(conn: &mut SqliteConnection, rows: &[&NewRequest]) -> sqlx::Result<Vec<i64>> {
+    let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM requests")
+        .fetch_one(&mut *conn)
+        .await?;
+    let first = max.unwrap_or(0) + 1;
+    let mut next = first;
+    for chunk in chunks(rows) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO requests (id, requester_id, team_id, resource, role, duration_secs, reason, \
+             origin_channel, approval_channel, approvals_required, state, created_at, kind, extends_request_id) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(next)
+                .push_bind(&r.requester_id)
+                .push_bind(&r.team_id)
+                .push_bind(&r.resource)
+                .push_bind(&r.role)
+                .push_bind(r.duration_secs)
+                .push_bind(&r.reason)
+                .push_bind(&r.origin_channel)
+                .push_bind(&r.approval_channel)
+                .push_bind(r.approvals_required)
+                .push_bind(RequestState::Pending)
+                .push_bind(r.created_at)
+                .push_bind(r.kind)
+                .push_bind(r.extends_request_id);
+            next += 1;
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok((first..next).collect())
+}
+
+/// A job to schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob {
+    pub request_id: i64,
+    pub kind: JobKind,
+    pub run_at: i64,
+    pub created_at: i64,
+}
+
+/// Schedules jobs as `insert_job` does, in multi-row statements.
+pub async fn insert_jobs(conn: &mut SqliteConnection, jobs: &[NewJob]) -> sqlx::Result<()> {
+    for chunk in chunks(jobs) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO jobs (request_id, kind, state, run_at, created_at) ");
+        q.push_values(chunk, |mut b, j| {
+            b.push_bind(j.request_id)
+                .push_bind(j.kind)
+                .push_bind("pending")
+                .push_bind(j.run_at)
+                .push_bind(j.created_at);
+        });
+        q.push(" ON CONFLICT (kind, request_id) DO NOTHING");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Queues messages as `enqueue` does, each written at its own time, in multi-row statements.
+pub async fn enqueue_all(conn: &mut SqliteConnection, messages: &[(Outgoing, i64)]) -> sqlx::Result<()> {
+    for chunk in chunks(messages) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO outbox (kind, request_id, channel, body, response_url, sensitive, state, next_attempt_at, created_at) ",
+        );
+        q.push_values(chunk, |mut b, (m, at)| {
+            b.push_bind(m.kind)
+                .push_bind(m.request_id)
+                .push_bind(&m.channel)
+                .push_bind(&m.body)
+                .push_bind(&m.response_url)
+                .push_bind(m.sensitive)
+                .push_bind("pending")
+                .push_bind(*at)
+                .push_bind(*at);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
