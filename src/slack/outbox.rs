@@ -153,7 +153,7 @@ async fn send(app: &AppState, row: &OutboxRow) -> anyhow::Result<Delivery> {
             let Some(request_id) = row.request_id else {
                 return Ok(Delivery::Moot);
             };
-            let (request, decisions, grant, job, post_pending) = {
+            let (request, decisions, grant, job) = {
                 let mut conn = app.db.read.acquire().await?;
                 let Some(request) = store::get_request(&mut conn, request_id).await? else {
                     return Ok(Delivery::Moot);
@@ -169,8 +169,7 @@ async fn send(app: &AppState, row: &OutboxRow) -> anyhow::Result<Delivery> {
                     Some(k) => store::job_of(&mut conn, request_id, k).await?,
                     None => None,
                 };
-                let post_pending = store::card_post_pending(&mut conn, request_id).await?;
-                (request, decisions, grant, job, post_pending)
+                (request, decisions, grant, job)
             };
             let description = app
                 .config
@@ -204,9 +203,15 @@ async fn send(app: &AppState, row: &OutboxRow) -> anyhow::Result<Delivery> {
                         Err(e) => failed(e),
                     }
                 }
-                // No card yet: the pending post will render the latest state when it goes.
-                (_, None) if post_pending => Ok(Delivery::Moot),
-                (_, None) => failed(SlackCallError::Permanent("the card was never posted".into())),
+                (_, None) => {
+                    let mut conn = app.db.read.acquire().await?;
+                    if store::card_post_pending(&mut conn, request_id).await? {
+                        // No card yet: the pending post will render the latest state when it goes.
+                        Ok(Delivery::Moot)
+                    } else {
+                        failed(SlackCallError::Permanent("the card was never posted".into()))
+                    }
+                }
             }
         }
     }
