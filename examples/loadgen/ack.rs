@@ -222,7 +222,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     let mut errs: Vec<_> = errors.into_iter().collect();
-    errs.sort_by(|a, b| b.1.cmp(&a.1));
+    errs.sort_by_key(|e| std::cmp::Reverse(e.1));
     for (what, n) in errs.iter().take(5) {
         println!("  error ×{n}: {}", what.chars().take(200).collect::<String>());
     }

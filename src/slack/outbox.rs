@@ -5,7 +5,7 @@
 //! could not take (down, 5xx, 429) is kept and sent later rather than dropped. Cards are
 //! rendered from the stored state at delivery time, so a late update still shows the truth.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::scheduler::backoff;
 use crate::slack::cards::{render_card, CardModel};
@@ -18,6 +18,8 @@ const RESPONSE_URL_LIFETIME_MS: i64 = 30 * 60 * 1000;
 /// Retry waits for a message Slack could not take.
 const RETRY_INITIAL: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Delivery results are written down at least this often while a batch is being sent.
+const RECORD_EVERY: Duration = Duration::from_millis(500);
 
 /// What became of one delivery attempt.
 enum Delivery {
@@ -42,18 +44,32 @@ pub async fn run(app: AppState) {
             Vec::new()
         });
         let idle = due.is_empty();
+        let mut outcomes = Vec::new();
+        let mut unrecorded_since = Instant::now();
+        let mut pause = None;
         for row in due {
             if app.shutdown.is_cancelled() {
                 break;
             }
-            if let Some(pause) = deliver_one(&app, row).await {
-                // Slack's rate limits apply per method and workspace: pause everything.
-                let until = app.clock.now() + chrono::Duration::from_std(pause).unwrap_or_default();
-                tokio::select! {
-                    _ = app.clock.sleep_until(until) => {}
-                    _ = app.shutdown.cancelled() => {}
-                }
+            let outcome = deliver_one(&app, row).await;
+            pause = outcome.pause();
+            outcomes.push(outcome);
+            if pause.is_some() {
                 break;
+            }
+            // Bound how much is sent again after a crash when Slack is slow to answer.
+            if unrecorded_since.elapsed() > RECORD_EVERY {
+                record_all(&app, std::mem::take(&mut outcomes)).await;
+                unrecorded_since = Instant::now();
+            }
+        }
+        record_all(&app, outcomes).await;
+        if let Some(pause) = pause {
+            // Slack's rate limits apply per method and workspace: pause everything.
+            let until = app.clock.now() + chrono::Duration::from_std(pause).unwrap_or_default();
+            tokio::select! {
+                _ = app.clock.sleep_until(until) => {}
+                _ = app.shutdown.cancelled() => {}
             }
         }
         if !idle {
@@ -78,50 +94,92 @@ pub async fn run(app: AppState) {
     tracing::info!("outbox stopped");
 }
 
-/// Sends one entry and records the result. Returns a pause when Slack rate-limited us.
-async fn deliver_one(app: &AppState, row: OutboxRow) -> Option<Duration> {
-    let id = row.id;
-    let kind = row.kind;
-    let attempts = row.attempts;
+/// What became of one delivery attempt, to be written down.
+struct Outcome {
+    id: i64,
+    kind: OutboxKind,
+    attempts: i64,
+    result: Delivery,
+    at: i64,
+}
+
+impl Outcome {
+    /// How long to pause everything when Slack rate-limited us.
+    fn pause(&self) -> Option<Duration> {
+        match &self.result {
+            Delivery::Failed(SlackCallError::RateLimited(after)) => {
+                Some(after.unwrap_or(Duration::from_secs(1)).max(Duration::from_millis(100)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Sends one entry. The result is recorded by `record_all`.
+async fn deliver_one(app: &AppState, row: OutboxRow) -> Outcome {
     let result = match send(app, &row).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(outbox = id, error = format!("{e:#}"), "outbox: internal error");
+            tracing::error!(outbox = row.id, error = format!("{e:#}"), "outbox: internal error");
             Delivery::Failed(SlackCallError::Transient("internal error".into()))
         }
     };
-    let now = app.now_ms();
-    let mut pause = None;
+    Outcome {
+        id: row.id,
+        kind: row.kind,
+        attempts: row.attempts,
+        result,
+        at: app.now_ms(),
+    }
+}
+
+/// Records delivery results in one transaction: one commit (and fsync) per batch of
+/// messages rather than per message, which matters when thousands of cards go out while
+/// requests are being stored on the same writer. If recording fails, those messages stay
+/// pending and are sent again (delivery was at-least-once already: a crash between a
+/// send and its record always re-sent it). A posted card's ts is written at once, in
+/// `send`, so a re-send of a card post is a no-op.
+async fn record_all(app: &AppState, outcomes: Vec<Outcome>) {
+    if outcomes.is_empty() {
+        return;
+    }
     let recorded = async {
-        let mut conn = app.db.write.acquire().await?;
-        match result {
-            Delivery::Sent | Delivery::Moot => store::outbox_sent(&mut conn, id, now).await?,
-            Delivery::Failed(SlackCallError::RateLimited(after)) => {
-                let after = after.unwrap_or(Duration::from_secs(1)).max(Duration::from_millis(100));
-                tracing::warn!(outbox = id, ?kind, retry_after = ?after, "Slack rate limit; pausing deliveries");
-                store::outbox_retry(&mut conn, id, now + after.as_millis() as i64, "rate limited").await?;
-                pause = Some(after);
-            }
-            Delivery::Failed(SlackCallError::Transient(e)) => {
-                let wait = backoff(RETRY_INITIAL, RETRY_MAX, attempts as u32 + 1, rand::random::<f64>());
-                tracing::warn!(outbox = id, ?kind, error = %e, retry_in = ?wait, "Slack call failed; will retry");
-                store::outbox_retry(&mut conn, id, now + wait.as_millis() as i64, &e).await?;
-            }
-            Delivery::Failed(SlackCallError::Permanent(e)) => {
-                tracing::error!(outbox = id, ?kind, error = %e, "Slack refused a message; giving up on it");
-                store::outbox_failed(&mut conn, id, &e).await?;
-            }
+        let mut tx = app.db.begin().await?;
+        for o in &outcomes {
+            record(&mut tx, o).await?;
         }
+        tx.commit().await?;
         anyhow::Ok(())
     };
     if let Err(e) = recorded.await {
         tracing::error!(
-            outbox = id,
+            entries = outcomes.len(),
             error = format!("{e:#}"),
-            "outbox: cannot record a delivery"
+            "outbox: cannot record deliveries; they will be sent again"
         );
     }
-    pause
+}
+
+async fn record(conn: &mut sqlx::SqliteConnection, o: &Outcome) -> anyhow::Result<()> {
+    let (id, kind, now) = (o.id, o.kind, o.at);
+    match &o.result {
+        Delivery::Sent | Delivery::Moot => store::outbox_sent(conn, id, now).await?,
+        Delivery::Failed(SlackCallError::RateLimited(_)) => {
+            let after = o.pause().unwrap_or(Duration::from_secs(1));
+            tracing::warn!(outbox = id, ?kind, retry_after = ?after, "Slack rate limit; pausing deliveries");
+            store::outbox_retry(conn, id, now + after.as_millis() as i64, "rate limited").await?;
+        }
+        Delivery::Failed(SlackCallError::Transient(e)) => {
+            let wait = backoff(RETRY_INITIAL, RETRY_MAX, o.attempts as u32 + 1, rand::random::<f64>());
+            tracing::warn!(outbox = id, ?kind, error = %e, retry_in = ?wait, "Slack call failed; will retry");
+            store::outbox_retry(conn, id, now + wait.as_millis() as i64, e).await?;
+        }
+        Delivery::Failed(SlackCallError::Permanent(e)) => {
+            tracing::error!(outbox = id, ?kind, error = %e, "Slack refused a message; giving up on it");
+            store::outbox_failed(conn, id, e).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn send(app: &AppState, row: &OutboxRow) -> anyhow::Result<Delivery> {
