@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod grants;
+pub mod home;
 pub mod http;
 pub mod reconcile;
 pub mod requests;
@@ -80,6 +81,7 @@ pub struct AppState {
     pub(crate) outbox_wake: Arc<Notify>,
     pub(crate) job_permits: Arc<Semaphore>,
     pub(crate) access_locks: Arc<grants::AccessLocks>,
+    pub(crate) seen_events: Arc<home::SeenEvents>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -192,6 +194,7 @@ pub async fn build(
         outbox_wake: Arc::new(Notify::new()),
         job_permits: Arc::new(Semaphore::new(concurrency)),
         access_locks: Arc::new(grants::AccessLocks::default()),
+        seen_events: Arc::new(home::SeenEvents::default()),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     })
