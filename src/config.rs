@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::adapters::postgres::{PostgresAdapterConfig, PostgresMode};
 use crate::duration::HumanDuration;
 
 /// Default location of the configuration file.
@@ -105,6 +106,8 @@ impl Resource {
 pub enum AdapterConfig {
     /// Runs a program.
     Exec(ExecAdapterConfig),
+    /// Grants PostgreSQL roles.
+    Postgres(PostgresAdapterConfig),
     /// Does nothing; for trying jitgate out and for benchmarks.
     Noop,
 }
@@ -114,6 +117,7 @@ impl AdapterConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             AdapterConfig::Exec(_) => "exec",
+            AdapterConfig::Postgres(_) => "postgres",
             AdapterConfig::Noop => "noop",
         }
     }
@@ -486,6 +490,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 }
             ));
         }
+        if let Some(AdapterConfig::Postgres(pg)) = adapters.get(&r.adapter) {
+            for role in roles.iter().filter(|role| !pg.roles.contains_key(*role)) {
+                problems.push(format!(
+                    "{key}.roles: `{role}` has no PostgreSQL role; add {role} = \"…\" to adapters.{}.roles",
+                    r.adapter
+                ));
+            }
+        }
         resources.push(Resource {
             name: r.name,
             description: r.description,
@@ -581,6 +593,7 @@ fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Res
                 env: raw.env,
             }))
         }
+        "postgres" => crate::adapters::postgres::parse_config(key, value).map(AdapterConfig::Postgres),
         "noop" => {
             let _: RawNoop = value
                 .try_into()
@@ -588,7 +601,7 @@ fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Res
             Ok(AdapterConfig::Noop)
         }
         other => Err(vec![format!(
-            "{key}.type: unknown adapter type `{other}`; use \"exec\" or \"noop\""
+            "{key}.type: unknown adapter type `{other}`; use \"exec\", \"postgres\" or \"noop\""
         )]),
     }
 }

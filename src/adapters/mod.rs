@@ -6,6 +6,7 @@
 
 pub mod conformance;
 pub mod exec;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -123,6 +124,7 @@ impl Adapters {
             .map(|(name, cfg)| {
                 let adapter: Arc<dyn Adapter> = match cfg {
                     AdapterConfig::Exec(c) => Arc::new(exec::ExecAdapter::new(name, c.clone())),
+                    AdapterConfig::Postgres(c) => Arc::new(postgres::PostgresAdapter::new(name, c.clone())),
                     AdapterConfig::Noop => Arc::new(NoopAdapter),
                 };
                 (name.clone(), adapter)
