@@ -745,7 +745,7 @@ impl PostgresAdapter {
     }
 
     /// The role of this grant: from the state `grant` returned when it is one of ours.
-    fn grant_role_name(&self, ctx: &GrantContext) -> Result<String, AdapterError> {
+    fn role_of_grant(&self, ctx: &GrantContext) -> Result<String, AdapterError> {
         match &ctx.state {
             Some(s) if grant_id_of(s) == Some(ctx.grant_id) && s.len() <= MAX_IDENT_BYTES => Ok(s.clone()),
             _ => role_name(ctx.grant_id, &ctx.user_id),
@@ -1015,7 +1015,7 @@ impl PostgresAdapter {
 
     async fn is_active_inner(&self, ctx: &GrantContext) -> Result<bool, AdapterError> {
         let pg_role = self.mapped_role(ctx)?;
-        let name = self.grant_role_name(ctx)?;
+        let name = self.role_of_grant(ctx)?;
         let pool = self.pool()?;
         let member_of = "EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid \
                           WHERE m.member = r.oid AND g.rolname::text = $2)";
