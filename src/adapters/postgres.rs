@@ -883,6 +883,35 @@ impl PostgresAdapter {
         })
     }
 
+    /// temporary_login: moves `VALID UNTIL` to the new end (plus the grace). grant_role
+    /// roles carry no expiry of their own, so there is nothing to move.
+    async fn extend_inner(&self, ctx: &GrantContext) -> Result<(), AdapterError> {
+        if !matches!(self.config.mode, PostgresMode::TemporaryLogin) {
+            return Ok(());
+        }
+        let name = role_name(ctx.grant_id, &ctx.user_id)?;
+        let pool = self.pool()?;
+        let mut tx = pool.begin().await.map_err(|e| self.fail("connecting", e, &[]))?;
+        self.lock_grant(&mut tx, ctx.grant_id).await?;
+        if self.existing_roles(&mut tx, &[name.as_str()]).await?.is_empty() {
+            return Err(AdapterError::Permanent(format!(
+                "login {name} no longer exists, so it cannot be extended"
+            )));
+        }
+        let valid_until = ctx.expires_at + self.config.valid_until_grace.to_chrono();
+        let sql = format!(
+            "ALTER ROLE {} VALID UNTIL {}",
+            quote_ident(&name),
+            quote_literal(&valid_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        );
+        self.run(&mut tx, &sql, &format!("extending login {name}"), &[]).await?;
+        tx.commit()
+            .await
+            .map_err(|e| self.fail("committing the extension", e, &[]))?;
+        tracing::info!(adapter = %self.name, grant = ctx.grant_id, role = %name, "extended");
+        Ok(())
+    }
+
     fn credentials_note(
         &self,
         ctx: &GrantContext,
@@ -1105,6 +1134,16 @@ impl Adapter for PostgresAdapter {
 
     fn is_active<'a>(&'a self, ctx: &'a GrantContext) -> BoxFuture<'a, Result<Option<bool>, AdapterError>> {
         Box::pin(async move { self.bounded(self.is_active_inner(ctx)).await.map(Some) })
+    }
+
+    fn extend<'a>(&'a self, ctx: &'a GrantContext) -> BoxFuture<'a, Result<(), AdapterError>> {
+        Box::pin(self.bounded(self.extend_inner(ctx)))
+    }
+
+    /// Each grant has a role of its own (`jit_<grant>_…`), so overlapping grants never
+    /// share access and each is revoked when it ends.
+    fn shares_access(&self) -> bool {
+        false
     }
 
     /// Every `jit_<grant>_…` role in the cluster, whichever adapter made it.
@@ -1728,6 +1767,32 @@ connect_timeout = "1s"
             assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err());
             let refused = f.connect_as(&login, Some(&fresh)).await.unwrap_err();
             assert!(refused.to_string().contains("does not exist"), "{refused}");
+            f
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn extending_a_temporary_login_moves_valid_until() {
+        with_server(|mut f| async move {
+            f.readable_table().await;
+            let adapter = f.adapter("temporary_login", "");
+            let mut ctx = context(f.grant_base + 7, "U0EXT", "read");
+            let granted = adapter.grant(&ctx).await.unwrap();
+            let login = granted.state.clone().unwrap();
+            ctx.expires_at += chrono::Duration::hours(1);
+            adapter.extend(&ctx).await.unwrap();
+            let valid_until: f64 = sqlx::query_scalar(
+                "SELECT extract(epoch FROM rolvaliduntil)::float8 FROM pg_roles WHERE rolname::text = $1",
+            )
+            .bind(&login)
+            .fetch_one(&mut f.admin)
+            .await
+            .unwrap();
+            assert_eq!(valid_until as i64, ctx.expires_at.timestamp() + 300);
+            ctx.state = granted.state;
+            adapter.revoke(&ctx).await.unwrap();
+            assert!(matches!(adapter.extend(&ctx).await, Err(AdapterError::Permanent(_))));
             f
         })
         .await;
