@@ -5,6 +5,7 @@
 //! statements make double clicks and simultaneous clicks harmless.
 
 use serde_json::json;
+use sqlx::SqliteConnection;
 
 use crate::config::Resource;
 use crate::requests::label;
@@ -268,43 +269,24 @@ pub async fn record(
             .await?;
         }
         Outcome::Approved => {
-            if !store::transition_request(&mut tx, request.id, RequestState::Pending, RequestState::Approved, now)
-                .await?
+            let approvers: Vec<&str> = decisions.iter().map(|d| d.approver_id.as_str()).collect();
+            let text = format!(
+                ":white_check_mark: Your request {} for {what} was approved by <@{approver}>. Granting access now…",
+                label(request.id)
+            );
+            if !apply_approval(
+                &mut tx,
+                app,
+                &current,
+                approver,
+                json!({ "approvers": approvers }),
+                text,
+                now,
+            )
+            .await?
             {
                 return Ok(Err(Refusal::NotPending(current.state)));
             }
-            store::cancel_job(&mut tx, request.id, JobKind::ExpireRequest, now).await?;
-            let approvers: Vec<&str> = decisions.iter().map(|d| d.approver_id.as_str()).collect();
-            audit::append(
-                &mut tx,
-                now,
-                approver,
-                "request.approved",
-                Some(request.id),
-                json!({ "approvers": approvers }),
-            )
-            .await?;
-            let adapter = app
-                .config
-                .resource(&current.resource)
-                .map(|r| r.adapter.clone())
-                .unwrap_or_default();
-            if store::insert_grant(&mut tx, &current, &adapter, now).await? {
-                store::insert_job(&mut tx, request.id, JobKind::Grant, now, now).await?;
-            }
-            store::enqueue(
-                &mut tx,
-                &Outgoing::message(
-                    requester,
-                    format!(
-                        ":white_check_mark: Your request {} for {what} was approved by <@{approver}>. Granting access now…",
-                        label(request.id)
-                    ),
-                    Some(request.id),
-                ),
-                now,
-            )
-            .await?;
         }
     }
     store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
@@ -314,6 +296,42 @@ pub async fn record(
         app.wake_scheduler();
     }
     Ok(Ok(result))
+}
+
+/// What every approval does, whoever approves (people through [`record`], on-call
+/// policies through `oncall::auto`), inside the caller's transaction: pending → approved,
+/// the time-out cancelled, the `request.approved` audit entry with `details`, the grant
+/// and its job, and `requester_text` sent to the requester. False (and nothing written)
+/// when the request was no longer pending.
+pub(crate) async fn apply_approval(
+    conn: &mut SqliteConnection,
+    app: &AppState,
+    request: &RequestRow,
+    actor: &str,
+    details: serde_json::Value,
+    requester_text: String,
+    now: i64,
+) -> anyhow::Result<bool> {
+    if !store::transition_request(conn, request.id, RequestState::Pending, RequestState::Approved, now).await? {
+        return Ok(false);
+    }
+    store::cancel_job(conn, request.id, JobKind::ExpireRequest, now).await?;
+    audit::append(conn, now, actor, "request.approved", Some(request.id), details).await?;
+    let adapter = app
+        .config
+        .resource(&request.resource)
+        .map(|r| r.adapter.clone())
+        .unwrap_or_default();
+    if store::insert_grant(conn, request, &adapter, now).await? {
+        store::insert_job(conn, request.id, JobKind::Grant, now, now).await?;
+    }
+    store::enqueue(
+        conn,
+        &Outgoing::message(&request.requester_id, requester_text, Some(request.id)),
+        now,
+    )
+    .await?;
+    Ok(true)
 }
 
 #[cfg(test)]

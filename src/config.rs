@@ -29,6 +29,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub resources: Vec<Resource>,
     pub adapters: BTreeMap<String, AdapterConfig>,
+    /// `[oncall]`: auto-approval for people on call; `None` when absent.
+    pub oncall: Option<crate::oncall::OnCallConfig>,
 }
 
 /// `[server]`
@@ -178,6 +180,8 @@ struct RawConfig {
     resources: Vec<RawResource>,
     #[serde(default)]
     adapters: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    oncall: Option<crate::oncall::config::RawOnCall>,
 }
 
 #[derive(Deserialize)]
@@ -515,6 +519,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         });
     }
 
+    let oncall = raw
+        .oncall
+        .and_then(|o| crate::oncall::config::validate(o, &resources, &mut problems));
+
     if !problems.is_empty() {
         return Err(fail(problems));
     }
@@ -527,6 +535,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         jobs,
         resources,
         adapters,
+        oncall,
     })
 }
 

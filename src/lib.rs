@@ -12,11 +12,13 @@ pub mod config;
 pub mod duration;
 pub mod grants;
 pub mod http;
+pub mod oncall;
 pub mod requests;
 pub mod scheduler;
 pub mod slack;
 pub mod store;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +76,8 @@ pub struct AppState {
     pub clock: SharedClock,
     pub slack: SlackApi,
     pub adapters: Arc<Adapters>,
+    /// On-call lookups and their caches.
+    pub oncall: Arc<oncall::OnCall>,
     pub(crate) signing_secret: Arc<[u8]>,
     pub(crate) scheduler_wake: Arc<Notify>,
     pub(crate) outbox_wake: Arc<Notify>,
@@ -115,6 +119,10 @@ pub struct Options {
     pub adapter_overrides: Vec<(String, Arc<dyn Adapter>)>,
     /// How long running adapter calls may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Values for environment variables named in the configuration (the on-call
+    /// sources' `token_env`/`key_env`), looked up here before the process environment.
+    /// Lets tests pass credentials without changing the process environment.
+    pub env_overrides: BTreeMap<String, String>,
 }
 
 impl Default for Options {
@@ -123,6 +131,7 @@ impl Default for Options {
             clock: Arc::new(clock::SystemClock),
             adapter_overrides: Vec::new(),
             shutdown_grace: Duration::from_secs(20),
+            env_overrides: BTreeMap::new(),
         }
     }
 }
@@ -167,6 +176,16 @@ pub async fn start(
     options: Options,
     listener: TcpListener,
 ) -> anyhow::Result<Running> {
+    // Credentials first: a missing one stops start-up before anything is touched.
+    let env = |name: &str| {
+        options
+            .env_overrides
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+    };
+    let oncall = oncall::OnCall::new(config.oncall.as_ref(), &env)
+        .with_context(|| format!("on-call sources in {}", config.path.display()))?;
     let db = Db::open(&config.database.url).await?;
     {
         let mut conn = db.write.acquire().await?;
@@ -186,6 +205,7 @@ pub async fn start(
         db,
         clock: options.clock,
         adapters: Arc::new(adapters),
+        oncall: Arc::new(oncall),
         signing_secret: Arc::from(secrets.signing_secret.into_bytes()),
         scheduler_wake: Arc::new(Notify::new()),
         outbox_wake: Arc::new(Notify::new()),

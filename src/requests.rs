@@ -136,8 +136,14 @@ pub struct Requester {
 
 /// Stores a validated request with its audit entry, its card and its time-out, in one
 /// commit. Returns the new request id.
+///
+/// When an on-call policy could approve it (see [`crate::oncall::could_auto_approve`]; a
+/// look at the configuration only), the card is not queued: an `auto_approve` job due now
+/// checks on-call status outside the request path and then approves or posts the card.
 pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyhow::Result<i64> {
     let now = app.now_ms();
+    let on_call_check =
+        crate::oncall::could_auto_approve(&app.config, &req.resource, &req.role, req.duration, &who.channel_id);
     let new = NewRequest {
         requester_id: who.user_id.clone(),
         team_id: who.team_id.clone(),
@@ -166,10 +172,15 @@ pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyh
             "channel": who.channel_id,
             "approval_channel": req.approval_channel,
             "approvals_required": req.approvals_required,
+            "on_call_check": on_call_check,
         }),
     )
     .await?;
-    store::enqueue(&mut tx, &Outgoing::post_card(id), now).await?;
+    if on_call_check {
+        store::insert_job(&mut tx, id, JobKind::AutoApprove, now, now).await?;
+    } else {
+        store::enqueue(&mut tx, &Outgoing::post_card(id), now).await?;
+    }
     let timeout_at = now + app.config.requests.pending_timeout.as_secs() as i64 * 1000;
     store::insert_job(&mut tx, id, JobKind::ExpireRequest, timeout_at, now).await?;
     if let Some(remind) = app.config.requests.remind_after {
