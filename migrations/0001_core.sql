@@ -13,7 +13,7 @@ CREATE TABLE requests (
     origin_channel     TEXT    NOT NULL,
     approval_channel   TEXT    NOT NULL,
     approvals_required INTEGER NOT NULL CHECK (approvals_required > 0),
-    state              TEXT    NOT NULL CHECK (state IN ('pending', 'approved', 'denied', 'expired')),
+    state              TEXT    NOT NULL CHECK (state IN ('pending', 'approved', 'denied', 'expired', 'cancelled')),
     created_at         INTEGER NOT NULL,
     decided_at         INTEGER,
     card_channel       TEXT,
@@ -44,7 +44,9 @@ CREATE TABLE grants (
     role          TEXT    NOT NULL,
     adapter       TEXT    NOT NULL,
     duration_secs INTEGER NOT NULL CHECK (duration_secs > 0),
-    state         TEXT    NOT NULL CHECK (state IN ('granting', 'active', 'revoked', 'failed')),
+    -- 'superseded': ended while another grant of the same user, resource and role still
+    -- covered the same access, so the adapter was left alone (see README, overlapping grants).
+    state         TEXT    NOT NULL CHECK (state IN ('granting', 'active', 'revoked', 'failed', 'superseded')),
     created_at    INTEGER NOT NULL,
     granted_at    INTEGER,
     expires_at    INTEGER,
@@ -57,13 +59,14 @@ CREATE TABLE grants (
     last_error    TEXT
 ) STRICT;
 CREATE INDEX grants_by_user ON grants (user_id, state);
+CREATE INDEX grants_by_access ON grants (user_id, resource, role, state);
 
 -- Durable timers and retries for adapter calls and request time-outs.
 -- One job of each kind per request; a job is claimed by moving it to 'running'.
 CREATE TABLE jobs (
     id            INTEGER PRIMARY KEY,
     request_id    INTEGER NOT NULL REFERENCES requests (id),
-    kind          TEXT    NOT NULL CHECK (kind IN ('grant', 'revoke', 'expire_request', 'auto_approve', 'remind')),
+    kind          TEXT    NOT NULL CHECK (kind IN ('grant', 'revoke', 'expire_request', 'auto_approve', 'remind', 'extend')),
     state         TEXT    NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
     run_at        INTEGER NOT NULL,
     attempts      INTEGER NOT NULL DEFAULT 0,

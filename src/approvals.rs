@@ -8,9 +8,11 @@ use serde_json::json;
 use sqlx::SqliteConnection;
 
 use crate::config::Resource;
+use crate::grants::{self, RevokeRefusal};
 use crate::requests::label;
-use crate::slack::cards::{APPROVE, DENY};
-use crate::store::{self, DecisionRow, JobKind, Outgoing, RequestRow, RequestState, Verdict};
+use crate::slack::cards::{APPROVE, DENY, REVOKE};
+use crate::slack::client::SlackCallError;
+use crate::store::{self, DecisionRow, JobKind, Outgoing, RequestKind, RequestRow, RequestState, Verdict};
 use crate::{audit, AppState};
 
 /// Why a click was refused. Shown to the clicker only.
@@ -32,6 +34,7 @@ impl Refusal {
                     RequestState::Approved => "already approved",
                     RequestState::Denied => "already denied",
                     RequestState::Expired => "expired",
+                    RequestState::Cancelled => "withdrawn",
                     RequestState::Pending => "still pending",
                 };
                 format!("{id} is {what}; nothing changed.")
@@ -126,6 +129,16 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
     let verdict = match click.action_id.as_str() {
         APPROVE => Verdict::Approve,
         DENY => Verdict::Deny,
+        REVOKE => {
+            let text = match click.value.parse::<i64>() {
+                Ok(id) => revoke_as(app, id, &click.user_id, true).await?.unwrap_or_default(),
+                Err(_) => "That button is not one of jitgate's; nothing changed.".into(),
+            };
+            return match &click.response_url {
+                Some(url) => app.send_now(Outgoing::ephemeral(url, text)).await,
+                None => Ok(()),
+            };
+        }
         other => {
             tracing::debug!(action_id = other, "ignoring an action jitgate does not own");
             return Ok(());
@@ -190,6 +203,72 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
         Ok(_) => Ok(()),
         Err(refusal) => reply(refusal.message(&request, Some(&resource))).await,
     }
+}
+
+/// Is `user` an approver of `resource`: listed, or (asking Slack now) in a listed group?
+pub async fn is_approver(app: &AppState, resource: &Resource, user: &str) -> Result<bool, SlackCallError> {
+    if resource.approvers.iter().any(|a| a == user) {
+        return Ok(true);
+    }
+    app.slack.is_in_any_group(&resource.approver_groups, user).await
+}
+
+/// Ends request `request_id`'s grant early on behalf of `actor`, if the requester or an
+/// approver of its resource. Returns the reply for the actor, or `None` when deciding needs
+/// a Slack call (a group lookup) and `may_ask_slack` is false.
+pub async fn revoke_as(
+    app: &AppState,
+    request_id: i64,
+    actor: &str,
+    may_ask_slack: bool,
+) -> anyhow::Result<Option<String>> {
+    let id = label(request_id);
+    let request = {
+        let mut conn = app.db.read.acquire().await?;
+        store::get_request(&mut conn, request_id).await?
+    };
+    let Some(request) = request.filter(|r| r.kind == RequestKind::Access) else {
+        return Ok(Some(format!(
+            "{id} is not a grant jitgate knows; check `{} list`.",
+            app.config.slack.command
+        )));
+    };
+    let resource = app.config.resource(&request.resource);
+    let allowed = if actor == request.requester_id {
+        true
+    } else {
+        match resource {
+            Some(r) if r.approvers.iter().any(|a| a == actor) => true,
+            Some(r) if !r.approver_groups.is_empty() => {
+                if !may_ask_slack {
+                    return Ok(None);
+                }
+                match is_approver(app, r, actor).await {
+                    Ok(yes) => yes,
+                    Err(e) => {
+                        return Ok(Some(format!(
+                            "I couldn't check the approver groups with Slack just now ({e}); nothing changed. Please try again."
+                        )))
+                    }
+                }
+            }
+            _ => false,
+        }
+    };
+    if !allowed {
+        return Ok(Some(format!(
+            "Only <@{}> or an approver of `{}` can revoke {id}; nothing changed.",
+            request.requester_id, request.resource
+        )));
+    }
+    Ok(Some(match grants::revoke_early(app, request_id, actor).await? {
+        Ok(()) => format!(
+            "Revoking {id} (`{}:{}` for <@{}>) now.",
+            request.resource, request.role, request.requester_id
+        ),
+        Err(RevokeRefusal::NoGrant) => format!("{id} has no access to revoke (it was never granted)."),
+        Err(RevokeRefusal::AlreadyEnded) => format!("{id} has already ended or is being revoked."),
+    }))
 }
 
 /// Records an eligible approver's decision in one transaction and applies its outcome.
@@ -270,23 +349,20 @@ pub async fn record(
         }
         Outcome::Approved => {
             let approvers: Vec<&str> = decisions.iter().map(|d| d.approver_id.as_str()).collect();
-            let text = format!(
-                ":white_check_mark: Your request {} for {what} was approved by <@{approver}>. Granting access now…",
-                label(request.id)
-            );
-            if !apply_approval(
-                &mut tx,
-                app,
-                &current,
-                approver,
-                json!({ "approvers": approvers }),
-                text,
-                now,
-            )
-            .await?
-            {
-                return Ok(Err(Refusal::NotPending(current.state)));
-            }
+            let details = json!({ "approvers": approvers });
+            let text = match apply_approval(&mut tx, app, &current, approver, details, now).await? {
+                Applied::NotPending => return Ok(Err(Refusal::NotPending(current.state))),
+                Applied::Extension { original } => format!(
+                    ":white_check_mark: Your extension {} of {} was approved by <@{approver}>. Applying it now…",
+                    label(request.id),
+                    label(original)
+                ),
+                Applied::Grant => format!(
+                    ":white_check_mark: Your request {} for {what} was approved by <@{approver}>. Granting access now…",
+                    label(request.id)
+                ),
+            };
+            store::enqueue(&mut tx, &Outgoing::message(requester, text, Some(request.id)), now).await?;
         }
     }
     store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
@@ -298,25 +374,38 @@ pub async fn record(
     Ok(Ok(result))
 }
 
+/// What an approval set in motion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Someone else decided first; nothing was written.
+    NotPending,
+    /// A grant and its job were created.
+    Grant,
+    /// An extension job for the grant of request `original` was created.
+    Extension { original: i64 },
+}
+
 /// What every approval does, whoever approves (people through [`record`], on-call
 /// policies through `oncall::auto`), inside the caller's transaction: pending → approved,
-/// the time-out cancelled, the `request.approved` audit entry with `details`, the grant
-/// and its job, and `requester_text` sent to the requester. False (and nothing written)
-/// when the request was no longer pending.
+/// the time-out cancelled, the `request.approved` audit entry with `details`, and the
+/// grant (or the extension) with its job. The caller tells the requester.
 pub(crate) async fn apply_approval(
     conn: &mut SqliteConnection,
     app: &AppState,
     request: &RequestRow,
     actor: &str,
     details: serde_json::Value,
-    requester_text: String,
     now: i64,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Applied> {
     if !store::transition_request(conn, request.id, RequestState::Pending, RequestState::Approved, now).await? {
-        return Ok(false);
+        return Ok(Applied::NotPending);
     }
     store::cancel_job(conn, request.id, JobKind::ExpireRequest, now).await?;
     audit::append(conn, now, actor, "request.approved", Some(request.id), details).await?;
+    if let (RequestKind::Extension, Some(original)) = (request.kind, request.extends_request_id) {
+        store::insert_job(conn, request.id, JobKind::Extend, now, now).await?;
+        return Ok(Applied::Extension { original });
+    }
     let adapter = app
         .config
         .resource(&request.resource)
@@ -325,13 +414,7 @@ pub(crate) async fn apply_approval(
     if store::insert_grant(conn, request, &adapter, now).await? {
         store::insert_job(conn, request.id, JobKind::Grant, now, now).await?;
     }
-    store::enqueue(
-        conn,
-        &Outgoing::message(&request.requester_id, requester_text, Some(request.id)),
-        now,
-    )
-    .await?;
-    Ok(true)
+    Ok(Applied::Grant)
 }
 
 #[cfg(test)]
@@ -351,6 +434,8 @@ mod tests {
             approver_groups: vec!["S1".into()],
             approvals_required: 2,
             adapter: "demo".into(),
+            max_total_duration: crate::duration::HumanDuration::from_secs(3600),
+            self_extend: false,
         }
     }
 

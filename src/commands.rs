@@ -16,6 +16,20 @@ pub enum Command {
     Help,
     List,
     Request(RequestInput),
+    /// End a grant early.
+    Revoke {
+        id: i64,
+    },
+    /// Withdraw a pending request.
+    Cancel {
+        id: i64,
+    },
+    /// Ask for more time on an active grant.
+    Extend {
+        id: i64,
+        duration: HumanDuration,
+        reason: String,
+    },
 }
 
 /// The usage text.
@@ -26,6 +40,9 @@ pub fn usage(config: &Config) -> String {
          • `{cmd} request <resource>[:<role>] [<duration>] <reason>` — ask for access, \
          e.g. `{cmd} request {}:{} {} investigating INC-1234`\n\
          • `{cmd} list` — your pending requests and the access you have now\n\
+         • `{cmd} revoke <id>` — end access early (yours, or any as an approver of the resource)\n\
+         • `{cmd} extend <id> <duration> [<reason>]` — ask for more time on your access\n\
+         • `{cmd} cancel <id>` — withdraw a request nobody has decided on yet\n\
          • `{cmd} help` — this message\n\
          Durations look like `45m`, `2h`, `1h30m`, `1d`; without one you get the resource's default.\n\
          *Resources*\n{}",
@@ -54,6 +71,9 @@ pub fn parse(text: &str, config: &Config) -> Result<Command, String> {
     match first_lower.as_str() {
         "help" | "-h" | "--help" | "?" => return Ok(Command::Help),
         "list" | "ls" | "status" => return Ok(Command::List),
+        "revoke" | "done" | "release" | "cancel" | "extend" => {
+            return parse_id_command(&first_lower, tokens, config);
+        }
         "request" | "req" => {
             tokens.next();
         }
@@ -101,6 +121,44 @@ pub fn parse(text: &str, config: &Config) -> Result<Command, String> {
     }))
 }
 
+/// `revoke <id>`, `cancel <id>` and `extend <id> <duration> [reason]`.
+fn parse_id_command<'a>(
+    verb: &str,
+    mut tokens: std::iter::Peekable<impl Iterator<Item = &'a str>>,
+    config: &Config,
+) -> Result<Command, String> {
+    let cmd = &config.slack.command;
+    tokens.next();
+    let example = match verb {
+        "extend" => format!("`{cmd} extend JIT-42 1h still debugging`"),
+        "cancel" => format!("`{cmd} cancel JIT-42`"),
+        _ => format!("`{cmd} revoke JIT-42`"),
+    };
+    let Some(id_text) = tokens.next() else {
+        return Err(format!(
+            "Say which request, for example {example}. `{cmd} list` shows yours."
+        ));
+    };
+    let Some(id) = requests::parse_label(id_text) else {
+        return Err(format!(
+            "`{}` is not a request id; write it like {example}.",
+            escape(id_text)
+        ));
+    };
+    match verb {
+        "extend" => {
+            let Some(d) = tokens.next() else {
+                return Err(format!("Say how much longer, for example {example}."));
+            };
+            let duration = d.parse::<HumanDuration>().map_err(|e| e.to_string())?;
+            let reason = tokens.collect::<Vec<_>>().join(" ");
+            Ok(Command::Extend { id, duration, reason })
+        }
+        "cancel" => Ok(Command::Cancel { id }),
+        _ => Ok(Command::Revoke { id }),
+    }
+}
+
 /// An ephemeral reply to the command.
 pub fn ephemeral(text: String) -> SlackCommandEventResponse {
     SlackCommandEventResponse::new(SlackMessageContent::new().with_text(text))
@@ -117,6 +175,42 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
     match command {
         Command::Help => Ok(usage(&app.config)),
         Command::List => list(app, &cmd.user_id).await,
+        Command::Revoke { id } => match crate::approvals::revoke_as(app, id, &cmd.user_id, false).await? {
+            Some(reply) => Ok(reply),
+            None => {
+                // Only a group lookup can tell: answer now, decide in the background.
+                let task_app = app.clone();
+                let user = cmd.user_id.clone();
+                let url = cmd.response_url.clone();
+                app.tasks.spawn(async move {
+                    let reply = match crate::approvals::revoke_as(&task_app, id, &user, true).await {
+                        Ok(r) => r.unwrap_or_default(),
+                        Err(e) => {
+                            tracing::error!(error = format!("{e:#}"), "revoke failed");
+                            "Something went wrong on jitgate's side; nothing changed. Please try again.".into()
+                        }
+                    };
+                    if let Some(url) = url {
+                        if let Err(e) = task_app.send_now(crate::store::Outgoing::ephemeral(&url, reply)).await {
+                            tracing::error!(error = format!("{e:#}"), "could not queue a reply");
+                        }
+                    }
+                });
+                Ok(format!("Checking whether you may revoke {}…", label(id)))
+            }
+        },
+        Command::Cancel { id } => {
+            if requests::cancel(app, id, &cmd.user_id).await? {
+                Ok(format!("{} is withdrawn.", label(id)))
+            } else {
+                Ok(format!(
+                    "{} is not a pending request of yours, so nothing changed. `{} list` shows yours.",
+                    label(id),
+                    app.config.slack.command
+                ))
+            }
+        }
+        Command::Extend { id, duration, reason } => extend(app, cmd, id, duration, reason).await,
         Command::Request(input) => {
             let valid = match requests::validate(&app.config, &input) {
                 Ok(v) => v,
@@ -156,6 +250,89 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
             ))
         }
     }
+}
+
+async fn extend(
+    app: &AppState,
+    cmd: &SlashCommand,
+    id: i64,
+    add: HumanDuration,
+    reason: String,
+) -> anyhow::Result<String> {
+    let (request, grant) = {
+        let mut conn = app.db.read.acquire().await?;
+        (
+            store::get_request(&mut conn, id).await?,
+            store::grant_of(&mut conn, id).await?,
+        )
+    };
+    let (Some(request), Some(grant)) = (request, grant) else {
+        return Ok(format!(
+            "{} has no access to extend. `{} list` shows yours.",
+            label(id),
+            app.config.slack.command
+        ));
+    };
+    if request.requester_id != cmd.user_id {
+        return Ok(format!("Only <@{}> can extend {}.", request.requester_id, label(id)));
+    }
+    if grant.state != GrantState::Active || grant.revoke_requested_by.is_some() {
+        return Ok(format!(
+            "{} is not active, so it cannot be extended; ask for new access instead.",
+            label(id)
+        ));
+    }
+    let Some(resource) = app.config.resource(&request.resource) else {
+        return Ok(format!(
+            "`{}` is no longer configured, so {} cannot be extended.",
+            request.resource,
+            label(id)
+        ));
+    };
+    let so_far = HumanDuration::from_secs(grant.duration_secs as u64);
+    let total = HumanDuration::from_secs(grant.duration_secs as u64 + add.as_secs());
+    if total > resource.max_total_duration {
+        let room = resource
+            .max_total_duration
+            .as_secs()
+            .saturating_sub(grant.duration_secs as u64);
+        let hint = if room > 0 {
+            format!("you can add up to {}", HumanDuration::from_secs(room))
+        } else {
+            "ask for new access when it ends".to_string()
+        };
+        return Ok(format!(
+            "{} has {so_far} so far and `{}` allows {} in all, so {add} more is too much; {hint}.",
+            label(id),
+            resource.name,
+            resource.max_total_duration
+        ));
+    }
+    let reason = if reason.trim().is_empty() {
+        format!("extend {}", label(id))
+    } else {
+        unescape(reason.trim())
+    };
+    let who = Requester {
+        user_id: cmd.user_id.clone(),
+        team_id: cmd.team_id.clone(),
+        channel_id: cmd.channel_id.clone(),
+    };
+    let ext = requests::create_extension(app, &who, &request, resource, add, reason).await?;
+    Ok(if resource.self_extend {
+        format!(
+            "Extending {} by {add} ({}); I'll message you when it is done.",
+            label(id),
+            label(ext)
+        )
+    } else {
+        format!(
+            "Extension request *{}* for {} (+{add}) is waiting for approval in <#{}>.",
+            label(ext),
+            label(id),
+            resource.approval_channel
+        )
+    })
 }
 
 async fn list(app: &AppState, user: &str) -> anyhow::Result<String> {

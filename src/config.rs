@@ -96,6 +96,10 @@ pub struct Resource {
     pub approver_groups: Vec<String>,
     pub approvals_required: u32,
     pub adapter: String,
+    /// Longest a grant may last with all its extensions.
+    pub max_total_duration: HumanDuration,
+    /// The requester may extend their own grant without approval (up to the maximum).
+    pub self_extend: bool,
 }
 
 impl Resource {
@@ -263,6 +267,9 @@ struct RawResource {
     #[serde(default = "one")]
     approvals_required: u32,
     adapter: String,
+    max_total_duration: Option<HumanDuration>,
+    #[serde(default)]
+    self_extend: bool,
 }
 
 fn one() -> u32 {
@@ -454,6 +461,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                  lower default_duration or raise max_duration"
             ));
         }
+        let max_total_duration = r.max_total_duration.unwrap_or(max_duration);
+        if max_total_duration < max_duration {
+            problems.push(format!(
+                "{key}.max_total_duration ({max_total_duration}) is shorter than max_duration ({max_duration}); \
+                 raise it or leave it out (it defaults to max_duration)"
+            ));
+        }
         if !is_slack_id(&r.approval_channel, &['C', 'G']) {
             problems.push(format!(
                 "{key}.approval_channel: `{}` is not a Slack channel ID; use the ID like \"C0123ABCD\" \
@@ -516,6 +530,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             approver_groups: r.approver_groups,
             approvals_required: r.approvals_required,
             adapter: r.adapter,
+            max_total_duration,
+            self_extend: r.self_extend,
         });
     }
 

@@ -2,6 +2,8 @@
 //! time-out of requests nobody decided on. Each step runs as a durable job (see
 //! `scheduler`); adapter calls happen outside any database transaction.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::DateTime;
@@ -15,6 +17,81 @@ use crate::slack::cards::slack_date;
 use crate::store::{self, GrantRow, GrantState, JobKind, JobRow, Outgoing, RequestRow, RequestState};
 use crate::{audit, AppState};
 
+/// One lock per access (adapter, user, resource, role): grant, revoke and extend calls for
+/// the same access never overlap, so a revoke cannot race a grant that re-applies it.
+#[derive(Default)]
+pub struct AccessLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl AccessLocks {
+    /// Waits for the access `g` concerns.
+    pub async fn lock(&self, g: &GrantRow) -> tokio::sync::OwnedMutexGuard<()> {
+        let key = format!("{}\u{1f}{}\u{1f}{}\u{1f}{}", g.adapter, g.user_id, g.resource, g.role);
+        let lock = {
+            let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() > 1024 {
+                map.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            map.entry(key).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// Who ended a grant, as shown to people.
+fn ended_by_text(g: &GrantRow) -> String {
+    match g.revoke_requested_by.as_deref() {
+        Some(by) if by == g.user_id => "as you asked".to_string(),
+        Some(by) => format!("revoked by <@{by}>"),
+        None => "it expired".to_string(),
+    }
+}
+
+/// A grant still holding access whose configuration is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stranded {
+    pub request_id: i64,
+    pub description: String,
+    /// Its adapter is still configured, so it can be revoked now.
+    pub revocable: bool,
+}
+
+/// Live grants whose resource or adapter was removed from the configuration. Starting
+/// without them would leave access nobody can take away.
+pub fn stranded(config: &crate::config::Config, live: &[GrantRow]) -> Vec<Stranded> {
+    live.iter()
+        .filter_map(|g| {
+            let what = format!(
+                "{} (`{}:{}` for {})",
+                label(g.request_id),
+                g.resource,
+                g.role,
+                g.user_id
+            );
+            let adapter_known = config.adapters.contains_key(&g.adapter);
+            if !adapter_known {
+                Some(Stranded {
+                    request_id: g.request_id,
+                    description: format!("{what} uses adapter `{}`, which is no longer in the file", g.adapter),
+                    revocable: false,
+                })
+            } else if config.resource(&g.resource).is_none() {
+                Some(Stranded {
+                    request_id: g.request_id,
+                    description: format!(
+                        "{what} is for resource `{}`, which is no longer in the file",
+                        g.resource
+                    ),
+                    revocable: true,
+                })
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 /// Runs one claimed job to its next state.
 pub async fn run_job(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     match job.kind {
@@ -22,6 +99,7 @@ pub async fn run_job(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         JobKind::Revoke => run_revoke(app, job).await,
         JobKind::ExpireRequest => expire_request(app, job).await,
         JobKind::Remind => remind(app, job).await,
+        JobKind::Extend => run_extend(app, job).await,
         JobKind::AutoApprove => crate::oncall::auto::run(app, job).await,
     }
 }
@@ -67,6 +145,7 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         tx.commit().await?;
         return Ok(());
     };
+    let _access = app.access_locks.lock(&grant).await;
     let started = app.now_ms();
     let planned_expiry = started + grant.duration_secs * 1000;
     let result = match app.adapters.get(&grant.adapter) {
@@ -84,6 +163,11 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
             // The clock starts when the grant succeeded, not when it was asked for.
             let expires_at = now + grant.duration_secs * 1000;
             if store::activate_grant(&mut tx, grant.id, now, expires_at, granted.state.as_deref()).await? {
+                // Someone asked to end it while it was being granted: revoke at once.
+                let revoke_at = match store::grant_of(&mut tx, request.id).await? {
+                    Some(g) if g.revoke_requested_by.is_some() => now,
+                    _ => expires_at,
+                };
                 if let Some(note) = granted.private_note {
                     store::enqueue(
                         &mut tx,
@@ -92,7 +176,7 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                     )
                     .await?;
                 }
-                store::insert_job(&mut tx, request.id, JobKind::Revoke, expires_at, now).await?;
+                store::insert_job(&mut tx, request.id, JobKind::Revoke, revoke_at, now).await?;
                 audit::append(
                     &mut tx,
                     now,
@@ -181,16 +265,39 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
 }
 
 async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+    let (_, grant) = load(app, job.request_id).await?;
+    let Some(grant) = grant else {
+        return finish(app, &job).await;
+    };
+    let _access = app.access_locks.lock(&grant).await;
+    // Re-read under the lock: an extension or another revoke may have run meanwhile.
     let (request, grant) = load(app, job.request_id).await?;
     let Some(grant) = grant.filter(|g| matches!(g.state, GrantState::Active | GrantState::Failed)) else {
-        let mut tx = app.db.begin().await?;
-        store::finish_job(&mut tx, job.id, false, app.now_ms()).await?;
-        tx.commit().await?;
-        return Ok(());
+        return finish(app, &job).await;
     };
+    let now = app.now_ms();
+    if grant.state == GrantState::Active && grant.revoke_requested_by.is_none() {
+        if let Some(expires_at) = grant.expires_at.filter(|e| *e > now) {
+            // Extended after this job was claimed: not due yet.
+            let mut conn = app.db.write.acquire().await?;
+            store::release_job(&mut conn, job.id).await?;
+            store::reschedule_job(&mut conn, request.id, JobKind::Revoke, expires_at).await?;
+            return Ok(());
+        }
+    }
     let cleanup = grant.state == GrantState::Failed;
+    let adapter = app.adapters.get(&grant.adapter);
+    if adapter.as_ref().is_some_and(|a| a.shares_access()) {
+        let covering = {
+            let mut conn = app.db.read.acquire().await?;
+            store::covering_grants(&mut conn, &grant).await?
+        };
+        if let Some(cover) = covering.first() {
+            return supersede(app, &job, &request, &grant, cover).await;
+        }
+    }
     let due = grant.expires_at.unwrap_or(job.run_at);
-    let result = match app.adapters.get(&grant.adapter) {
+    let result = match &adapter {
         Some(adapter) => adapter.revoke(&context(&grant, &request, due)).await,
         None => Err(AdapterError::Temporary(format!(
             "adapter `{}` is not in the configuration; restore it so the access can be revoked",
@@ -202,6 +309,7 @@ async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let mut tx = app.db.begin().await?;
     match result {
         Ok(()) => {
+            let by = grant.revoke_requested_by.clone().unwrap_or_else(|| "expiry".into());
             if cleanup {
                 audit::append(
                     &mut tx,
@@ -212,27 +320,27 @@ async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                     json!({ "grant_id": grant.id }),
                 )
                 .await?;
-            } else if store::revoke_grant(&mut tx, grant.id, now, "expiry").await? {
+            } else if store::revoke_grant(&mut tx, grant.id, now, &by).await? {
                 audit::append(
                     &mut tx,
                     now,
-                    audit::SYSTEM_ACTOR,
+                    grant.revoke_requested_by.as_deref().unwrap_or(audit::SYSTEM_ACTOR),
                     "grant.revoked",
                     Some(request.id),
                     json!({ "grant_id": grant.id, "adapter": grant.adapter, "expires_at": due, "revoked_at": now,
-                            "late_ms": now - due, "attempt": job.attempts + 1 }),
+                            "late_ms": now - due, "attempt": job.attempts + 1, "revoked_by": by }),
                 )
                 .await?;
-                store::enqueue(
-                    &mut tx,
-                    &Outgoing::message(
-                        &grant.user_id,
-                        format!(":lock: Your access to {what} ({}) has ended.", label(request.id)),
-                        Some(request.id),
-                    ),
-                    now,
-                )
-                .await?;
+                let text = if grant.revoke_requested_by.is_none() {
+                    format!(":lock: Your access to {what} ({}) has ended.", label(request.id))
+                } else {
+                    format!(
+                        ":lock: Your access to {what} ({}) has ended early, {}.",
+                        label(request.id),
+                        ended_by_text(&grant)
+                    )
+                };
+                store::enqueue(&mut tx, &Outgoing::message(&grant.user_id, text, Some(request.id)), now).await?;
                 if job.attempts > 0 {
                     store::enqueue(
                         &mut tx,
@@ -296,6 +404,256 @@ async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         }
     }
     store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
+    tx.commit().await?;
+    app.wake_outbox();
+    app.wake_scheduler();
+    Ok(())
+}
+
+async fn finish(app: &AppState, job: &JobRow) -> anyhow::Result<()> {
+    let mut tx = app.db.begin().await?;
+    store::finish_job(&mut tx, job.id, false, app.now_ms()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Ends a grant without touching the adapter, because `cover` still needs the same access.
+async fn supersede(
+    app: &AppState,
+    job: &JobRow,
+    request: &RequestRow,
+    grant: &GrantRow,
+    cover: &GrantRow,
+) -> anyhow::Result<()> {
+    let now = app.now_ms();
+    let what = format!("`{}:{}`", grant.resource, grant.role);
+    let mut tx = app.db.begin().await?;
+    if grant.state == GrantState::Failed {
+        audit::append(
+            &mut tx,
+            now,
+            audit::SYSTEM_ACTOR,
+            "grant.cleanup_skipped",
+            Some(request.id),
+            json!({ "grant_id": grant.id, "covered_by": label(cover.request_id) }),
+        )
+        .await?;
+    } else {
+        let by = grant.revoke_requested_by.clone().unwrap_or_else(|| "expiry".into());
+        if store::supersede_grant(&mut tx, grant.id, now, &by).await? {
+            audit::append(
+                &mut tx,
+                now,
+                grant.revoke_requested_by.as_deref().unwrap_or(audit::SYSTEM_ACTOR),
+                "grant.superseded",
+                Some(request.id),
+                json!({ "grant_id": grant.id, "covered_by": label(cover.request_id), "covered_until": cover.expires_at }),
+            )
+            .await?;
+            let until = match cover.expires_at {
+                Some(at) => format!(" until {}", slack_date(at)),
+                None => String::new(),
+            };
+            store::enqueue(
+                &mut tx,
+                &Outgoing::message(
+                    &grant.user_id,
+                    format!(
+                        ":information_source: {} has ended ({}), but you keep {what} under {}{until}.",
+                        label(request.id),
+                        ended_by_text(grant),
+                        label(cover.request_id)
+                    ),
+                    Some(request.id),
+                ),
+                now,
+            )
+            .await?;
+            store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
+        }
+    }
+    store::finish_job(&mut tx, job.id, false, now).await?;
+    tx.commit().await?;
+    app.wake_outbox();
+    Ok(())
+}
+
+/// Why an early revoke was not started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeRefusal {
+    NoGrant,
+    AlreadyEnded,
+}
+
+/// Ends a grant now, on behalf of `actor` (already authorised by the caller).
+pub async fn revoke_early(app: &AppState, request_id: i64, actor: &str) -> anyhow::Result<Result<(), RevokeRefusal>> {
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    let Some(grant) = store::grant_of(&mut tx, request_id).await? else {
+        return Ok(Err(RevokeRefusal::NoGrant));
+    };
+    if !store::request_revoke(&mut tx, grant.id, actor, now).await? {
+        return Ok(Err(RevokeRefusal::AlreadyEnded));
+    }
+    store::reschedule_job(&mut tx, request_id, JobKind::Revoke, now).await?;
+    audit::append(
+        &mut tx,
+        now,
+        actor,
+        "grant.revoke_requested",
+        Some(request_id),
+        json!({ "grant_id": grant.id }),
+    )
+    .await?;
+    store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
+    tx.commit().await?;
+    app.wake_scheduler();
+    app.wake_outbox();
+    Ok(Ok(()))
+}
+
+/// Applies an approved extension (job of the extension request) to the grant it extends.
+async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+    let (ext, _) = load(app, job.request_id).await?;
+    let Some(original_id) = ext.extends_request_id else {
+        return finish(app, &job).await;
+    };
+    let Some(g) = load(app, original_id).await?.1 else {
+        return finish(app, &job).await;
+    };
+    let _access = app.access_locks.lock(&g).await;
+    let (original, grant) = load(app, original_id).await?;
+    let grant = grant.expect("a grant is never deleted");
+    let add = ext.duration_secs;
+    let max_total = app
+        .config
+        .resource(&grant.resource)
+        .map(|r| r.max_total_duration.as_secs() as i64);
+    let refusal = if grant.state != GrantState::Active || grant.revoke_requested_by.is_some() {
+        Some(format!(
+            "{} had already ended, so nothing was extended",
+            label(original_id)
+        ))
+    } else if max_total.is_some_and(|m| grant.duration_secs + add > m) {
+        Some(format!(
+            "{} would then last {}, more than the {} allowed, so nothing was extended",
+            label(original_id),
+            HumanDuration::from_secs((grant.duration_secs + add) as u64),
+            HumanDuration::from_secs(max_total.unwrap_or_default() as u64)
+        ))
+    } else {
+        None
+    };
+    let what = format!("`{}:{}`", grant.resource, grant.role);
+    if let Some(why) = refusal {
+        let now = app.now_ms();
+        let mut tx = app.db.begin().await?;
+        audit::append(
+            &mut tx,
+            now,
+            audit::SYSTEM_ACTOR,
+            "extension.void",
+            Some(ext.id),
+            json!({ "reason": why }),
+        )
+        .await?;
+        store::enqueue(
+            &mut tx,
+            &Outgoing::message(
+                &ext.requester_id,
+                format!(":information_source: Extension {}: {why}.", label(ext.id)),
+                Some(ext.id),
+            ),
+            now,
+        )
+        .await?;
+        store::finish_job(&mut tx, job.id, false, now).await?;
+        tx.commit().await?;
+        app.wake_outbox();
+        return Ok(());
+    }
+    let new_expiry = grant.expires_at.unwrap_or_default() + add * 1000;
+    let result = match app.adapters.get(&grant.adapter) {
+        Some(adapter) => adapter.extend(&context(&grant, &original, new_expiry)).await,
+        None => Err(AdapterError::Temporary(format!(
+            "adapter `{}` is not in the configuration",
+            grant.adapter
+        ))),
+    };
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    match result {
+        Ok(()) => {
+            if store::extend_grant(&mut tx, grant.id, add).await? {
+                store::reschedule_job(&mut tx, original_id, JobKind::Revoke, new_expiry).await?;
+                audit::append(
+                    &mut tx,
+                    now,
+                    audit::SYSTEM_ACTOR,
+                    "grant.extended",
+                    Some(original_id),
+                    json!({ "grant_id": grant.id, "extension": label(ext.id), "added_secs": add, "expires_at": new_expiry }),
+                )
+                .await?;
+                store::enqueue(
+                    &mut tx,
+                    &Outgoing::message(
+                        &grant.user_id,
+                        format!(
+                            ":hourglass_flowing_sand: {what} ({}) now ends {}.",
+                            label(original_id),
+                            slack_date(new_expiry)
+                        ),
+                        Some(original_id),
+                    ),
+                    now,
+                )
+                .await?;
+                store::enqueue(&mut tx, &Outgoing::update_card(original_id), now).await?;
+            }
+            store::finish_job(&mut tx, job.id, false, now).await?;
+        }
+        Err(err) => {
+            let attempts = job.attempts + 1;
+            let message = err.to_string();
+            if matches!(err, AdapterError::Permanent(_)) || attempts >= app.config.jobs.grant_attempts as i64 {
+                audit::append(
+                    &mut tx,
+                    now,
+                    audit::SYSTEM_ACTOR,
+                    "extension.failed",
+                    Some(ext.id),
+                    json!({ "error": message }),
+                )
+                .await?;
+                store::enqueue(
+                    &mut tx,
+                    &Outgoing::message(
+                        &ext.requester_id,
+                        format!(
+                            ":x: Extending {what} ({}) failed: {}. It still ends {}.",
+                            label(original_id),
+                            crate::slack::payloads::escape(&message),
+                            slack_date(grant.expires_at.unwrap_or_default())
+                        ),
+                        Some(ext.id),
+                    ),
+                    now,
+                )
+                .await?;
+                store::finish_job(&mut tx, job.id, true, now).await?;
+            } else {
+                store::retry_job(
+                    &mut tx,
+                    job.id,
+                    now + jittered(app, attempts).as_millis() as i64,
+                    &message,
+                    None,
+                )
+                .await?;
+            }
+        }
+    }
     tx.commit().await?;
     app.wake_outbox();
     app.wake_scheduler();

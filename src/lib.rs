@@ -82,6 +82,7 @@ pub struct AppState {
     pub(crate) scheduler_wake: Arc<Notify>,
     pub(crate) outbox_wake: Arc<Notify>,
     pub(crate) job_permits: Arc<Semaphore>,
+    pub(crate) access_locks: Arc<grants::AccessLocks>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -119,6 +120,9 @@ pub struct Options {
     pub adapter_overrides: Vec<(String, Arc<dyn Adapter>)>,
     /// How long running adapter calls may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Revoke, at start-up, grants whose resource was removed from the configuration
+    /// (instead of refusing to start).
+    pub revoke_removed: bool,
     /// Values for environment variables named in the configuration (the on-call
     /// sources' `token_env`/`key_env`), looked up here before the process environment.
     /// Lets tests pass credentials without changing the process environment.
@@ -131,6 +135,7 @@ impl Default for Options {
             clock: Arc::new(clock::SystemClock),
             adapter_overrides: Vec::new(),
             shutdown_grace: Duration::from_secs(20),
+            revoke_removed: false,
             env_overrides: BTreeMap::new(),
         }
     }
@@ -194,6 +199,23 @@ pub async fn start(
             tracing::warn!(jobs = resumed, "resuming jobs interrupted by the last stop");
         }
     }
+    let stranded = {
+        let mut conn = db.read.acquire().await?;
+        grants::stranded(&config, &store::live_grants(&mut conn).await?)
+    };
+    let to_revoke: Vec<i64> = stranded.iter().filter(|s| s.revocable).map(|s| s.request_id).collect();
+    if stranded.iter().any(|s| !s.revocable) || (!stranded.is_empty() && !options.revoke_removed) {
+        let list: Vec<String> = stranded.iter().map(|s| format!("  - {}", s.description)).collect();
+        db.close().await;
+        anyhow::bail!(
+            "{}: grants still in force depend on configuration that was removed:\n{}\n\
+             Put the resources and adapters back until these grants have ended, or run \
+             `jitgate serve --revoke-removed` to revoke grants of removed resources now \
+             (their adapters must still be configured).",
+            config.path.display(),
+            list.join("\n")
+        );
+    }
     let mut adapters = Adapters::from_config(&config);
     for (name, adapter) in options.adapter_overrides {
         adapters.insert(&name, adapter);
@@ -210,9 +232,19 @@ pub async fn start(
         scheduler_wake: Arc::new(Notify::new()),
         outbox_wake: Arc::new(Notify::new()),
         job_permits: Arc::new(Semaphore::new(concurrency)),
+        access_locks: Arc::new(grants::AccessLocks::default()),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     };
+    for id in to_revoke {
+        tracing::warn!(
+            request = id,
+            "revoking a grant whose resource was removed from the configuration"
+        );
+        if let Err(refused) = grants::revoke_early(&state, id, audit::SYSTEM_ACTOR).await? {
+            tracing::warn!(request = id, ?refused, "nothing to revoke");
+        }
+    }
     // Overdue revokes first: claim what is due before the first request is served.
     scheduler::claim_and_spawn(&state, state.now_ms()).await?;
     state.tasks.spawn(scheduler::run(state.clone()));

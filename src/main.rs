@@ -20,7 +20,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the bot.
-    Serve,
+    Serve {
+        /// Revoke grants whose resource was removed from the configuration, instead of
+        /// refusing to start.
+        #[arg(long)]
+        revoke_removed: bool,
+    },
     /// Check the configuration file and exit (non-zero if it has problems).
     CheckConfig,
     /// Work with the audit log.
@@ -47,9 +52,11 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("JITGATE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -85,7 +92,7 @@ async fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Serve => serve(config).await,
+        Command::Serve { revoke_removed } => serve(config, revoke_removed).await,
         Command::Audit { command } => audit(config, command).await,
     };
     match result {
@@ -97,14 +104,18 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: config::Config) -> anyhow::Result<()> {
+async fn serve(config: config::Config, revoke_removed: bool) -> anyhow::Result<()> {
     use anyhow::Context;
     let secrets = jitgate::Secrets::from_env()?;
     let listen = config.server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen in {})", config.path.display()))?;
-    let running = jitgate::start(config, secrets, jitgate::Options::default(), listener).await?;
+    let options = jitgate::Options {
+        revoke_removed,
+        ..jitgate::Options::default()
+    };
+    let running = jitgate::start(config, secrets, options, listener).await?;
     let token = running.state.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

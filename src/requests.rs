@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::config::{Config, Resource};
 use crate::duration::HumanDuration;
-use crate::store::{self, JobKind, NewRequest, Outgoing};
+use crate::store::{self, JobKind, NewRequest, Outgoing, RequestRow};
 use crate::{audit, AppState};
 
 /// How users see and type a request id.
@@ -141,7 +141,6 @@ pub struct Requester {
 /// look at the configuration only), the card is not queued: an `auto_approve` job due now
 /// checks on-call status outside the request path and then approves or posts the card.
 pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyhow::Result<i64> {
-    let now = app.now_ms();
     let on_call_check =
         crate::oncall::could_auto_approve(&app.config, &req.resource, &req.role, req.duration, &who.channel_id);
     let new = NewRequest {
@@ -154,24 +153,39 @@ pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyh
         origin_channel: who.channel_id.clone(),
         approval_channel: req.approval_channel.clone(),
         approvals_required: req.approvals_required as i64,
-        created_at: now,
+        created_at: app.now_ms(),
+        kind: store::RequestKind::Access,
+        extends_request_id: None,
     };
+    insert_pending(app, &new, on_call_check).await
+}
+
+/// Stores a pending request (access or extension), its audit entry, its card (or, with
+/// `on_call_check`, the `auto_approve` job that decides whether to post it), its time-out
+/// and its reminder in one transaction.
+async fn insert_pending(app: &AppState, new: &NewRequest, on_call_check: bool) -> anyhow::Result<i64> {
+    let now = new.created_at;
     let mut tx = app.db.begin().await?;
-    let id = store::insert_request(&mut tx, &new).await?;
+    let id = store::insert_request(&mut tx, new).await?;
+    let action = match new.kind {
+        store::RequestKind::Access => "request.created",
+        store::RequestKind::Extension => "extension.requested",
+    };
     audit::append(
         &mut tx,
         now,
-        &who.user_id,
-        "request.created",
+        &new.requester_id,
+        action,
         Some(id),
         json!({
-            "resource": req.resource,
-            "role": req.role,
-            "duration_secs": req.duration.as_secs(),
-            "reason": req.reason,
-            "channel": who.channel_id,
-            "approval_channel": req.approval_channel,
-            "approvals_required": req.approvals_required,
+            "resource": new.resource,
+            "role": new.role,
+            "duration_secs": new.duration_secs,
+            "reason": new.reason,
+            "channel": new.origin_channel,
+            "approval_channel": new.approval_channel,
+            "approvals_required": new.approvals_required,
+            "extends": new.extends_request_id.map(label),
             "on_call_check": on_call_check,
         }),
     )
@@ -193,6 +207,106 @@ pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyh
     app.wake_outbox();
     app.wake_scheduler();
     Ok(id)
+}
+
+/// Asks for `add` more time on `original`'s grant. With `self_extend`, it is approved at
+/// once (the caller checked the limits); otherwise it goes to the approvers like a request.
+pub async fn create_extension(
+    app: &AppState,
+    who: &Requester,
+    original: &RequestRow,
+    resource: &Resource,
+    add: HumanDuration,
+    reason: String,
+) -> anyhow::Result<i64> {
+    let now = app.now_ms();
+    let new = NewRequest {
+        requester_id: who.user_id.clone(),
+        team_id: who.team_id.clone(),
+        resource: original.resource.clone(),
+        role: original.role.clone(),
+        duration_secs: add.as_secs() as i64,
+        reason,
+        origin_channel: who.channel_id.clone(),
+        approval_channel: resource.approval_channel.clone(),
+        approvals_required: resource.approvals_required as i64,
+        created_at: now,
+        kind: store::RequestKind::Extension,
+        extends_request_id: Some(original.id),
+    };
+    if !resource.self_extend {
+        return insert_pending(app, &new, false).await;
+    }
+    let mut tx = app.db.begin().await?;
+    let id = store::insert_request(&mut tx, &new).await?;
+    store::transition_request(
+        &mut tx,
+        id,
+        store::RequestState::Pending,
+        store::RequestState::Approved,
+        now,
+    )
+    .await?;
+    audit::append(
+        &mut tx,
+        now,
+        &who.user_id,
+        "extension.self_approved",
+        Some(id),
+        json!({ "extends": label(original.id), "added_secs": add.as_secs(), "reason": new.reason }),
+    )
+    .await?;
+    store::insert_job(&mut tx, id, JobKind::Extend, now, now).await?;
+    store::enqueue(
+        &mut tx,
+        &Outgoing::message(
+            &resource.approval_channel,
+            format!(
+                ":information_source: <@{}> extended {} (`{}:{}`) by {add} ({}; `{}` allows self-extension).",
+                who.user_id,
+                label(original.id),
+                original.resource,
+                original.role,
+                label(id),
+                resource.name
+            ),
+            Some(id),
+        ),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.wake_outbox();
+    app.wake_scheduler();
+    Ok(id)
+}
+
+/// Withdraws a pending request of `user`'s; false if it was not theirs or not pending.
+pub async fn cancel(app: &AppState, request_id: i64, user: &str) -> anyhow::Result<bool> {
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    let Some(r) = store::get_request(&mut tx, request_id).await? else {
+        return Ok(false);
+    };
+    if r.requester_id != user
+        || !store::transition_request(
+            &mut tx,
+            request_id,
+            store::RequestState::Pending,
+            store::RequestState::Cancelled,
+            now,
+        )
+        .await?
+    {
+        return Ok(false);
+    }
+    store::cancel_job(&mut tx, request_id, JobKind::ExpireRequest, now).await?;
+    store::cancel_job(&mut tx, request_id, JobKind::Remind, now).await?;
+    audit::append(&mut tx, now, user, "request.cancelled", Some(request_id), json!({})).await?;
+    store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
+    tx.commit().await?;
+    app.wake_outbox();
+    Ok(true)
 }
 
 #[cfg(test)]

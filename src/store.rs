@@ -87,6 +87,8 @@ pub enum RequestState {
     Approved,
     Denied,
     Expired,
+    /// Withdrawn by the requester before anyone decided.
+    Cancelled,
 }
 
 /// A stored request.
@@ -132,13 +134,15 @@ pub struct NewRequest {
     pub approval_channel: String,
     pub approvals_required: i64,
     pub created_at: i64,
+    pub kind: RequestKind,
+    pub extends_request_id: Option<i64>,
 }
 
 pub async fn insert_request(conn: &mut SqliteConnection, r: &NewRequest) -> sqlx::Result<i64> {
     let row: (i64,) = sqlx::query_as(
         "INSERT INTO requests (requester_id, team_id, resource, role, duration_secs, reason, \
-         origin_channel, approval_channel, approvals_required, state, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) RETURNING id",
+         origin_channel, approval_channel, approvals_required, state, created_at, kind, extends_request_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) RETURNING id",
     )
     .bind(&r.requester_id)
     .bind(&r.team_id)
@@ -150,6 +154,8 @@ pub async fn insert_request(conn: &mut SqliteConnection, r: &NewRequest) -> sqlx
     .bind(&r.approval_channel)
     .bind(r.approvals_required)
     .bind(r.created_at)
+    .bind(r.kind)
+    .bind(r.extends_request_id)
     .fetch_one(conn)
     .await?;
     Ok(row.0)
@@ -293,6 +299,8 @@ pub enum GrantState {
     Active,
     Revoked,
     Failed,
+    /// Ended while another grant still covered the same (shared) access.
+    Superseded,
 }
 
 /// A stored grant.
@@ -392,6 +400,64 @@ pub async fn revoke_grant(conn: &mut SqliteConnection, grant_id: i64, now: i64, 
     Ok(done.rows_affected() == 1)
 }
 
+/// Records that `by` asked to end an active (or still granting) grant early; false if it
+/// had already ended or someone already asked.
+pub async fn request_revoke(conn: &mut SqliteConnection, grant_id: i64, by: &str, now: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE grants SET revoke_requested_by = ?, revoke_requested_at = ? \
+         WHERE id = ? AND state IN ('granting', 'active') AND revoke_requested_by IS NULL",
+    )
+    .bind(by)
+    .bind(now)
+    .bind(grant_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Other grants of the same user, resource, role and adapter that are being given or in
+/// force: while one exists, shared access must not be revoked.
+pub async fn covering_grants(conn: &mut SqliteConnection, g: &GrantRow) -> sqlx::Result<Vec<GrantRow>> {
+    sqlx::query_as(
+        "SELECT * FROM grants WHERE user_id = ? AND resource = ? AND role = ? AND adapter = ? \
+         AND state IN ('granting', 'active') AND id != ? ORDER BY expires_at IS NULL DESC, expires_at DESC",
+    )
+    .bind(&g.user_id)
+    .bind(&g.resource)
+    .bind(&g.role)
+    .bind(&g.adapter)
+    .bind(g.id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Ends an active grant whose access another grant still covers.
+pub async fn supersede_grant(conn: &mut SqliteConnection, grant_id: i64, now: i64, by: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE grants SET state = 'superseded', revoked_at = ?, revoked_by = ? WHERE id = ? AND state = 'active'",
+    )
+    .bind(now)
+    .bind(by)
+    .bind(grant_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Adds `secs` to an active grant's duration and expiry.
+pub async fn extend_grant(conn: &mut SqliteConnection, grant_id: i64, secs: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE grants SET duration_secs = duration_secs + ?, expires_at = expires_at + ? * 1000 \
+         WHERE id = ? AND state = 'active' AND revoke_requested_by IS NULL",
+    )
+    .bind(secs)
+    .bind(secs)
+    .bind(grant_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub async fn set_grant_error(conn: &mut SqliteConnection, grant_id: i64, error: &str) -> sqlx::Result<()> {
     sqlx::query("UPDATE grants SET last_error = ? WHERE id = ?")
         .bind(error)
@@ -425,6 +491,8 @@ pub enum JobKind {
     AutoApprove,
     /// Remind approvers of a request still pending.
     Remind,
+    /// Apply an approved extension to the grant it extends.
+    Extend,
 }
 
 /// A stored job.
@@ -520,6 +588,33 @@ pub async fn release_job(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Moves a pending job of `kind` for a request to `run_at`.
+pub async fn reschedule_job(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+    kind: JobKind,
+    run_at: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET run_at = ? WHERE request_id = ? AND kind = ? AND state = 'pending'")
+        .bind(run_at)
+        .bind(request_id)
+        .bind(kind)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Grants that still hold (or may hold) access, with their request, for start-up checks.
+pub async fn live_grants(conn: &mut SqliteConnection) -> sqlx::Result<Vec<GrantRow>> {
+    sqlx::query_as(
+        "SELECT * FROM grants WHERE state IN ('granting', 'active') \
+         OR id IN (SELECT g.id FROM grants g JOIN jobs j ON j.request_id = g.request_id \
+                   WHERE j.kind = 'revoke' AND j.state IN ('pending', 'running'))",
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// Jobs left 'running' by a process that died are put back to run now.

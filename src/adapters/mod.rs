@@ -89,6 +89,17 @@ pub trait Adapter: Send + Sync {
     fn is_active<'a>(&'a self, _ctx: &'a GrantContext) -> BoxFuture<'a, Result<Option<bool>, AdapterError>> {
         Box::pin(async { Ok(None) })
     }
+    /// Moves the access's end to `ctx.expires_at` (an approved extension). Adapters that
+    /// make the target system expire access on its own must move that expiry too.
+    fn extend<'a>(&'a self, _ctx: &'a GrantContext) -> BoxFuture<'a, Result<(), AdapterError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// True when grants of the same user, resource and role share one access (revoking
+    /// one takes it away for all), so jitgate revokes only when the last of them ends.
+    /// False when each grant has access of its own (like a login per grant).
+    fn shares_access(&self) -> bool {
+        true
+    }
     /// Everything this adapter has granted that still exists; `None` when it cannot list.
     fn list_granted(&self) -> BoxFuture<'_, Result<Option<Vec<ListedAccess>>, AdapterError>> {
         Box::pin(async { Ok(None) })

@@ -382,20 +382,33 @@ async fn approve(
          Granting access now…",
         label(current.id)
     );
-    let approved = approvals::apply_approval(
+    let applied = approvals::apply_approval(
         &mut tx,
         app,
         &current,
         &approver,
         json!({ "approvers": [approver], "auto": true, "evidence": evidence_json }),
-        dm,
         now,
     )
     .await?;
-    if !approved {
-        drop(tx);
-        return finish_only(app, job).await;
+    match applied {
+        approvals::Applied::Grant => {}
+        approvals::Applied::NotPending => {
+            drop(tx);
+            return finish_only(app, job).await;
+        }
+        approvals::Applied::Extension { .. } => {
+            // Only access requests get an auto_approve job; an extension goes to people.
+            drop(tx);
+            return decline(app, job, request, vec![Declined::NotAllowlisted]).await;
+        }
     }
+    store::enqueue(
+        &mut tx,
+        &Outgoing::message(&current.requester_id, dm, Some(current.id)),
+        now,
+    )
+    .await?;
     store::enqueue(&mut tx, &Outgoing::post_card(current.id), now).await?;
     store::enqueue(
         &mut tx,

@@ -9,12 +9,14 @@ use crate::duration::HumanDuration;
 use crate::oncall::{Evidence, APPROVER_PREFIX};
 use crate::requests::label;
 use crate::slack::payloads::escape;
-use crate::store::{DecisionRow, GrantRow, GrantState, JobRow, RequestRow, RequestState, Verdict};
+use crate::store::{DecisionRow, GrantRow, GrantState, JobRow, RequestKind, RequestRow, RequestState, Verdict};
 
 /// `action_id` of the Approve button.
 pub const APPROVE: &str = "jit_approve";
 /// `action_id` of the Deny button.
 pub const DENY: &str = "jit_deny";
+/// `action_id` of the Revoke button on a card whose grant is in force.
+pub const REVOKE: &str = "jit_revoke";
 
 /// Section text must stay under Slack's 3000-character limit.
 const MAX_SECTION: usize = 2900;
@@ -75,6 +77,11 @@ pub fn status_text(m: &CardModel<'_>) -> String {
         .map(|d| d.approver_id.as_str())
         .collect();
     match r.state {
+        RequestState::Cancelled => format!(
+            ":leftwards_arrow_with_hook: Withdrawn by <@{}> {}.",
+            r.requester_id,
+            slack_date(r.decided_at.unwrap_or(r.created_at))
+        ),
         RequestState::Pending => {
             if approvers.is_empty() {
                 if r.approvals_required > 1 {
@@ -146,19 +153,28 @@ fn grant_line(g: &GrantRow, job: Option<&JobRow>) -> String {
     };
     match g.state {
         GrantState::Granting => format!(":arrows_counterclockwise: Granting access…{}", retrying("Grant")),
-        GrantState::Active => format!(
-            ":key: Access granted {}; ends {}.{}",
-            slack_date(g.granted_at.unwrap_or(g.created_at)),
-            slack_date(g.expires_at.unwrap_or(g.created_at)),
-            retrying("Revoke")
-        ),
-        GrantState::Revoked => {
+        GrantState::Active => {
+            let mut line = format!(
+                ":key: Access granted {}; ends {}.",
+                slack_date(g.granted_at.unwrap_or(g.created_at)),
+                slack_date(g.expires_at.unwrap_or(g.created_at)),
+            );
+            if let Some(by) = &g.revoke_requested_by {
+                line.push_str(&format!(" :hourglass: Revoking now, as <@{by}> asked."));
+            }
+            line + &retrying("Revoke")
+        }
+        GrantState::Revoked | GrantState::Superseded => {
             let when = slack_date(g.revoked_at.unwrap_or(g.created_at));
-            match g.revoked_by.as_deref() {
-                Some(by) if by.starts_with('U') || by.starts_with('W') => {
-                    format!(":lock: Access revoked early by <@{by}> {when}.")
-                }
-                _ => format!(":lock: Access ended {when} (expired)."),
+            let how = match g.revoked_by.as_deref() {
+                Some(by) if by == g.user_id => format!("ended early by <@{by}>"),
+                Some(by) if by.starts_with('U') || by.starts_with('W') => format!("revoked early by <@{by}>"),
+                _ => "ended (expired)".to_string(),
+            };
+            if g.state == GrantState::Superseded {
+                format!(":lock: This grant {how} {when}; the same access continues under a later grant.")
+            } else {
+                format!(":lock: Access {how} {when}.")
             }
         }
         GrantState::Failed => {
@@ -186,13 +202,20 @@ pub fn card_fallback(r: &RequestRow) -> String {
 pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
     let r = m.request;
     let duration = HumanDuration::from_secs(r.duration_secs as u64);
+    let (title, length) = match (r.kind, r.extends_request_id) {
+        (RequestKind::Extension, Some(original)) => (
+            "Extension request",
+            md!(format!("*Extends*\n{} by {duration}", label(original))),
+        ),
+        _ => ("Access request", md!(format!("*Duration*\n{duration}"))),
+    };
     let mut blocks: Vec<SlackBlock> = vec![
-        SlackHeaderBlock::new(pt!(format!("Access request {}", label(r.id)))).into(),
+        SlackHeaderBlock::new(pt!(format!("{title} {}", label(r.id)))).into(),
         SlackSectionBlock::new()
             .with_fields(vec![
                 md!(format!("*Requester*\n<@{}>", r.requester_id)),
                 md!(format!("*Resource*\n`{}:{}`", r.resource, r.role)),
-                md!(format!("*Duration*\n{duration}")),
+                length,
                 md!(format!("*Request*\n{}", label(r.id))),
             ])
             .into(),
@@ -224,6 +247,26 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
                     .with_style(SlackBlockButtonStyle::Danger)
                     .into(),
             ])
+            .into(),
+        );
+    }
+    if let Some(g) = m
+        .grant
+        .filter(|g| g.state == GrantState::Active && g.revoke_requested_by.is_none())
+    {
+        let confirm = SlackBlockConfirmItem::new(
+            pt!("Revoke access?"),
+            md!(format!("<@{}> loses `{}:{}` now.", g.user_id, g.resource, g.role)),
+            pt!("Revoke"),
+            pt!("Cancel"),
+        );
+        blocks.push(
+            SlackActionsBlock::new(vec![SlackBlockButtonElement::new(pt!("Revoke now"))
+                .with_action_id(REVOKE.into())
+                .with_value(r.id.to_string())
+                .with_style(SlackBlockButtonStyle::Danger)
+                .with_confirm(confirm)
+                .into()])
             .into(),
         );
     }

@@ -4,7 +4,9 @@ mod support;
 
 mod approvals;
 mod commands;
+mod crash;
 mod delivery;
+mod early_end;
 mod lifecycle;
 mod manifest;
 mod security;

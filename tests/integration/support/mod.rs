@@ -79,6 +79,8 @@ impl TestClock {
 /// Knobs for one test's configuration.
 pub struct Setup {
     pub clock: TestClock,
+    /// Start jitgate inside the test process (false: the test runs the binary itself).
+    pub in_process: bool,
     /// Extra TOML appended to the generated configuration.
     pub extra_toml: String,
     /// `[jobs]` table body.
@@ -89,6 +91,7 @@ impl Default for Setup {
     fn default() -> Self {
         Self {
             clock: TestClock::Manual(ManualClock::new(chrono::Utc::now())),
+            in_process: true,
             extra_toml: String::new(),
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
         }
@@ -103,6 +106,8 @@ pub struct TestApp {
     pub running: Option<jitgate::Running>,
     pub base: String,
     pub config_text: String,
+    /// Passed to `Options::revoke_removed` at the next boot.
+    pub revoke_removed: bool,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -120,6 +125,8 @@ impl TestApp {
             &script,
             "#!/bin/sh\n\
              echo \"$JIT_ACTION $JIT_GRANT_ID $JIT_USER_ID $JIT_RESOURCE $JIT_ROLE $JIT_DURATION_SECONDS state=$JIT_GRANT_STATE\" >> \"$LOG\"\n\
+             n=0; while [ -e \"$FLAGS/block-$JIT_ACTION\" ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done\n\
+             echo \"done $JIT_ACTION $JIT_GRANT_ID\" >> \"$LOG.done\"\n\
              if [ -e \"$FLAGS/fail-$JIT_ACTION\" ]; then echo 'simulated failure' >&2; exit 1; fi\n\
              if [ \"$JIT_ACTION\" = grant ]; then echo \"granted-$JIT_GRANT_ID\"; fi\n",
         )
@@ -192,9 +199,12 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             running: None,
             base: String::new(),
             config_text,
+            revoke_removed: false,
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
-        app.boot().await;
+        if setup.in_process {
+            app.boot().await;
+        }
         app
     }
 
@@ -210,6 +220,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             clock: self.clock.shared(),
             adapter_overrides: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
+            revoke_removed: self.revoke_removed,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = jitgate::start(config, secrets, options, listener)
@@ -228,6 +239,25 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
 
     pub fn state(&self) -> &jitgate::AppState {
         &self.running.as_ref().expect("running").state
+    }
+
+    /// Creates a flag file that makes the adapter script wait before finishing `action`.
+    pub fn block_adapter(&self, action: &str, block: bool) {
+        let path = self.dir.path().join(format!("block-{action}"));
+        if block {
+            std::fs::write(path, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Adapter calls that ran to completion, like `done grant 1`.
+    pub fn adapter_done(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("adapter.log.done"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
     }
 
     /// Creates a flag file that makes the adapter script fail `action`.
@@ -429,7 +459,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
 
     /// Waits for the card of request `id` to be posted; returns its latest content (post or update).
     pub async fn wait_card_containing(&self, id: i64, needle: &str) -> String {
-        let label = format!("Access request JIT-{id}\"");
+        let label = format!(" request JIT-{id}\"");
         wait_for(&format!("JIT-{id}'s card to show {needle:?}"), || async {
             let last = self.slack.calls().into_iter().rev().find(|c| {
                 c.ok && (c.method == "chat.postMessage" || c.method == "chat.update") && c.all_text().contains(&label)

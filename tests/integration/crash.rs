@@ -1,0 +1,229 @@
+//! The real binary, killed with SIGKILL at several points of the grant lifecycle and
+//! restarted: nothing is lost, nothing is granted twice, nothing is marked revoked unless
+//! the adapter confirmed it. And SIGTERM lets a running adapter call finish.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sqlx::sqlite::SqlitePoolOptions;
+
+use crate::support::*;
+
+/// `jitgate serve` as a child process.
+struct Bot {
+    child: Child,
+}
+
+impl Bot {
+    /// Starts the binary on `app`'s configuration and points `app` at its address.
+    async fn start(app: &mut TestApp) -> Self {
+        let config = app.dir.path().join("jitgate.toml");
+        std::fs::write(&config, &app.config_text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SLACK_BOT_TOKEN", fake_slack::BOT_TOKEN)
+            .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+            .env("JITGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("addr=").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
+                }
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE))
+            .await
+            .unwrap()
+            .expect("jitgate printed its address");
+        app.base = format!("http://{addr}");
+        Self { child }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn wait_exit(mut self) -> std::process::ExitStatus {
+        wait_for("jitgate to exit", || {
+            let status = self.child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn scalar(app: &TestApp, sql: &str) -> Option<String> {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            jitgate::store::connect_options(&app.dir.path().join("jitgate.db").display().to_string()).unwrap(),
+        )
+        .await
+        .unwrap();
+    let row: Option<(String,)> = sqlx::query_as(sql).fetch_optional(&pool).await.unwrap();
+    pool.close().await;
+    row.map(|r| r.0)
+}
+
+fn count(lines: &[String], prefix: &str) -> usize {
+    lines.iter().filter(|l| l.starts_with(prefix)).count()
+}
+
+#[tokio::test]
+async fn sigkill_at_any_point_loses_nothing_and_never_fakes_a_revoke() {
+    let mut app = TestApp::start_with(Setup {
+        clock: TestClock::System,
+        in_process: false,
+        ..Setup::default()
+    })
+    .await;
+
+    // 1. Killed between the request and its approval: the card stays clickable.
+    let bot = Bot::start(&mut app).await;
+    let id = app.request("prod-db:read 3s crash test").await;
+    app.wait_card_containing(id, "jit_approve").await;
+    bot.kill();
+
+    // 2. Killed while the adapter is granting.
+    let bot = Bot::start(&mut app).await;
+    app.block_adapter("grant", true);
+    app.approve(APPROVER1, id).await;
+    wait_for("the grant to start", || async {
+        (count(&app.adapter_log(), "grant ") == 1).then_some(())
+    })
+    .await;
+    bot.kill();
+    assert_eq!(
+        scalar(&app, "SELECT state FROM grants").await.as_deref(),
+        Some("granting")
+    );
+    app.block_adapter("grant", false);
+
+    // 3. Restarted: the interrupted grant is applied again (the adapter tolerates it) and
+    //    becomes active exactly once.
+    app.block_adapter("revoke", true);
+    let bot = Bot::start(&mut app).await;
+    wait_for("the grant to be active", || async {
+        (scalar(&app, "SELECT state FROM grants").await.as_deref() == Some("active")).then_some(())
+    })
+    .await;
+    assert_eq!(count(&app.adapter_log(), "grant "), 2, "retried once after the crash");
+    assert_eq!(
+        scalar(&app, "SELECT CAST(COUNT(*) AS TEXT) FROM grants")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+
+    // 4. Killed while the adapter is revoking (the grant expired after 3s).
+    wait_for("the revoke to start", || async {
+        (count(&app.adapter_log(), "revoke ") == 1).then_some(())
+    })
+    .await;
+    bot.kill();
+    assert_eq!(
+        scalar(&app, "SELECT state FROM grants").await.as_deref(),
+        Some("active"),
+        "not revoked until the adapter says so"
+    );
+
+    // 5. Restarted: the due revoke runs first thing and is recorded.
+    app.block_adapter("revoke", false);
+    let bot = Bot::start(&mut app).await;
+    wait_for("the grant to be revoked", || async {
+        (scalar(&app, "SELECT state FROM grants").await.as_deref() == Some("revoked")).then_some(())
+    })
+    .await;
+    assert!(count(&app.adapter_log(), "revoke ") >= 2);
+    wait_for("a DM about the end", || async {
+        app.dms(REQUESTER).iter().any(|t| t.contains("has ended")).then_some(())
+    })
+    .await;
+
+    // 6. Killed after everything: nothing more happens on restart.
+    bot.kill();
+    let before = app.adapter_log().len();
+    let bot = Bot::start(&mut app).await;
+    let reply = app.command(REQUESTER, "list").await;
+    assert!(reply.contains("no pending requests"), "{reply}");
+    assert_eq!(app.adapter_log().len(), before);
+    bot.kill();
+
+    let (ok,) = {
+        let pool = SqlitePoolOptions::new()
+            .connect_with(
+                jitgate::store::connect_options(&app.dir.path().join("jitgate.db").display().to_string()).unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        (jitgate::audit::verify_chain(&mut conn).await.unwrap(),)
+    };
+    assert!(ok.is_ok(), "audit chain intact across crashes: {ok:?}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_running_adapter_call_finish() {
+    let mut app = TestApp::start_with(Setup {
+        clock: TestClock::System,
+        in_process: false,
+        ..Setup::default()
+    })
+    .await;
+    let bot = Bot::start(&mut app).await;
+    let id = app.request("prod-db:read 1h graceful").await;
+    app.block_adapter("grant", true);
+    app.approve(APPROVER1, id).await;
+    wait_for("the grant to start", || async {
+        (count(&app.adapter_log(), "grant ") == 1).then_some(())
+    })
+    .await;
+    bot.terminate();
+    // New requests are refused once shutdown began (the listener closes).
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let url = format!("{}/healthz", app.base);
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+            if client.get(url.parse().unwrap()).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the listener closes on SIGTERM");
+    app.block_adapter("grant", false);
+    let status = bot.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+    assert_eq!(app.adapter_done(), vec!["done grant 1".to_string()]);
+    assert_eq!(
+        scalar(&app, "SELECT state FROM grants").await.as_deref(),
+        Some("active"),
+        "the finished call was recorded"
+    );
+}
