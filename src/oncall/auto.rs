@@ -490,3 +490,55 @@ async fn decline(app: &AppState, job: &JobRow, request: &RequestRow, reasons: Ve
     app.wake_outbox();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy() -> Policy {
+        Policy {
+            name: "db".into(),
+            allow: vec![],
+            sources: vec!["a".into(), "b".into()],
+            max_duration: HumanDuration::from_secs(3600),
+            rate_limit: 3,
+            rate_window: HumanDuration::from_secs(86_400),
+            require_open_incident: None,
+        }
+    }
+
+    fn answer(kind: u8) -> Result<SourceAnswer, SourceError> {
+        match kind {
+            0 => Ok(SourceAnswer::NotOnCall),
+            1 => Ok(SourceAnswer::UnknownUser("no e-mail".into())),
+            2 => Err(SourceError::Status(500)),
+            _ => Err(SourceError::Timeout(std::time::Duration::from_secs(2))),
+        }
+    }
+
+    #[test]
+    fn a_failed_source_is_reported_rather_than_not_on_call() {
+        let answers = vec![("a".to_string(), answer(0)), ("b".to_string(), answer(2))];
+        let d = policy_declined(&policy(), &answers);
+        assert_eq!(d.code(), "source_failed");
+        assert_eq!(d.message(), "the on-call source `b` answered HTTP 500");
+    }
+
+    #[test]
+    fn unknown_everywhere_says_how_to_get_mapped() {
+        let answers = vec![("a".to_string(), answer(1)), ("b".to_string(), answer(1))];
+        assert_eq!(policy_declined(&policy(), &answers).code(), "unknown_user");
+        let answers = vec![("a".to_string(), answer(1)), ("b".to_string(), answer(0))];
+        assert_eq!(policy_declined(&policy(), &answers).code(), "not_on_call");
+    }
+
+    proptest! {
+        #[test]
+        fn any_error_among_the_answers_is_what_the_requester_hears(kinds in proptest::collection::vec(0u8..4, 1..5)) {
+            let answers: Vec<_> = kinds.iter().enumerate().map(|(i, k)| (format!("s{i}"), answer(*k))).collect();
+            let d = policy_declined(&policy(), &answers);
+            prop_assert_eq!(d.code() == "source_failed", kinds.iter().any(|k| *k >= 2));
+        }
+    }
+}

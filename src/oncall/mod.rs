@@ -498,4 +498,153 @@ impl OnCall {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    fn config(oncall: &str) -> Config {
+        crate::config::parse(
+            Path::new("t.toml"),
+            &format!(
+                r#"
+[[resources]]
+name = "prod-db"
+roles = ["read", "write", "admin"]
+max_duration = "8h"
+approval_channel = "C0APPROVALS"
+approvers = ["U0APPROVER1"]
+adapter = "demo"
+
+[adapters.demo]
+type = "noop"
+
+{oncall}
+"#
+            ),
+        )
+        .unwrap()
+    }
+
+    const ONCALL: &str = r#"
+[oncall]
+incident_channels = ["C0INCIDENT"]
+incident_channel_prefixes = ["inc-"]
+
+[[oncall.policies]]
+name = "db"
+allow = ["prod-db:read", "prod-db:write"]
+sources = ["rota"]
+max_duration = "2h"
+
+[oncall.sources.rota]
+type = "static"
+members = ["U0ALICE"]
+time_zone = "UTC"
+start = "2020-01-01"
+"#;
+
+    fn h(text: &str) -> HumanDuration {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn only_allowlisted_short_requests_from_possible_incident_channels_are_checked() {
+        let c = config(ONCALL);
+        assert!(could_auto_approve(&c, "prod-db", "write", h("1h"), "C0INCIDENT"));
+        assert!(could_auto_approve(&c, "prod-db", "write", h("2h"), "C0ANYOTHER"));
+        assert!(!could_auto_approve(&c, "prod-db", "admin", h("1h"), "C0INCIDENT"));
+        assert!(!could_auto_approve(&c, "prod-db", "write", h("3h"), "C0INCIDENT"));
+        // Direct messages can never be incident channels.
+        assert!(!could_auto_approve(&c, "prod-db", "write", h("1h"), "D0DM"));
+    }
+
+    #[test]
+    fn without_prefixes_only_listed_channels_are_checked() {
+        let c = config(&ONCALL.replace("incident_channel_prefixes = [\"inc-\"]\n", ""));
+        assert!(could_auto_approve(&c, "prod-db", "read", h("1h"), "C0INCIDENT"));
+        assert!(!could_auto_approve(&c, "prod-db", "read", h("1h"), "C0GENERAL"));
+    }
+
+    #[test]
+    fn without_oncall_nothing_is_checked() {
+        assert!(!could_auto_approve(
+            &config(""),
+            "prod-db",
+            "read",
+            h("1h"),
+            "C0INCIDENT"
+        ));
+    }
+
+    #[test]
+    fn channel_names_match_prefixes_case_insensitively() {
+        let c = config(ONCALL);
+        let o = c.oncall.as_ref().unwrap();
+        assert!(name_is_incident(o, "inc-2024-db-down"));
+        assert!(name_is_incident(o, "#INC-42"));
+        assert!(!name_is_incident(o, "general-inc-"));
+        assert_eq!(channel_by_id(o, "C0INCIDENT"), Some(true));
+        assert_eq!(channel_by_id(o, "D0DM"), Some(false));
+        assert_eq!(channel_by_id(o, "C0OTHER"), None);
+    }
+
+    #[test]
+    fn evidence_round_trips_and_summarises_escaped() {
+        let e = Evidence {
+            policy: "db".into(),
+            source: "pd".into(),
+            source_type: "pagerduty".into(),
+            schedule: "Primary <!channel>".into(),
+            schedule_id: Some("P1".into()),
+            escalation_policy: Some("DB".into()),
+            level: Some(1),
+            shift_start: None,
+            shift_end: None,
+            matched_by: "email".into(),
+            incident: Some(OpenIncident {
+                id: "Q1".into(),
+                number: Some(42),
+                title: Some("db & down".into()),
+                status: "triggered".into(),
+                url: None,
+            }),
+            channel: "C1".into(),
+            channel_name: Some("inc-42".into()),
+            checked_at: 1,
+        };
+        let stored = serde_json::to_string(&e).unwrap();
+        assert_eq!(Evidence::from_reason(Some(&stored)), Some(e.clone()));
+        assert_eq!(Evidence::from_reason(Some("not json")), None);
+        let s = e.summary();
+        assert_eq!(
+            s,
+            "on call in PagerDuty schedule *Primary &lt;!channel&gt;* (level 1, escalation policy DB), \
+             assigned to incident #42 “db &amp; down”"
+        );
+    }
+
+    #[test]
+    fn cache_entries_expire_after_their_ttl() {
+        let c: TtlCache<String, u32> = TtlCache::new(Duration::from_secs(60));
+        c.put("a".into(), 1, 1_000);
+        assert_eq!(c.get(&"a".into(), 60_999), Some(1));
+        assert_eq!(c.get(&"a".into(), 61_000), None);
+        // A clock that went backwards does not make an entry live forever.
+        assert_eq!(c.get(&"a".into(), 0), None);
+    }
+
+    proptest! {
+        #[test]
+        fn auto_approval_is_considered_only_for_allowlisted_roles_within_the_cap(
+            role in prop_oneof![Just("read"), Just("write"), Just("admin")],
+            secs in 1u64..(8 * 3600),
+            channel in prop_oneof![Just("C0INCIDENT".to_string()), "[CDG][0-9A-Z]{8}"],
+        ) {
+            let c = config(ONCALL);
+            let got = could_auto_approve(&c, "prod-db", role, HumanDuration::from_secs(secs), &channel);
+            let expected = role != "admin" && secs <= 7200 && !channel.starts_with('D');
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod fake_slack;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -85,6 +86,9 @@ pub struct Setup {
     pub extra_toml: String,
     /// `[jobs]` table body.
     pub jobs_toml: String,
+    /// Environment variables the configuration names (on-call credentials), passed
+    /// through `Options::env_overrides` instead of the process environment.
+    pub env: BTreeMap<String, String>,
 }
 
 impl Default for Setup {
@@ -94,6 +98,7 @@ impl Default for Setup {
             in_process: true,
             extra_toml: String::new(),
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
+            env: BTreeMap::new(),
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct TestApp {
     pub config_text: String,
     /// Passed to `Options::revoke_removed` at the next boot.
     pub revoke_removed: bool,
+    /// Passed to `Options::env_overrides` at every boot.
+    pub env: BTreeMap<String, String>,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -200,6 +207,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             base: String::new(),
             config_text,
             revoke_removed: false,
+            env: setup.env,
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
         if setup.in_process {
@@ -221,6 +229,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             adapter_overrides: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             revoke_removed: self.revoke_removed,
+            env_overrides: self.env.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = jitgate::start(config, secrets, options, listener)
