@@ -240,14 +240,26 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
                     valid.approval_channel
                 ));
             }
-            Ok(format!(
+            let mut reply = format!(
                 "Request *{}* for `{}:{}` ({}) is waiting for approval in <#{}>. I'll message you when it is decided.",
                 label(id),
                 valid.resource,
                 valid.role,
                 valid.duration,
                 valid.approval_channel
-            ))
+            );
+            if let Some(cap) = crate::oncall::cap_exceeded(
+                &app.config,
+                &valid.resource,
+                &valid.role,
+                valid.duration,
+                &cmd.channel_id,
+            ) {
+                reply.push_str(&format!(
+                    " On-call auto-approval covers at most {cap}; ask for {cap} or less to have it approved on call."
+                ));
+            }
+            Ok(reply)
         }
     }
 }

@@ -48,6 +48,27 @@ pub fn could_auto_approve(config: &Config, resource: &str, role: &str, duration:
             .any(|p| p.allows(resource, role) && duration <= p.max_duration)
 }
 
+/// The longest duration on-call auto-approval would cover, when that is the only thing
+/// that kept this request from being checked (so the reply can say what to ask for).
+pub fn cap_exceeded(
+    config: &Config,
+    resource: &str,
+    role: &str,
+    duration: HumanDuration,
+    channel: &str,
+) -> Option<HumanDuration> {
+    let cap = config
+        .oncall
+        .as_ref()?
+        .policies
+        .iter()
+        .filter(|p| p.allows(resource, role))
+        .map(|p| p.max_duration)
+        .max()?;
+    let shorter = HumanDuration::from_secs(cap.as_secs().min(duration.as_secs()));
+    (duration > cap && could_auto_approve(config, resource, role, shorter, channel)).then_some(cap)
+}
+
 /// Someone on call as a provider names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderUser {
@@ -564,6 +585,18 @@ start = "2020-01-01"
         let c = config(&ONCALL.replace("incident_channel_prefixes = [\"inc-\"]\n", ""));
         assert!(could_auto_approve(&c, "prod-db", "read", h("1h"), "C0INCIDENT"));
         assert!(!could_auto_approve(&c, "prod-db", "read", h("1h"), "C0GENERAL"));
+    }
+
+    #[test]
+    fn the_cap_is_named_only_when_it_alone_stood_in_the_way() {
+        let c = config(ONCALL);
+        assert_eq!(
+            cap_exceeded(&c, "prod-db", "write", h("3h"), "C0INCIDENT"),
+            Some(h("2h"))
+        );
+        assert_eq!(cap_exceeded(&c, "prod-db", "write", h("1h"), "C0INCIDENT"), None);
+        assert_eq!(cap_exceeded(&c, "prod-db", "admin", h("3h"), "C0INCIDENT"), None);
+        assert_eq!(cap_exceeded(&c, "prod-db", "write", h("3h"), "D0DM"), None);
     }
 
     #[test]

@@ -9,4 +9,5 @@ mod delivery;
 mod early_end;
 mod lifecycle;
 mod manifest;
+mod oncall;
 mod security;
