@@ -120,7 +120,7 @@ impl Declined {
 /// What the job decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Approve { policy: String, evidence: Evidence },
+    Approve { policy: String, evidence: Box<Evidence> },
     Decline(Vec<Declined>),
 }
 
@@ -180,7 +180,7 @@ pub async fn run(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                 .and_then(|c| c.policies.iter().find(|p| p.name == policy))
                 .cloned();
             match policy {
-                Some(p) => approve(app, &job, &request, &p, evidence).await,
+                Some(p) => approve(app, &job, &request, &p, *evidence).await,
                 None => decline(app, &job, &request, vec![Declined::NotConfigured]).await,
             }
         }
@@ -315,7 +315,7 @@ pub async fn evaluate(app: &AppState, cfg: &OnCallConfig, request: &RequestRow) 
         };
         return Ok(Decision::Approve {
             policy: policy.name.clone(),
-            evidence,
+            evidence: Box::new(evidence),
         });
     }
     Ok(Decision::Decline(reasons))

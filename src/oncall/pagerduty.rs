@@ -173,10 +173,7 @@ pub async fn on_calls(
                 continue;
             }
             // A schedule filter that PagerDuty ignored must not widen who counts.
-            let schedule_ok = o
-                .schedule
-                .as_ref()
-                .is_some_and(|s| cfg.schedule_ids.iter().any(|id| *id == s.id));
+            let schedule_ok = o.schedule.as_ref().is_some_and(|s| cfg.schedule_ids.contains(&s.id));
             if !schedule_ok {
                 continue;
             }

@@ -257,7 +257,8 @@ fn find<'a>(query: &'a [(String, String)], key: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn page_params(query: &[(String, String)]) -> Result<(usize, usize), Response> {
+/// `limit` and `offset`, or why they are refused.
+fn page_params(query: &[(String, String)]) -> Result<(usize, usize), String> {
     let limit = find(query, "limit")
         .first()
         .map(|l| l.parse::<usize>())
@@ -268,26 +269,21 @@ fn page_params(query: &[(String, String)]) -> Result<(usize, usize), Response> {
         .unwrap_or(Ok(0));
     match (limit, offset) {
         (Ok(l), Ok(o)) if (1..=100).contains(&l) => Ok((l, o)),
-        _ => Err(pd_error(
-            StatusCode::BAD_REQUEST,
-            "Invalid Input Provided",
-            &["limit/offset"],
-        )),
+        _ => Err("limit must be 1 to 100 and offset a number".into()),
     }
 }
 
-fn time_param(query: &[(String, String)], key: &str) -> Result<Option<DateTime<Utc>>, Response> {
+fn invalid(why: &str) -> Response {
+    pd_error(StatusCode::BAD_REQUEST, "Invalid Input Provided", &[why])
+}
+
+/// An ISO 8601 date parameter, or why it is refused.
+fn time_param(query: &[(String, String)], key: &str) -> Result<Option<DateTime<Utc>>, String> {
     match find(query, key).first() {
         None => Ok(None),
         Some(v) => DateTime::parse_from_rfc3339(v)
             .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| {
-                pd_error(
-                    StatusCode::BAD_REQUEST,
-                    "Invalid Input Provided",
-                    &[&format!("{key} is not a date")],
-                )
-            }),
+            .map_err(|_| format!("{key} is not a date")),
     }
 }
 
@@ -298,7 +294,7 @@ async fn pd_oncalls(State(inner): State<Pd>, headers: HeaderMap, RawQuery(raw): 
     }
     let (limit, offset) = match page_params(&query) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(why) => return invalid(&why),
     };
     let (since, until) = match (time_param(&query, "since"), time_param(&query, "until")) {
         (Ok(Some(s)), Ok(Some(u))) => (s, u),
@@ -355,7 +351,7 @@ async fn pd_incidents(State(inner): State<Pd>, headers: HeaderMap, RawQuery(raw)
     }
     let (limit, offset) = match page_params(&query) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(why) => return invalid(&why),
     };
     let statuses = find(&query, "statuses[]");
     let users = find(&query, "user_ids[]");
@@ -491,8 +487,8 @@ async fn og_on_calls(
     if let Some(r) = scripted(mode).await {
         return r;
     }
-    if let Err(r) = time_param(&query, "date") {
-        return r;
+    if let Err(why) = time_param(&query, "date") {
+        return og_error(StatusCode::UNPROCESSABLE_ENTITY, &why);
     }
     let by_name = find(&query, "scheduleIdentifierType").first() == Some(&"name");
     let g = inner.lock().unwrap();
