@@ -347,7 +347,8 @@ async fn extend(
     })
 }
 
-async fn list(app: &AppState, user: &str) -> anyhow::Result<String> {
+/// The caller's pending requests and live grants, as `/jit list` and the Home tab show them.
+pub async fn list(app: &AppState, user: &str) -> anyhow::Result<String> {
     let mut conn = app.db.read.acquire().await?;
     let pending = store::pending_requests_of(&mut conn, user).await?;
     let grants = store::live_grants_of(&mut conn, user).await?;

@@ -27,6 +27,7 @@ pub struct Config {
     pub slack: SlackConfig,
     pub requests: RequestsConfig,
     pub jobs: JobsConfig,
+    pub reconcile: ReconcileConfig,
     pub resources: Vec<Resource>,
     pub adapters: BTreeMap<String, AdapterConfig>,
     /// `[oncall]`: auto-approval for people on call; `None` when absent.
@@ -37,6 +38,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// How long running adapter calls may take to finish at shutdown.
+    pub shutdown_grace: HumanDuration,
 }
 
 /// `[database]`
@@ -82,6 +85,16 @@ pub struct JobsConfig {
     pub concurrency: usize,
 }
 
+/// `[reconcile]`: comparing what adapters have granted with what the database says.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// How often; `None` ("off") turns the periodic pass off.
+    pub interval: Option<HumanDuration>,
+    /// Channel ID for reports (a security channel); only the audit log and the process
+    /// log when unset.
+    pub channel: Option<String>,
+}
+
 /// One `[[resources]]` entry.
 #[derive(Debug, Clone)]
 pub struct Resource {
@@ -114,6 +127,8 @@ impl Resource {
 pub enum AdapterConfig {
     /// Runs a program.
     Exec(ExecAdapterConfig),
+    /// Calls a signed HTTPS webhook.
+    Webhook(WebhookAdapterConfig),
     /// Does nothing; for trying jitgate out and for benchmarks.
     Noop,
 }
@@ -123,6 +138,7 @@ impl AdapterConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             AdapterConfig::Exec(_) => "exec",
+            AdapterConfig::Webhook(_) => "webhook",
             AdapterConfig::Noop => "noop",
         }
     }
@@ -137,6 +153,31 @@ pub struct ExecAdapterConfig {
     pub timeout: HumanDuration,
     /// Extra environment variables for the program.
     pub env: BTreeMap<String, String>,
+}
+
+/// `type = "webhook"`
+#[derive(Clone)]
+pub struct WebhookAdapterConfig {
+    /// Where calls are POSTed: https, or http to a loopback address.
+    pub url: String,
+    /// The environment variable holding the shared signing secret (never the secret itself).
+    pub secret_env: String,
+    /// The whole exchange (connect, send, read the answer) must finish within this.
+    pub timeout: HumanDuration,
+    /// Extra static headers sent with every call; names are valid and none is set by jitgate.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for WebhookAdapterConfig {
+    // Header values may hold a gateway token; only their names are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookAdapterConfig")
+            .field("url", &self.url)
+            .field("secret_env", &self.secret_env)
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// A configuration that cannot be used, with every problem found.
@@ -181,6 +222,8 @@ struct RawConfig {
     #[serde(default)]
     jobs: RawJobs,
     #[serde(default)]
+    reconcile: RawReconcile,
+    #[serde(default)]
     resources: Vec<RawResource>,
     #[serde(default)]
     adapters: BTreeMap<String, toml::Table>,
@@ -193,12 +236,14 @@ struct RawConfig {
 struct RawServer {
     #[serde(default = "default_listen")]
     listen: String,
+    shutdown_grace: Option<HumanDuration>,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            shutdown_grace: None,
         }
     }
 }
@@ -249,6 +294,13 @@ struct RawJobs {
     concurrency: Option<usize>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    interval: Option<String>,
+    channel: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawResource {
@@ -283,6 +335,16 @@ struct RawExec {
     timeout: Option<HumanDuration>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Option<String>,
+    secret_env: Option<String>,
+    timeout: Option<HumanDuration>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -397,7 +459,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         problems.push("jobs.concurrency: must be between 1 and 256".into());
     }
 
+    let reconcile = ReconcileConfig {
+        interval: match raw.reconcile.interval.as_deref().map(str::trim) {
+            None => Some(HumanDuration::from_secs(3600)),
+            Some("off") | Some("never") => None,
+            Some(text) => match text.parse() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(format!("reconcile.interval: {e}, or \"off\""));
+                    None
+                }
+            },
+        },
+        channel: raw.reconcile.channel,
+    };
+    if let Some(c) = &reconcile.channel {
+        if !is_slack_id(c, &['C', 'G']) {
+            problems.push(format!(
+                "reconcile.channel: `{c}` is not a Slack channel ID; use the ID like \"C0123ABCD\", not the #name"
+            ));
+        }
+    }
+
     let mut adapters = BTreeMap::new();
+    // Adapters defined but invalid: their problems are already reported, so resources
+    // using them are not also told the adapter is unknown.
+    let mut invalid_adapters = HashSet::new();
     for (name, table) in raw.adapters {
         let key = format!("adapters.{name}");
         if !is_name(&name) {
@@ -409,7 +496,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             Ok(a) => {
                 adapters.insert(name, a);
             }
-            Err(mut p) => problems.append(&mut p),
+            Err(mut p) => {
+                problems.append(&mut p);
+                invalid_adapters.insert(name);
+            }
         }
     }
 
@@ -506,7 +596,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 distinct_approvers.len()
             ));
         }
-        if !adapters.contains_key(&r.adapter) {
+        if !adapters.contains_key(&r.adapter) && !invalid_adapters.contains(&r.adapter) {
             let known: Vec<_> = adapters.keys().cloned().collect();
             problems.push(format!(
                 "{key}.adapter: unknown adapter `{}`; define [adapters.{}] or use one of: {}",
@@ -544,15 +634,36 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         path: path.to_path_buf(),
-        server: ServerConfig { listen },
+        server: ServerConfig {
+            listen,
+            shutdown_grace: raw.server.shutdown_grace.unwrap_or(HumanDuration::from_secs(20)),
+        },
         database,
         slack: SlackConfig { api_url, command },
         requests,
         jobs,
+        reconcile,
         resources,
         adapters,
         oncall,
     })
+}
+
+/// Applies environment overrides: `SLACK_API_URL` replaces `[slack] api_url`.
+pub fn apply_env(mut config: Config) -> Result<Config, ConfigError> {
+    if let Some(url) = std::env::var("SLACK_API_URL").ok().filter(|u| !u.trim().is_empty()) {
+        let url = url.trim().trim_end_matches('/').to_string();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ConfigError {
+                path: config.path.clone(),
+                problems: vec![format!(
+                    "SLACK_API_URL: `{url}` must start with https://, like {DEFAULT_SLACK_API_URL}"
+                )],
+            });
+        }
+        config.slack.api_url = url;
+    }
+    Ok(config)
 }
 
 impl Config {
@@ -565,7 +676,7 @@ impl Config {
 fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Result<AdapterConfig, Vec<String>> {
     let Some(kind) = table.remove("type") else {
         return Err(vec![format!(
-            "{key}.type: missing; write type = \"exec\" (or \"noop\")"
+            "{key}.type: missing; write type = \"exec\" (or \"webhook\", \"noop\")"
         )]);
     };
     let kind = kind.as_str().unwrap_or_default().to_string();
@@ -621,6 +732,7 @@ fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Res
                 env: raw.env,
             }))
         }
+        "webhook" => webhook_from_value(key, value).map(AdapterConfig::Webhook),
         "noop" => {
             let _: RawNoop = value
                 .try_into()
@@ -628,9 +740,143 @@ fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Res
             Ok(AdapterConfig::Noop)
         }
         other => Err(vec![format!(
-            "{key}.type: unknown adapter type `{other}`; use \"exec\" or \"noop\""
+            "{key}.type: unknown adapter type `{other}`; use \"exec\", \"webhook\" or \"noop\""
         )]),
     }
+}
+
+/// Headers jitgate sets itself on webhook calls (names compared in lower case; every
+/// `x-jitgate-*` name is reserved too).
+const WEBHOOK_RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "host",
+    "user-agent",
+    "idempotency-key",
+];
+
+fn webhook_from_value(key: &str, value: toml::Value) -> Result<WebhookAdapterConfig, Vec<String>> {
+    // The most likely mistake gets its own answer rather than "unknown field".
+    if value.get("secret").is_some() {
+        return Err(vec![format!(
+            "{key}.secret: the signing secret must not be in the file; put it in an environment \
+             variable and name that variable instead, like secret_env = \"JITGATE_WEBHOOK_SECRET\""
+        )]);
+    }
+    let raw: RawWebhook = value
+        .try_into()
+        .map_err(|e: toml::de::Error| vec![format!("{key}: {}", e.message())])?;
+    let mut problems = Vec::new();
+    let url = match raw.url.as_deref().map(str::trim) {
+        None | Some("") => {
+            problems.push(format!(
+                "{key}.url: missing; write the receiver's address, like url = \"https://access.example.com/jitgate\""
+            ));
+            String::new()
+        }
+        Some(text) => match check_webhook_url(text) {
+            Ok(url) => url,
+            Err(fix) => {
+                problems.push(format!("{key}.url: `{text}` {fix}"));
+                String::new()
+            }
+        },
+    };
+    let secret_env = raw.secret_env.unwrap_or_default().trim().to_string();
+    if secret_env.is_empty() {
+        problems.push(format!(
+            "{key}.secret_env: missing; name the environment variable that holds the shared signing \
+             secret, like secret_env = \"JITGATE_WEBHOOK_SECRET\" (the secret itself never goes in the file)"
+        ));
+    } else if !is_env_name(&secret_env) {
+        problems.push(format!(
+            "{key}.secret_env: `{secret_env}` is not an environment variable name; use letters, digits \
+             and _, like \"JITGATE_WEBHOOK_SECRET\""
+        ));
+    } else if secret_env.starts_with("SLACK_") {
+        // A receiver holding Slack's signing secret could forge Slack requests to jitgate.
+        problems.push(format!(
+            "{key}.secret_env: `{secret_env}` must not be a Slack secret; give the webhook its own \
+             secret, like secret_env = \"JITGATE_WEBHOOK_SECRET\""
+        ));
+    }
+    let timeout = raw.timeout.unwrap_or(HumanDuration::from_secs(10));
+    if timeout > HumanDuration::from_secs(300) {
+        problems.push(format!(
+            "{key}.timeout: {timeout} is too long; at most 5m (a call holds one of jobs.concurrency slots)"
+        ));
+    }
+    for (name, value) in &raw.headers {
+        let lower = name.to_ascii_lowercase();
+        if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.push(format!(
+                "{key}.headers: `{name}` is not a header name; use letters, digits and -, like \"X-Team\""
+            ));
+        } else if WEBHOOK_RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-jitgate-") {
+            problems.push(format!("{key}.headers: `{name}` is set by jitgate; remove it"));
+        }
+        if hyper::header::HeaderValue::from_str(value).is_err() {
+            problems.push(format!(
+                "{key}.headers.{name}: the value must be visible ASCII text on one line"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(WebhookAdapterConfig {
+        url,
+        secret_env,
+        timeout,
+        headers: raw.headers,
+    })
+}
+
+/// The URL as jitgate will call it, or what is wrong with it (said after the URL).
+fn check_webhook_url(text: &str) -> Result<String, String> {
+    let example = "write it like \"https://access.example.com/jitgate\"";
+    let url = url::Url::parse(text).map_err(|e| format!("is not a URL ({e}); {example}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if !loopback {
+                return Err(
+                    "uses plain http, which is only allowed to this machine (127.0.0.1, [::1], \
+                            localhost); use https://"
+                        .into(),
+                );
+            }
+        }
+        other => return Err(format!("has the scheme `{other}`; use https://, {example}")),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "holds credentials, which would end up in logs; remove the `user:password@` part \
+                    (receivers authenticate jitgate by the X-Jitgate-Signature header)"
+                .into(),
+        );
+    }
+    let mut url = url;
+    url.set_fragment(None);
+    let normalized = url.to_string();
+    normalized
+        .parse::<hyper::Uri>()
+        .map_err(|e| format!("cannot be used for HTTP ({e}); {example}"))?;
+    Ok(normalized)
+}
+
+/// A portable environment variable name.
+fn is_env_name(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(unix)]

@@ -113,16 +113,17 @@ async fn load(app: &AppState, request_id: i64) -> anyhow::Result<(RequestRow, Op
     Ok((request, grant))
 }
 
-fn context(grant: &GrantRow, request: &RequestRow, expires_at_ms: i64) -> GrantContext {
+/// What the adapter is told about `grant`, due to end at `expires_at_ms`.
+pub(crate) fn context(grant: &GrantRow, reason: &str, expires_at_ms: i64) -> GrantContext {
     GrantContext {
         grant_id: grant.id,
-        request_id: request.id,
+        request_id: grant.request_id,
         user_id: grant.user_id.clone(),
         resource: grant.resource.clone(),
         role: grant.role.clone(),
         duration_secs: grant.duration_secs,
         expires_at: DateTime::from_timestamp_millis(expires_at_ms).unwrap_or_default(),
-        reason: request.reason.clone(),
+        reason: reason.to_string(),
         state: grant.adapter_state.clone(),
     }
 }
@@ -149,7 +150,7 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let started = app.now_ms();
     let planned_expiry = started + grant.duration_secs * 1000;
     let result = match app.adapters.get(&grant.adapter) {
-        Some(adapter) => adapter.grant(&context(&grant, &request, planned_expiry)).await,
+        Some(adapter) => adapter.grant(&context(&grant, &request.reason, planned_expiry)).await,
         None => Err(AdapterError::Temporary(format!(
             "adapter `{}` is not in the configuration",
             grant.adapter
@@ -298,7 +299,7 @@ async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     }
     let due = grant.expires_at.unwrap_or(job.run_at);
     let result = match &adapter {
-        Some(adapter) => adapter.revoke(&context(&grant, &request, due)).await,
+        Some(adapter) => adapter.revoke(&context(&grant, &request.reason, due)).await,
         None => Err(AdapterError::Temporary(format!(
             "adapter `{}` is not in the configuration; restore it so the access can be revoked",
             grant.adapter
@@ -574,7 +575,7 @@ async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     }
     let new_expiry = grant.expires_at.unwrap_or_default() + add * 1000;
     let result = match app.adapters.get(&grant.adapter) {
-        Some(adapter) => adapter.extend(&context(&grant, &original, new_expiry)).await,
+        Some(adapter) => adapter.extend(&context(&grant, &original.reason, new_expiry)).await,
         None => Err(AdapterError::Temporary(format!(
             "adapter `{}` is not in the configuration",
             grant.adapter

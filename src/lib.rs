@@ -11,8 +11,10 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod grants;
+pub mod home;
 pub mod http;
 pub mod oncall;
+pub mod reconcile;
 pub mod requests;
 pub mod scheduler;
 pub mod slack;
@@ -83,6 +85,7 @@ pub struct AppState {
     pub(crate) outbox_wake: Arc<Notify>,
     pub(crate) job_permits: Arc<Semaphore>,
     pub(crate) access_locks: Arc<grants::AccessLocks>,
+    pub(crate) seen_events: Arc<home::SeenEvents>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -174,58 +177,42 @@ impl Running {
     }
 }
 
-/// Opens the database, resumes interrupted work, and serves on `listener`.
-pub async fn start(
+/// Opens (and migrates) the database and builds the state, starting nothing. One-off
+/// commands such as `jitgate reconcile` use this; `start` builds on it.
+pub async fn build(
     config: Config,
     secrets: Secrets,
-    options: Options,
-    listener: TcpListener,
-) -> anyhow::Result<Running> {
-    // Credentials first: a missing one stops start-up before anything is touched.
-    let env = |name: &str| {
-        options
-            .env_overrides
-            .get(name)
-            .cloned()
-            .or_else(|| std::env::var(name).ok())
-    };
+    clock: SharedClock,
+    adapter_overrides: Vec<(String, Arc<dyn Adapter>)>,
+) -> anyhow::Result<AppState> {
+    build_with_env(config, secrets, clock, adapter_overrides, &BTreeMap::new()).await
+}
+
+/// [`build`], looking up the environment variables the configuration names (on-call
+/// credentials) in `env_overrides` before the process environment.
+pub async fn build_with_env(
+    config: Config,
+    secrets: Secrets,
+    clock: SharedClock,
+    adapter_overrides: Vec<(String, Arc<dyn Adapter>)>,
+    env_overrides: &BTreeMap<String, String>,
+) -> anyhow::Result<AppState> {
+    // Adapters first: a missing adapter secret fails before anything is touched.
+    let mut adapters = Adapters::from_config(&config)?;
+    // Likewise a missing on-call credential.
+    let env = |name: &str| env_overrides.get(name).cloned().or_else(|| std::env::var(name).ok());
     let oncall = oncall::OnCall::new(config.oncall.as_ref(), &env)
         .with_context(|| format!("on-call sources in {}", config.path.display()))?;
     let db = Db::open(&config.database.url).await?;
-    {
-        let mut conn = db.write.acquire().await?;
-        let resumed = store::recover_running_jobs(&mut conn).await?;
-        if resumed > 0 {
-            tracing::warn!(jobs = resumed, "resuming jobs interrupted by the last stop");
-        }
-    }
-    let stranded = {
-        let mut conn = db.read.acquire().await?;
-        grants::stranded(&config, &store::live_grants(&mut conn).await?)
-    };
-    let to_revoke: Vec<i64> = stranded.iter().filter(|s| s.revocable).map(|s| s.request_id).collect();
-    if stranded.iter().any(|s| !s.revocable) || (!stranded.is_empty() && !options.revoke_removed) {
-        let list: Vec<String> = stranded.iter().map(|s| format!("  - {}", s.description)).collect();
-        db.close().await;
-        anyhow::bail!(
-            "{}: grants still in force depend on configuration that was removed:\n{}\n\
-             Put the resources and adapters back until these grants have ended, or run \
-             `jitgate serve --revoke-removed` to revoke grants of removed resources now \
-             (their adapters must still be configured).",
-            config.path.display(),
-            list.join("\n")
-        );
-    }
-    let mut adapters = Adapters::from_config(&config);
-    for (name, adapter) in options.adapter_overrides {
+    for (name, adapter) in adapter_overrides {
         adapters.insert(&name, adapter);
     }
     let concurrency = config.jobs.concurrency;
-    let state = AppState {
+    Ok(AppState {
         slack: SlackApi::new(&config.slack.api_url, &secrets.bot_token),
         config: Arc::new(config),
         db,
-        clock: options.clock,
+        clock,
         adapters: Arc::new(adapters),
         oncall: Arc::new(oncall),
         signing_secret: Arc::from(secrets.signing_secret.into_bytes()),
@@ -233,22 +220,66 @@ pub async fn start(
         outbox_wake: Arc::new(Notify::new()),
         job_permits: Arc::new(Semaphore::new(concurrency)),
         access_locks: Arc::new(grants::AccessLocks::default()),
+        seen_events: Arc::new(home::SeenEvents::default()),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
+    })
+}
+
+/// Opens the database, resumes interrupted work, and serves on `listener`.
+pub async fn start(
+    config: Config,
+    secrets: Secrets,
+    options: Options,
+    listener: TcpListener,
+) -> anyhow::Result<Running> {
+    let state = build_with_env(
+        config,
+        secrets,
+        options.clock,
+        options.adapter_overrides,
+        &options.env_overrides,
+    )
+    .await?;
+    {
+        let mut conn = state.db.write.acquire().await?;
+        let resumed = store::recover_running_jobs(&mut conn).await?;
+        if resumed > 0 {
+            tracing::warn!(jobs = resumed, "resuming jobs interrupted by the last stop");
+        }
+    }
+    let stranded = {
+        let mut conn = state.db.read.acquire().await?;
+        grants::stranded(&state.config, &store::live_grants(&mut conn).await?)
     };
-    for id in to_revoke {
+    if stranded.iter().any(|s| !s.revocable) || (!stranded.is_empty() && !options.revoke_removed) {
+        let list: Vec<String> = stranded.iter().map(|s| format!("  - {}", s.description)).collect();
+        state.db.close().await;
+        anyhow::bail!(
+            "{}: grants still in force depend on configuration that was removed:\n{}\n\
+             Put the resources and adapters back until these grants have ended, or run \
+             `jitgate serve --revoke-removed` to revoke grants of removed resources now \
+             (their adapters must still be configured).",
+            state.config.path.display(),
+            list.join("\n")
+        );
+    }
+    for s in stranded {
         tracing::warn!(
-            request = id,
+            request = s.request_id,
             "revoking a grant whose resource was removed from the configuration"
         );
-        if let Err(refused) = grants::revoke_early(&state, id, audit::SYSTEM_ACTOR).await? {
-            tracing::warn!(request = id, ?refused, "nothing to revoke");
+        if let Err(refused) = grants::revoke_early(&state, s.request_id, audit::SYSTEM_ACTOR).await? {
+            tracing::warn!(request = s.request_id, ?refused, "nothing to revoke");
         }
     }
     // Overdue revokes first: claim what is due before the first request is served.
     scheduler::claim_and_spawn(&state, state.now_ms()).await?;
     state.tasks.spawn(scheduler::run(state.clone()));
     state.tasks.spawn(slack::outbox::run(state.clone()));
+    state
+        .tasks
+        .spawn(reconcile::run_periodically(state.clone(), state.clock.now()));
 
     let addr = listener.local_addr()?;
     let app = http::router(state.clone());

@@ -28,6 +28,13 @@ enum Command {
     },
     /// Check the configuration file and exit (non-zero if it has problems).
     CheckConfig,
+    /// Compare what adapters have granted with the database once: revoke access nobody
+    /// holds a grant for and report grants whose access is missing.
+    Reconcile {
+        /// Report only; revoke nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
@@ -64,7 +71,7 @@ fn init_tracing() {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let config = match config::load(&cli.config) {
+    let config = match config::load(&cli.config).and_then(config::apply_env) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
@@ -94,6 +101,7 @@ async fn main() -> ExitCode {
         }
         Command::Serve { revoke_removed } => serve(config, revoke_removed).await,
         Command::Audit { command } => audit(config, command).await,
+        Command::Reconcile { dry_run } => reconcile(config, dry_run).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +121,7 @@ async fn serve(config: config::Config, revoke_removed: bool) -> anyhow::Result<(
         .with_context(|| format!("cannot listen on {listen} (server.listen in {})", config.path.display()))?;
     let options = jitgate::Options {
         revoke_removed,
+        shutdown_grace: config.server.shutdown_grace.to_std(),
         ..jitgate::Options::default()
     };
     let running = jitgate::start(config, secrets, options, listener).await?;
@@ -123,6 +132,32 @@ async fn serve(config: config::Config, revoke_removed: bool) -> anyhow::Result<(
         token.cancel();
     });
     running.until_shutdown().await
+}
+
+async fn reconcile(config: config::Config, dry_run: bool) -> anyhow::Result<()> {
+    // Reconciling makes no Slack call (reports are queued for the running bot to send).
+    let secrets = jitgate::Secrets::from_env().unwrap_or(jitgate::Secrets {
+        bot_token: String::new(),
+        signing_secret: String::new(),
+    });
+    let clock: jitgate::clock::SharedClock = std::sync::Arc::new(jitgate::clock::SystemClock);
+    let state = jitgate::build(config, secrets, clock, Vec::new()).await?;
+    let report = jitgate::reconcile::run(&state, dry_run).await?;
+    println!(
+        "reconciliation{}: {} adapter{}, {} active grant{} checked, {} finding{}",
+        if dry_run { " (dry run)" } else { "" },
+        report.adapters_checked,
+        if report.adapters_checked == 1 { "" } else { "s" },
+        report.grants_checked,
+        if report.grants_checked == 1 { "" } else { "s" },
+        report.findings.len(),
+        if report.findings.len() == 1 { "" } else { "s" },
+    );
+    for f in &report.findings {
+        println!("  - {}", f.describe());
+    }
+    state.db.close().await;
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -6,6 +6,7 @@
 
 pub mod conformance;
 pub mod exec;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -126,20 +127,26 @@ pub struct Adapters {
 }
 
 impl Adapters {
-    /// Builds every adapter named in the configuration.
-    pub fn from_config(config: &Config) -> Self {
+    /// Builds every adapter named in the configuration. Fails at start-up, naming the file,
+    /// the key and the fix, when something outside the file is missing (like a secret in the
+    /// environment), rather than at the first grant or, worse, the first revoke.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let by_name = config
             .adapters
             .iter()
             .map(|(name, cfg)| {
                 let adapter: Arc<dyn Adapter> = match cfg {
                     AdapterConfig::Exec(c) => Arc::new(exec::ExecAdapter::new(name, c.clone())),
+                    AdapterConfig::Webhook(c) => Arc::new(
+                        webhook::WebhookAdapter::from_env(name, c)
+                            .map_err(|fix| anyhow::anyhow!("{}: {fix}", config.path.display()))?,
+                    ),
                     AdapterConfig::Noop => Arc::new(NoopAdapter),
                 };
-                (name.clone(), adapter)
+                Ok((name.clone(), adapter))
             })
-            .collect();
-        Self { by_name }
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { by_name })
     }
 
     /// The adapter called `name`.

@@ -142,6 +142,15 @@ impl SlackApi {
         Ok(())
     }
 
+    /// Replaces a person's Home tab.
+    pub async fn publish_home(&self, user: &str, view: SlackHomeView) -> Result<(), SlackCallError> {
+        let session = self.client.open_session(&self.token);
+        session
+            .views_publish(&SlackApiViewsPublishRequest::new(user.into(), SlackView::Home(view)))
+            .await?;
+        Ok(())
+    }
+
     /// The members of a user group.
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackCallError> {
         let session = self.client.open_session(&self.token);

@@ -10,4 +10,5 @@ mod early_end;
 mod lifecycle;
 mod manifest;
 mod oncall;
+mod reconcile;
 mod security;

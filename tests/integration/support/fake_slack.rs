@@ -216,6 +216,13 @@ async fn api_post(
             };
             json!({"ok": true, "channel": channel, "ts": ts, "message": {"ts": ts, "type": "message", "text": body["text"]}})
         }
+        "views.publish" => {
+            let mut view = body["view"].clone();
+            view["id"] = json!("V0HOME");
+            view["team_id"] = json!("T0TEAM");
+            view["hash"] = json!("1700000000.abc");
+            json!({"ok": true, "view": view})
+        }
         "chat.update" => {
             json!({"ok": true, "channel": channel, "ts": body["ts"], "text": body["text"], "message": {"text": body["text"]}})
         }

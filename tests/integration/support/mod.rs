@@ -86,6 +86,8 @@ pub struct Setup {
     pub extra_toml: String,
     /// `[jobs]` table body.
     pub jobs_toml: String,
+    /// Adapters to use instead of the configured ones, by name.
+    pub adapters: Vec<(String, Arc<dyn jitgate::adapters::Adapter>)>,
     /// Environment variables the configuration names (on-call credentials), passed
     /// through `Options::env_overrides` instead of the process environment.
     pub env: BTreeMap<String, String>,
@@ -98,6 +100,7 @@ impl Default for Setup {
             in_process: true,
             extra_toml: String::new(),
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
+            adapters: Vec::new(),
             env: BTreeMap::new(),
         }
     }
@@ -113,6 +116,7 @@ pub struct TestApp {
     pub config_text: String,
     /// Passed to `Options::revoke_removed` at the next boot.
     pub revoke_removed: bool,
+    adapters: Vec<(String, Arc<dyn jitgate::adapters::Adapter>)>,
     /// Passed to `Options::env_overrides` at every boot.
     pub env: BTreeMap<String, String>,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
@@ -156,6 +160,7 @@ remind_after = "off"
 
 [jobs]
 {jobs}
+{reconcile}
 
 [[resources]]
 name = "prod-db"
@@ -197,6 +202,11 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             script = script.display(),
             log = dir.path().join("adapter.log").display(),
             flags = dir.path().display(),
+            reconcile = if setup.extra_toml.contains("[reconcile]") {
+                ""
+            } else {
+                "[reconcile]\ninterval = \"off\"\n"
+            },
             extra = setup.extra_toml,
         );
         let mut app = Self {
@@ -207,6 +217,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             base: String::new(),
             config_text,
             revoke_removed: false,
+            adapters: setup.adapters,
             env: setup.env,
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
@@ -226,7 +237,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
         };
         let options = jitgate::Options {
             clock: self.clock.shared(),
-            adapter_overrides: Vec::new(),
+            adapter_overrides: self.adapters.clone(),
             shutdown_grace: Duration::from_secs(10),
             revoke_removed: self.revoke_removed,
             env_overrides: self.env.clone(),
