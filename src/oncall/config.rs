@@ -920,6 +920,43 @@ end = "2025-12-27T09:00"
         );
     }
 
+    /// The README's on-call examples, each a complete `[oncall]` setup once it has an
+    /// incident channel setting.
+    #[test]
+    fn the_readme_examples_are_valid() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## On-call auto-approval")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has the on-call section");
+        let base = BASE.replace(
+            "[adapters.demo]",
+            "[[resources]]\nname = \"k8s-prod\"\nroles = [\"view\", \"admin\"]\napproval_channel = \"C0APPROVALS\"\n\
+             approvers = [\"U0APPROVER1\"]\nadapter = \"demo\"\n\n[adapters.demo]",
+        );
+        let mut examples = 0;
+        for block in section.split("```toml").skip(1) {
+            let toml = block.split("```").next().unwrap();
+            let toml = if toml.trim_start().starts_with("[oncall]") {
+                toml.to_string()
+            } else {
+                format!("[oncall]\nincident_channels = [\"C0INCIDENT\"]\n{toml}")
+            };
+            let parsed = crate::config::parse(Path::new("README.md"), &format!("{base}{toml}"));
+            assert!(
+                parsed.is_ok(),
+                "README example does not load:\n{toml}\n{}",
+                parsed.unwrap_err()
+            );
+            examples += 1;
+        }
+        assert_eq!(examples, 3, "one example per source type");
+        let json = section.split("```json").nth(1).unwrap().split("```").next().unwrap();
+        let evidence: crate::oncall::Evidence = serde_json::from_str(json).unwrap();
+        assert_eq!(evidence.schedule, "Primary DB");
+    }
+
     #[test]
     fn rate_limit_zero_is_refused() {
         let p = problems(&ONCALL.replace("rate_limit = 2", "rate_limit = 0"));
