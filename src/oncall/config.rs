@@ -653,7 +653,7 @@ fn static_rotation(key: &str, raw: RawStatic, problems: &mut Vec<String>) -> Opt
     };
     let rotation_length = raw.rotation_length.unwrap_or(HumanDuration::from_secs(7 * 86_400));
     let rotation_days = rotation_length.as_secs() / 86_400;
-    if !rotation_length.as_secs().is_multiple_of(86_400) {
+    if rotation_length.as_secs() % 86_400 != 0 {
         problems.push(format!(
             "{key}.rotation_length: `{rotation_length}` is not a whole number of days; shifts hand off at \
              handoff_time, so write \"1d\", \"7d\" or \"14d\""
@@ -662,7 +662,7 @@ fn static_rotation(key: &str, raw: RawStatic, problems: &mut Vec<String>) -> Opt
     if let Some(text) = &raw.handoff_weekday {
         match text.parse::<Weekday>() {
             Ok(day) => {
-                if !rotation_length.as_secs().is_multiple_of(7 * 86_400) {
+                if rotation_length.as_secs() % (7 * 86_400) != 0 {
                     problems.push(format!(
                         "{key}.handoff_weekday: a handoff on {day} needs whole weeks in rotation_length \
                          (\"7d\", \"14d\"), not `{rotation_length}`"
