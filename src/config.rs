@@ -31,6 +31,8 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     pub resources: Vec<Resource>,
     pub adapters: BTreeMap<String, AdapterConfig>,
+    /// `[oncall]`: auto-approval for people on call; `None` when absent.
+    pub oncall: Option<crate::oncall::OnCallConfig>,
 }
 
 /// `[server]`
@@ -229,6 +231,8 @@ struct RawConfig {
     resources: Vec<RawResource>,
     #[serde(default)]
     adapters: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    oncall: Option<crate::oncall::config::RawOnCall>,
 }
 
 #[derive(Deserialize)]
@@ -633,6 +637,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         });
     }
 
+    let oncall = raw
+        .oncall
+        .and_then(|o| crate::oncall::config::validate(o, &resources, &mut problems));
+
     if !problems.is_empty() {
         return Err(fail(problems));
     }
@@ -649,6 +657,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         reconcile,
         resources,
         adapters,
+        oncall,
     })
 }
 

@@ -136,7 +136,13 @@ pub struct Requester {
 
 /// Stores a validated request with its audit entry, its card and its time-out, in one
 /// commit. Returns the new request id.
+///
+/// When an on-call policy could approve it (see [`crate::oncall::could_auto_approve`]; a
+/// look at the configuration only), the card is not queued: an `auto_approve` job due now
+/// checks on-call status outside the request path and then approves or posts the card.
 pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyhow::Result<i64> {
+    let on_call_check =
+        crate::oncall::could_auto_approve(&app.config, &req.resource, &req.role, req.duration, &who.channel_id);
     let new = NewRequest {
         requester_id: who.user_id.clone(),
         team_id: who.team_id.clone(),
@@ -151,12 +157,13 @@ pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyh
         kind: store::RequestKind::Access,
         extends_request_id: None,
     };
-    insert_pending(app, &new).await
+    insert_pending(app, &new, on_call_check).await
 }
 
-/// Stores a pending request (access or extension), its audit entry, its card, its time-out
+/// Stores a pending request (access or extension), its audit entry, its card (or, with
+/// `on_call_check`, the `auto_approve` job that decides whether to post it), its time-out
 /// and its reminder in one transaction.
-async fn insert_pending(app: &AppState, new: &NewRequest) -> anyhow::Result<i64> {
+async fn insert_pending(app: &AppState, new: &NewRequest, on_call_check: bool) -> anyhow::Result<i64> {
     let now = new.created_at;
     let mut tx = app.db.begin().await?;
     let id = store::insert_request(&mut tx, new).await?;
@@ -179,10 +186,15 @@ async fn insert_pending(app: &AppState, new: &NewRequest) -> anyhow::Result<i64>
             "approval_channel": new.approval_channel,
             "approvals_required": new.approvals_required,
             "extends": new.extends_request_id.map(label),
+            "on_call_check": on_call_check,
         }),
     )
     .await?;
-    store::enqueue(&mut tx, &Outgoing::post_card(id), now).await?;
+    if on_call_check {
+        store::insert_job(&mut tx, id, JobKind::AutoApprove, now, now).await?;
+    } else {
+        store::enqueue(&mut tx, &Outgoing::post_card(id), now).await?;
+    }
     let timeout_at = now + app.config.requests.pending_timeout.as_secs() as i64 * 1000;
     store::insert_job(&mut tx, id, JobKind::ExpireRequest, timeout_at, now).await?;
     if let Some(remind) = app.config.requests.remind_after {
@@ -223,7 +235,7 @@ pub async fn create_extension(
         extends_request_id: Some(original.id),
     };
     if !resource.self_extend {
-        return insert_pending(app, &new).await;
+        return insert_pending(app, &new, false).await;
     }
     let mut tx = app.db.begin().await?;
     let id = store::insert_request(&mut tx, &new).await?;
