@@ -302,8 +302,12 @@ pub async fn cancel(app: &AppState, request_id: i64, user: &str) -> anyhow::Resu
     }
     store::cancel_job(&mut tx, request_id, JobKind::ExpireRequest, now).await?;
     store::cancel_job(&mut tx, request_id, JobKind::Remind, now).await?;
+    // Withdrawn while the on-call check was pending: no card exists, none will.
+    store::cancel_job(&mut tx, request_id, JobKind::AutoApprove, now).await?;
     audit::append(&mut tx, now, user, "request.cancelled", Some(request_id), json!({})).await?;
-    store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
+    if r.card_ts.is_some() || store::card_post_pending(&mut tx, request_id).await? {
+        store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
+    }
     tx.commit().await?;
     app.wake_outbox();
     Ok(true)

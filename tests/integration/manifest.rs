@@ -25,9 +25,23 @@ fn slack_app_manifest_matches_the_public_schema() {
         .iter()
         .map(|s| s.as_str().unwrap())
         .collect();
-    for needed in ["commands", "chat:write", "chat:write.public", "usergroups:read"] {
+    for needed in [
+        "commands",
+        "chat:write",
+        "chat:write.public",
+        "usergroups:read",
+        "channels:read",
+        "groups:read",
+        "users:read",
+        "users:read.email",
+    ] {
         assert!(scopes.contains(&needed), "missing scope {needed}");
     }
+    assert_eq!(scopes.len(), 8, "no scope the code does not use: {scopes:?}");
+    assert_eq!(
+        manifest["settings"]["event_subscriptions"]["bot_events"][0],
+        "app_home_opened"
+    );
     let command = &manifest["features"]["slash_commands"][0];
     assert_eq!(command["command"], "/jit");
     assert!(command["url"].as_str().unwrap().ends_with("/slack/commands"));
