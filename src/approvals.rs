@@ -5,6 +5,7 @@
 //! statements make double clicks and simultaneous clicks harmless.
 
 use serde_json::json;
+use sqlx::SqliteConnection;
 
 use crate::config::Resource;
 use crate::grants::{self, RevokeRefusal};
@@ -347,45 +348,19 @@ pub async fn record(
             .await?;
         }
         Outcome::Approved => {
-            if !store::transition_request(&mut tx, request.id, RequestState::Pending, RequestState::Approved, now)
-                .await?
-            {
-                return Ok(Err(Refusal::NotPending(current.state)));
-            }
-            store::cancel_job(&mut tx, request.id, JobKind::ExpireRequest, now).await?;
             let approvers: Vec<&str> = decisions.iter().map(|d| d.approver_id.as_str()).collect();
-            audit::append(
-                &mut tx,
-                now,
-                approver,
-                "request.approved",
-                Some(request.id),
-                json!({ "approvers": approvers }),
-            )
-            .await?;
-            let text = match (current.kind, current.extends_request_id) {
-                (RequestKind::Extension, Some(original)) => {
-                    store::insert_job(&mut tx, request.id, JobKind::Extend, now, now).await?;
-                    format!(
-                        ":white_check_mark: Your extension {} of {} was approved by <@{approver}>. Applying it now…",
-                        label(request.id),
-                        label(original)
-                    )
-                }
-                _ => {
-                    let adapter = app
-                        .config
-                        .resource(&current.resource)
-                        .map(|r| r.adapter.clone())
-                        .unwrap_or_default();
-                    if store::insert_grant(&mut tx, &current, &adapter, now).await? {
-                        store::insert_job(&mut tx, request.id, JobKind::Grant, now, now).await?;
-                    }
-                    format!(
-                        ":white_check_mark: Your request {} for {what} was approved by <@{approver}>. Granting access now…",
-                        label(request.id)
-                    )
-                }
+            let details = json!({ "approvers": approvers });
+            let text = match apply_approval(&mut tx, app, &current, approver, details, now).await? {
+                Applied::NotPending => return Ok(Err(Refusal::NotPending(current.state))),
+                Applied::Extension { original } => format!(
+                    ":white_check_mark: Your extension {} of {} was approved by <@{approver}>. Applying it now…",
+                    label(request.id),
+                    label(original)
+                ),
+                Applied::Grant => format!(
+                    ":white_check_mark: Your request {} for {what} was approved by <@{approver}>. Granting access now…",
+                    label(request.id)
+                ),
             };
             store::enqueue(&mut tx, &Outgoing::message(requester, text, Some(request.id)), now).await?;
         }
@@ -397,6 +372,49 @@ pub async fn record(
         app.wake_scheduler();
     }
     Ok(Ok(result))
+}
+
+/// What an approval set in motion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Someone else decided first; nothing was written.
+    NotPending,
+    /// A grant and its job were created.
+    Grant,
+    /// An extension job for the grant of request `original` was created.
+    Extension { original: i64 },
+}
+
+/// What every approval does, whoever approves (people through [`record`], on-call
+/// policies through `oncall::auto`), inside the caller's transaction: pending → approved,
+/// the time-out cancelled, the `request.approved` audit entry with `details`, and the
+/// grant (or the extension) with its job. The caller tells the requester.
+pub(crate) async fn apply_approval(
+    conn: &mut SqliteConnection,
+    app: &AppState,
+    request: &RequestRow,
+    actor: &str,
+    details: serde_json::Value,
+    now: i64,
+) -> anyhow::Result<Applied> {
+    if !store::transition_request(conn, request.id, RequestState::Pending, RequestState::Approved, now).await? {
+        return Ok(Applied::NotPending);
+    }
+    store::cancel_job(conn, request.id, JobKind::ExpireRequest, now).await?;
+    audit::append(conn, now, actor, "request.approved", Some(request.id), details).await?;
+    if let (RequestKind::Extension, Some(original)) = (request.kind, request.extends_request_id) {
+        store::insert_job(conn, request.id, JobKind::Extend, now, now).await?;
+        return Ok(Applied::Extension { original });
+    }
+    let adapter = app
+        .config
+        .resource(&request.resource)
+        .map(|r| r.adapter.clone())
+        .unwrap_or_default();
+    if store::insert_grant(conn, request, &adapter, now).await? {
+        store::insert_job(conn, request.id, JobKind::Grant, now, now).await?;
+    }
+    Ok(Applied::Grant)
 }
 
 #[cfg(test)]

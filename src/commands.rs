@@ -222,14 +222,44 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
                 channel_id: cmd.channel_id.clone(),
             };
             let id = requests::create(app, &who, &valid).await?;
-            Ok(format!(
+            if crate::oncall::could_auto_approve(
+                &app.config,
+                &valid.resource,
+                &valid.role,
+                valid.duration,
+                &cmd.channel_id,
+            ) {
+                return Ok(format!(
+                    "Request *{}* for `{}:{}` ({}) is being checked against on-call: if this is an incident channel \
+                     and you are on call now, it is approved automatically; otherwise it goes to the approvers in <#{}>. \
+                     I'll message you either way.",
+                    label(id),
+                    valid.resource,
+                    valid.role,
+                    valid.duration,
+                    valid.approval_channel
+                ));
+            }
+            let mut reply = format!(
                 "Request *{}* for `{}:{}` ({}) is waiting for approval in <#{}>. I'll message you when it is decided.",
                 label(id),
                 valid.resource,
                 valid.role,
                 valid.duration,
                 valid.approval_channel
-            ))
+            );
+            if let Some(cap) = crate::oncall::cap_exceeded(
+                &app.config,
+                &valid.resource,
+                &valid.role,
+                valid.duration,
+                &cmd.channel_id,
+            ) {
+                reply.push_str(&format!(
+                    " On-call auto-approval covers at most {cap}; ask for {cap} or less to have it approved on call."
+                ));
+            }
+            Ok(reply)
         }
     }
 }
@@ -317,7 +347,8 @@ async fn extend(
     })
 }
 
-async fn list(app: &AppState, user: &str) -> anyhow::Result<String> {
+/// The caller's pending requests and live grants, as `/jit list` and the Home tab show them.
+pub async fn list(app: &AppState, user: &str) -> anyhow::Result<String> {
     let mut conn = app.db.read.acquire().await?;
     let pending = store::pending_requests_of(&mut conn, user).await?;
     let grants = store::live_grants_of(&mut conn, user).await?;

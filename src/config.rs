@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::adapters::postgres::{PostgresAdapterConfig, PostgresMode};
 use crate::duration::HumanDuration;
 
 /// Default location of the configuration file.
@@ -30,6 +31,8 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     pub resources: Vec<Resource>,
     pub adapters: BTreeMap<String, AdapterConfig>,
+    /// `[oncall]`: auto-approval for people on call; `None` when absent.
+    pub oncall: Option<crate::oncall::OnCallConfig>,
 }
 
 /// `[server]`
@@ -127,6 +130,8 @@ pub enum AdapterConfig {
     Exec(ExecAdapterConfig),
     /// Calls a signed HTTPS webhook.
     Webhook(WebhookAdapterConfig),
+    /// Grants PostgreSQL roles.
+    Postgres(PostgresAdapterConfig),
     /// Does nothing; for trying jitgate out and for benchmarks.
     Noop,
 }
@@ -137,6 +142,7 @@ impl AdapterConfig {
         match self {
             AdapterConfig::Exec(_) => "exec",
             AdapterConfig::Webhook(_) => "webhook",
+            AdapterConfig::Postgres(_) => "postgres",
             AdapterConfig::Noop => "noop",
         }
     }
@@ -225,6 +231,8 @@ struct RawConfig {
     resources: Vec<RawResource>,
     #[serde(default)]
     adapters: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    oncall: Option<crate::oncall::config::RawOnCall>,
 }
 
 #[derive(Deserialize)]
@@ -605,6 +613,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 }
             ));
         }
+        if let Some(AdapterConfig::Postgres(pg)) = adapters.get(&r.adapter) {
+            for role in roles.iter().filter(|role| !pg.roles.contains_key(*role)) {
+                problems.push(format!(
+                    "{key}.roles: `{role}` has no PostgreSQL role; add {role} = \"…\" to adapters.{}.roles",
+                    r.adapter
+                ));
+            }
+        }
         resources.push(Resource {
             name: r.name,
             description: r.description,
@@ -620,6 +636,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             self_extend: r.self_extend,
         });
     }
+
+    let oncall = raw
+        .oncall
+        .and_then(|o| crate::oncall::config::validate(o, &resources, &mut problems));
 
     if !problems.is_empty() {
         return Err(fail(problems));
@@ -637,6 +657,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         reconcile,
         resources,
         adapters,
+        oncall,
     })
 }
 
@@ -667,7 +688,7 @@ impl Config {
 fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Result<AdapterConfig, Vec<String>> {
     let Some(kind) = table.remove("type") else {
         return Err(vec![format!(
-            "{key}.type: missing; write type = \"exec\" (or \"webhook\", \"noop\")"
+            "{key}.type: missing; write type = \"exec\" (or \"postgres\", \"webhook\", \"noop\")"
         )]);
     };
     let kind = kind.as_str().unwrap_or_default().to_string();
@@ -724,6 +745,7 @@ fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Res
             }))
         }
         "webhook" => webhook_from_value(key, value).map(AdapterConfig::Webhook),
+        "postgres" => crate::adapters::postgres::parse_config(key, value).map(AdapterConfig::Postgres),
         "noop" => {
             let _: RawNoop = value
                 .try_into()
@@ -731,7 +753,7 @@ fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Res
             Ok(AdapterConfig::Noop)
         }
         other => Err(vec![format!(
-            "{key}.type: unknown adapter type `{other}`; use \"exec\", \"webhook\" or \"noop\""
+            "{key}.type: unknown adapter type `{other}`; use \"exec\", \"postgres\", \"webhook\" or \"noop\""
         )]),
     }
 }

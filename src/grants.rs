@@ -100,20 +100,7 @@ pub async fn run_job(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         JobKind::ExpireRequest => expire_request(app, job).await,
         JobKind::Remind => remind(app, job).await,
         JobKind::Extend => run_extend(app, job).await,
-        JobKind::AutoApprove => {
-            // Written by a newer jitgate (on-call auto-approval); fall back to normal approval.
-            tracing::warn!(
-                job = job.id,
-                "auto-approval is not available; sending the request for normal approval"
-            );
-            let now = app.now_ms();
-            let mut tx = app.db.begin().await?;
-            store::enqueue(&mut tx, &Outgoing::post_card(job.request_id), now).await?;
-            store::finish_job(&mut tx, job.id, false, now).await?;
-            tx.commit().await?;
-            app.wake_outbox();
-            Ok(())
-        }
+        JobKind::AutoApprove => crate::oncall::auto::run(app, job).await,
     }
 }
 

@@ -135,13 +135,26 @@ async fn interaction(State(app): State<AppState>, Signed(body): Signed) -> Respo
     StatusCode::OK.into_response()
 }
 
-async fn event(State(_app): State<AppState>, Signed(body): Signed) -> Response {
+async fn event(State(app): State<AppState>, Signed(body): Signed) -> Response {
     match serde_json::from_slice::<EventEnvelope>(&body) {
         Ok(EventEnvelope::UrlVerification { challenge }) => {
             Json(serde_json::json!({ "challenge": challenge })).into_response()
         }
-        Ok(EventEnvelope::EventCallback { event_id, .. }) => {
-            tracing::debug!(?event_id, "event received; jitgate subscribes to none it acts on");
+        Ok(EventEnvelope::EventCallback { event_id, event }) => {
+            // Slack retries deliveries it thinks failed; act on each event once.
+            if event_id.as_deref().is_some_and(|id| !app.seen_events.first_time(id)) {
+                return StatusCode::OK.into_response();
+            }
+            let is_home = event["type"] == "app_home_opened" && event["tab"] == "home";
+            if let (true, Some(user)) = (is_home, event["user"].as_str()) {
+                let user = user.to_string();
+                let task_app = app.clone();
+                app.tasks.spawn(async move {
+                    if let Err(e) = crate::home::publish(&task_app, &user).await {
+                        tracing::warn!(error = format!("{e:#}"), "could not publish the Home tab");
+                    }
+                });
+            }
             StatusCode::OK.into_response()
         }
         Ok(EventEnvelope::Other) => StatusCode::OK.into_response(),

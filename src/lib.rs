@@ -11,13 +11,16 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod grants;
+pub mod home;
 pub mod http;
+pub mod oncall;
 pub mod reconcile;
 pub mod requests;
 pub mod scheduler;
 pub mod slack;
 pub mod store;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -76,6 +79,8 @@ pub struct AppState {
     pub clock: SharedClock,
     pub slack: SlackApi,
     pub adapters: Arc<Adapters>,
+    /// On-call lookups and their caches.
+    pub oncall: Arc<oncall::OnCall>,
     pub(crate) signing_secret: Arc<[u8]>,
     pub(crate) scheduler_wake: Arc<Notify>,
     /// When the scheduler next wakes on its own (unix ms); `i64::MAX` while it is
@@ -84,6 +89,7 @@ pub struct AppState {
     pub(crate) outbox_wake: Arc<Notify>,
     pub(crate) job_permits: Arc<Semaphore>,
     pub(crate) access_locks: Arc<grants::AccessLocks>,
+    pub(crate) seen_events: Arc<home::SeenEvents>,
     /// Requests waiting for their (group) commit.
     pub(crate) creations: Arc<requests::Creations>,
     pub shutdown: CancellationToken,
@@ -135,6 +141,10 @@ pub struct Options {
     /// Revoke, at start-up, grants whose resource was removed from the configuration
     /// (instead of refusing to start).
     pub revoke_removed: bool,
+    /// Values for environment variables named in the configuration (the on-call
+    /// sources' `token_env`/`key_env`), looked up here before the process environment.
+    /// Lets tests pass credentials without changing the process environment.
+    pub env_overrides: BTreeMap<String, String>,
 }
 
 impl Default for Options {
@@ -144,6 +154,7 @@ impl Default for Options {
             adapter_overrides: Vec::new(),
             shutdown_grace: Duration::from_secs(20),
             revoke_removed: false,
+            env_overrides: BTreeMap::new(),
         }
     }
 }
@@ -189,8 +200,24 @@ pub async fn build(
     clock: SharedClock,
     adapter_overrides: Vec<(String, Arc<dyn Adapter>)>,
 ) -> anyhow::Result<AppState> {
+    build_with_env(config, secrets, clock, adapter_overrides, &BTreeMap::new()).await
+}
+
+/// [`build`], looking up the environment variables the configuration names (on-call
+/// credentials) in `env_overrides` before the process environment.
+pub async fn build_with_env(
+    config: Config,
+    secrets: Secrets,
+    clock: SharedClock,
+    adapter_overrides: Vec<(String, Arc<dyn Adapter>)>,
+    env_overrides: &BTreeMap<String, String>,
+) -> anyhow::Result<AppState> {
     // Adapters first: a missing adapter secret fails before anything is touched.
     let mut adapters = Adapters::from_config(&config)?;
+    // Likewise a missing on-call credential.
+    let env = |name: &str| env_overrides.get(name).cloned().or_else(|| std::env::var(name).ok());
+    let oncall = oncall::OnCall::new(config.oncall.as_ref(), &env)
+        .with_context(|| format!("on-call sources in {}", config.path.display()))?;
     let db = Db::open(&config.database.url).await?;
     for (name, adapter) in adapter_overrides {
         adapters.insert(&name, adapter);
@@ -202,12 +229,14 @@ pub async fn build(
         db,
         clock,
         adapters: Arc::new(adapters),
+        oncall: Arc::new(oncall),
         signing_secret: Arc::from(secrets.signing_secret.into_bytes()),
         scheduler_wake: Arc::new(Notify::new()),
         scheduler_next: Arc::new(AtomicI64::new(i64::MAX)),
         outbox_wake: Arc::new(Notify::new()),
         job_permits: Arc::new(Semaphore::new(concurrency)),
         access_locks: Arc::new(grants::AccessLocks::default()),
+        seen_events: Arc::new(home::SeenEvents::default()),
         creations: Arc::new(requests::Creations::default()),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -221,7 +250,14 @@ pub async fn start(
     options: Options,
     listener: TcpListener,
 ) -> anyhow::Result<Running> {
-    let state = build(config, secrets, options.clock, options.adapter_overrides).await?;
+    let state = build_with_env(
+        config,
+        secrets,
+        options.clock,
+        options.adapter_overrides,
+        &options.env_overrides,
+    )
+    .await?;
     {
         let mut conn = state.db.write.acquire().await?;
         let resumed = store::recover_running_jobs(&mut conn).await?;

@@ -88,7 +88,11 @@ async fn main() -> ExitCode {
                 config.adapters.len(),
                 if config.adapters.len() == 1 { "" } else { "s" }
             );
-            for var in ["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"] {
+            let mut vars: Vec<&str> = vec!["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"];
+            if let Some(oncall) = &config.oncall {
+                vars.extend(oncall.sources.values().filter_map(|s| s.credential_env()));
+            }
+            for var in vars {
                 if std::env::var(var).map(|v| v.trim().is_empty()).unwrap_or(true) {
                     println!("note: {var} is not set; `jitgate serve` needs it");
                 }

@@ -140,7 +140,13 @@ pub struct Requester {
 
 /// Stores a validated request with its audit entry, its card and its time-out, in one
 /// commit. Returns the new request id.
+///
+/// When an on-call policy could approve it (see [`crate::oncall::could_auto_approve`]; a
+/// look at the configuration only), the card is not queued: an `auto_approve` job due now
+/// checks on-call status outside the request path and then approves or posts the card.
 pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyhow::Result<i64> {
+    let on_call_check =
+        crate::oncall::could_auto_approve(&app.config, &req.resource, &req.role, req.duration, &who.channel_id);
     let new = NewRequest {
         requester_id: who.user_id.clone(),
         team_id: who.team_id.clone(),
@@ -155,20 +161,22 @@ pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyh
         kind: store::RequestKind::Access,
         extends_request_id: None,
     };
-    insert_pending(app, &new).await
+    insert_pending(app, &new, on_call_check).await
 }
 
-/// Stores a pending request (access or extension), its audit entry, its card, its time-out
+/// Stores a pending request (access or extension), its audit entry, its card (or, with
+/// `on_call_check`, the `auto_approve` job that decides whether to post it), its time-out
 /// and its reminder in one transaction, and returns its id once that is committed.
 ///
 /// Requests arriving together share a transaction (group commit): SQLite makes one commit
 /// durable at a time, so under load one fsync per batch instead of one per request is what
 /// keeps acknowledgements fast. Each caller still gets its id only after the commit that
 /// holds its rows.
-async fn insert_pending(app: &AppState, new: &NewRequest) -> anyhow::Result<i64> {
+async fn insert_pending(app: &AppState, new: &NewRequest, on_call_check: bool) -> anyhow::Result<i64> {
     let (reply, stored) = oneshot::channel();
     app.creations.push(Creation {
         new: new.clone(),
+        on_call_check,
         reply,
     });
     if !app.creations.draining.swap(true, Ordering::SeqCst) {
@@ -185,6 +193,7 @@ const MAX_BATCH: usize = 512;
 /// A request waiting to be stored, and who waits for its id.
 struct Creation {
     new: NewRequest,
+    on_call_check: bool,
     reply: oneshot::Sender<anyhow::Result<i64>>,
 }
 
@@ -230,7 +239,7 @@ async fn drain_creations(app: AppState) {
 }
 
 async fn store_batch(app: &AppState, batch: Vec<Creation>) {
-    let rows: Vec<&NewRequest> = batch.iter().map(|c| &c.new).collect();
+    let rows: Vec<(&NewRequest, bool)> = batch.iter().map(|c| (&c.new, c.on_call_check)).collect();
     match write_pending(app, &rows).await {
         Ok(ids) => {
             for (c, id) in batch.into_iter().zip(ids) {
@@ -245,7 +254,7 @@ async fn store_batch(app: &AppState, batch: Vec<Creation>) {
                 "storing a batch of requests failed; storing them one by one"
             );
             for c in batch {
-                let one = write_pending(app, &[&c.new]).await.map(|ids| ids[0]);
+                let one = write_pending(app, &[(&c.new, c.on_call_check)]).await.map(|ids| ids[0]);
                 let _ = c.reply.send(one);
             }
         }
@@ -259,13 +268,14 @@ async fn store_batch(app: &AppState, batch: Vec<Creation>) {
 
 /// Writes pending requests with their audit entries, cards, time-outs and reminders in one
 /// transaction. Returns their ids in order.
-async fn write_pending(app: &AppState, rows: &[&NewRequest]) -> anyhow::Result<Vec<i64>> {
+async fn write_pending(app: &AppState, rows: &[(&NewRequest, bool)]) -> anyhow::Result<Vec<i64>> {
     let mut tx = app.db.begin().await?;
-    let ids = store::insert_requests(&mut tx, rows).await?;
+    let news: Vec<&NewRequest> = rows.iter().map(|(new, _)| *new).collect();
+    let ids = store::insert_requests(&mut tx, &news).await?;
     let mut events = Vec::with_capacity(rows.len());
     let mut cards = Vec::with_capacity(rows.len());
     let mut jobs = Vec::with_capacity(rows.len() * 2);
-    for (new, &id) in rows.iter().zip(&ids) {
+    for (&(new, on_call_check), &id) in rows.iter().zip(&ids) {
         let now = new.created_at;
         events.push(audit::Event {
             at: now,
@@ -284,9 +294,9 @@ async fn write_pending(app: &AppState, rows: &[&NewRequest]) -> anyhow::Result<V
                 "approval_channel": new.approval_channel,
                 "approvals_required": new.approvals_required,
                 "extends": new.extends_request_id.map(label),
+                "on_call_check": on_call_check,
             }),
         });
-        cards.push((Outgoing::post_card(id), now));
         let timeout_at = now + app.config.requests.pending_timeout.as_secs() as i64 * 1000;
         let job = |kind, run_at| store::NewJob {
             request_id: id,
@@ -294,6 +304,11 @@ async fn write_pending(app: &AppState, rows: &[&NewRequest]) -> anyhow::Result<V
             run_at,
             created_at: now,
         };
+        if on_call_check {
+            jobs.push(job(JobKind::AutoApprove, now));
+        } else {
+            cards.push((Outgoing::post_card(id), now));
+        }
         jobs.push(job(JobKind::ExpireRequest, timeout_at));
         if let Some(remind) = app.config.requests.remind_after {
             let at = now + remind.as_secs() as i64 * 1000;
@@ -307,7 +322,8 @@ async fn write_pending(app: &AppState, rows: &[&NewRequest]) -> anyhow::Result<V
     store::insert_jobs(&mut tx, &jobs).await?;
     tx.commit().await?;
     app.wake_outbox();
-    // These jobs are hours away: wake the scheduler only if it planned to sleep longer.
+    // Time-outs and reminders are hours away: wake the scheduler only if it planned to
+    // sleep past the soonest job (an on-call check is due now, so that one wakes it).
     if let Some(soonest) = jobs.iter().map(|j| j.run_at).min() {
         app.wake_scheduler_for(soonest);
     }
@@ -340,7 +356,7 @@ pub async fn create_extension(
         extends_request_id: Some(original.id),
     };
     if !resource.self_extend {
-        return insert_pending(app, &new).await;
+        return insert_pending(app, &new, false).await;
     }
     let mut tx = app.db.begin().await?;
     let id = store::insert_request(&mut tx, &new).await?;
@@ -407,8 +423,12 @@ pub async fn cancel(app: &AppState, request_id: i64, user: &str) -> anyhow::Resu
     }
     store::cancel_job(&mut tx, request_id, JobKind::ExpireRequest, now).await?;
     store::cancel_job(&mut tx, request_id, JobKind::Remind, now).await?;
+    // Withdrawn while the on-call check was pending: no card exists, none will.
+    store::cancel_job(&mut tx, request_id, JobKind::AutoApprove, now).await?;
     audit::append(&mut tx, now, user, "request.cancelled", Some(request_id), json!({})).await?;
-    store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
+    if r.card_ts.is_some() || store::card_post_pending(&mut tx, request_id).await? {
+        store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
+    }
     tx.commit().await?;
     app.wake_outbox();
     Ok(true)

@@ -241,17 +241,52 @@ pub async fn insert_decision(
     verdict: Verdict,
     now: i64,
 ) -> sqlx::Result<bool> {
+    insert_decision_with_reason(conn, request_id, approver, verdict, None, now).await
+}
+
+/// Records a decision with its reason (a policy's evidence); false if this approver had
+/// already decided.
+pub async fn insert_decision_with_reason(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+    approver: &str,
+    verdict: Verdict,
+    reason: Option<&str>,
+    now: i64,
+) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "INSERT INTO decisions (request_id, approver_id, verdict, decided_at) VALUES (?, ?, ?, ?) \
+        "INSERT INTO decisions (request_id, approver_id, verdict, decided_at, reason) VALUES (?, ?, ?, ?, ?) \
          ON CONFLICT (request_id, approver_id) DO NOTHING",
     )
     .bind(request_id)
     .bind(approver)
     .bind(verdict)
     .bind(now)
+    .bind(reason)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// How many of `requester`'s requests `approver` (a policy) approved after `since`. The
+/// rate limit of on-call auto-approval counts from here, so it survives restarts.
+pub async fn count_policy_approvals(
+    conn: &mut SqliteConnection,
+    requester: &str,
+    approver: &str,
+    since: i64,
+) -> sqlx::Result<i64> {
+    // Driven by requests_by_requester, then the decisions primary key.
+    let row: (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM requests r JOIN decisions d ON d.request_id = r.id \
+         WHERE r.requester_id = ? AND d.approver_id = ? AND d.verdict = 'approve' AND d.decided_at > ?",
+    )
+    .bind(requester)
+    .bind(approver)
+    .bind(since)
+    .fetch_one(conn)
+    .await?;
+    Ok(row.0)
 }
 
 // ---- grants --------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 pub mod conformance;
 pub mod exec;
+pub mod postgres;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -141,6 +142,7 @@ impl Adapters {
                         webhook::WebhookAdapter::from_env(name, c)
                             .map_err(|fix| anyhow::anyhow!("{}: {fix}", config.path.display()))?,
                     ),
+                    AdapterConfig::Postgres(c) => Arc::new(postgres::PostgresAdapter::new(name, c.clone())),
                     AdapterConfig::Noop => Arc::new(NoopAdapter),
                 };
                 Ok((name.clone(), adapter))

@@ -6,6 +6,7 @@
 use slack_morphism::prelude::*;
 
 use crate::duration::HumanDuration;
+use crate::oncall::{Evidence, APPROVER_PREFIX};
 use crate::requests::label;
 use crate::slack::payloads::escape;
 use crate::store::{DecisionRow, GrantRow, GrantState, JobRow, RequestKind, RequestRow, RequestState, Verdict};
@@ -117,11 +118,21 @@ pub fn status_text(m: &CardModel<'_>) -> String {
             slack_date(r.decided_at.unwrap_or(r.created_at))
         ),
         RequestState::Approved => {
-            let mut lines = vec![format!(
-                ":white_check_mark: Approved by {} {}.",
-                mention_list(&approvers),
-                slack_date(r.decided_at.unwrap_or(r.created_at))
-            )];
+            let when = slack_date(r.decided_at.unwrap_or(r.created_at));
+            let auto = m
+                .decisions
+                .iter()
+                .filter(|d| d.verdict == Verdict::Approve && d.approver_id.starts_with(APPROVER_PREFIX))
+                .find_map(|d| Evidence::from_reason(d.reason.as_deref()));
+            let mut lines = vec![match auto {
+                Some(ev) => format!(
+                    ":robot_face: Auto-approved by on-call policy `{}` {when}: <@{}> is {}.",
+                    escape(&ev.policy),
+                    r.requester_id,
+                    ev.summary()
+                ),
+                None => format!(":white_check_mark: Approved by {} {when}.", mention_list(&approvers)),
+            }];
             if let Some(g) = m.grant {
                 lines.push(grant_line(g, m.job));
             }
@@ -334,6 +345,49 @@ mod tests {
         let j = json(&m);
         assert!(!j.contains("jit_approve"));
         assert!(j.contains("Denied by <@U2>"), "{j}");
+    }
+
+    #[test]
+    fn auto_approved_card_shows_the_policy_and_its_evidence() {
+        let mut r = request(RequestState::Approved);
+        r.decided_at = Some(1_700_000_100_000);
+        let evidence = Evidence {
+            policy: "db-on-call".into(),
+            source: "pd".into(),
+            source_type: "pagerduty".into(),
+            schedule: "Primary <DB>".into(),
+            schedule_id: Some("PSCHED1".into()),
+            escalation_policy: None,
+            level: Some(1),
+            shift_start: None,
+            shift_end: None,
+            matched_by: "email".into(),
+            incident: None,
+            channel: "C9".into(),
+            channel_name: Some("inc-42".into()),
+            checked_at: 1_700_000_100_000,
+        };
+        let d = [DecisionRow {
+            approver_id: "oncall:db-on-call".into(),
+            verdict: Verdict::Approve,
+            decided_at: 1_700_000_100_000,
+            reason: Some(serde_json::to_string(&evidence).unwrap()),
+        }];
+        let m = CardModel {
+            request: &r,
+            description: "",
+            decisions: &d,
+            grant: None,
+            job: None,
+        };
+        let text = status_text(&m);
+        assert!(text.contains("Auto-approved by on-call policy `db-on-call`"), "{text}");
+        assert!(
+            text.contains("PagerDuty schedule *Primary &lt;DB&gt;* (level 1)"),
+            "{text}"
+        );
+        assert!(!text.contains("<@oncall:"), "{text}");
+        assert!(!json(&m).contains("jit_approve"));
     }
 
     #[test]

@@ -46,6 +46,15 @@ impl From<SlackClientError> for SlackCallError {
     }
 }
 
+/// What `conversations.info` says about a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    pub id: String,
+    /// Without the `#`; absent for direct messages.
+    pub name: Option<String>,
+    pub is_private: bool,
+}
+
 /// The Slack Web API, with the bot token.
 #[derive(Clone)]
 pub struct SlackApi {
@@ -61,7 +70,16 @@ impl std::fmt::Debug for SlackApi {
 
 /// An HTTPS (and, for loopback test servers, HTTP) connector using the system's roots.
 pub fn https_connector() -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
-    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+    tls_builder().https_or_http().enable_http1().enable_http2().build()
+}
+
+/// Like [`https_connector`], offering HTTP/1.1 only (for clients built without HTTP/2).
+pub fn https_connector_http1() -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    tls_builder().https_or_http().enable_http1().build()
+}
+
+fn tls_builder() -> hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes> {
+    match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(error = %e, "no CA certificates found; HTTPS calls will fail (install ca-certificates)");
@@ -73,8 +91,7 @@ pub fn https_connector() -> hyper_rustls::HttpsConnector<hyper_util::client::leg
                     .with_no_client_auth();
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
         }
-    };
-    builder.https_or_http().enable_http1().enable_http2().build()
+    }
 }
 
 impl SlackApi {
@@ -125,12 +142,50 @@ impl SlackApi {
         Ok(())
     }
 
+    /// Replaces a person's Home tab.
+    pub async fn publish_home(&self, user: &str, view: SlackHomeView) -> Result<(), SlackCallError> {
+        let session = self.client.open_session(&self.token);
+        session
+            .views_publish(&SlackApiViewsPublishRequest::new(user.into(), SlackView::Home(view)))
+            .await?;
+        Ok(())
+    }
+
     /// The members of a user group.
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiUserGroupsUsersListRequest::new(group.into());
         let resp = session.usergroups_users_list(&req).await?;
         Ok(resp.users.into_iter().map(|u| u.to_string()).collect())
+    }
+
+    /// A channel's name and whether it is private, from `conversations.info` (scopes
+    /// `channels:read` for public and `groups:read` for private channels; for a private
+    /// channel the bot must be a member).
+    pub async fn conversations_info(&self, channel: &str) -> Result<ChannelInfo, SlackCallError> {
+        let session = self.client.open_session(&self.token);
+        let req = SlackApiConversationsInfoRequest::new(channel.into());
+        let resp = session.conversations_info(&req).await?;
+        Ok(ChannelInfo {
+            id: resp.channel.id.to_string(),
+            name: resp.channel.name.or(resp.channel.name_normalized),
+            is_private: resp.channel.flags.is_private.unwrap_or(false),
+        })
+    }
+
+    /// A user's e-mail address from `users.info` (scopes `users:read` and
+    /// `users:read.email`); `None` when Slack shows none (bots, or the scope is missing
+    /// on an older install).
+    pub async fn users_info_email(&self, user: &str) -> Result<Option<String>, SlackCallError> {
+        let session = self.client.open_session(&self.token);
+        let req = SlackApiUsersInfoRequest::new(user.into());
+        let resp = session.users_info(&req).await?;
+        Ok(resp
+            .user
+            .profile
+            .and_then(|p| p.email)
+            .map(|e| e.to_string())
+            .filter(|e| e.contains('@')))
     }
 
     /// True if `user` belongs to any of `groups`, asked of Slack now.

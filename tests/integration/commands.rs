@@ -117,3 +117,32 @@ async fn events_endpoint_answers_url_verification() {
     let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
     assert_eq!(v["challenge"], "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P");
 }
+
+#[tokio::test]
+async fn opening_the_home_tab_shows_the_persons_access_once_per_event() {
+    let app = TestApp::start().await;
+    let id = app.request("prod-db:read 1h x").await;
+    let event = serde_json::json!({
+        "token": "x", "team_id": "T0TEAM", "api_app_id": "A0APP", "type": "event_callback",
+        "event_id": "Ev0HOME1", "event_time": 1700000000,
+        "event": {"type": "app_home_opened", "user": REQUESTER, "channel": "D0DM", "tab": "home", "event_ts": "1.2"}
+    })
+    .to_string();
+    for _ in 0..2 {
+        // The second delivery is Slack retrying the same event.
+        let (status, _) = app.post_signed("/slack/events", &event, "application/json").await;
+        assert_eq!(status, 200);
+    }
+    let calls = app.wait_calls("the Home tab", 1, |c| c.method == "views.publish").await;
+    assert_eq!(calls[0].body["user_id"], REQUESTER);
+    let text = calls[0].all_text();
+    assert!(
+        text.contains(&format!("JIT-{id} `prod-db:read` for 1h")) && text.contains("/jit request"),
+        "{text}"
+    );
+    app.command(REQUESTER, "help").await; // something else to wait behind
+    assert_eq!(
+        app.slack.calls().iter().filter(|c| c.method == "views.publish").count(),
+        1
+    );
+}

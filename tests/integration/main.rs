@@ -9,5 +9,6 @@ mod delivery;
 mod early_end;
 mod lifecycle;
 mod manifest;
+mod oncall;
 mod reconcile;
 mod security;

@@ -25,9 +25,23 @@ fn slack_app_manifest_matches_the_public_schema() {
         .iter()
         .map(|s| s.as_str().unwrap())
         .collect();
-    for needed in ["commands", "chat:write", "chat:write.public", "usergroups:read"] {
+    for needed in [
+        "commands",
+        "chat:write",
+        "chat:write.public",
+        "usergroups:read",
+        "channels:read",
+        "groups:read",
+        "users:read",
+        "users:read.email",
+    ] {
         assert!(scopes.contains(&needed), "missing scope {needed}");
     }
+    assert_eq!(scopes.len(), 8, "no scope the code does not use: {scopes:?}");
+    assert_eq!(
+        manifest["settings"]["event_subscriptions"]["bot_events"][0],
+        "app_home_opened"
+    );
     let command = &manifest["features"]["slash_commands"][0];
     assert_eq!(command["command"], "/jit");
     assert!(command["url"].as_str().unwrap().ends_with("/slack/commands"));
@@ -102,4 +116,33 @@ fn serve_refuses_to_start_without_secrets() {
     std::fs::remove_file(&path).unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SLACK_BOT_TOKEN is not set"));
+}
+
+#[test]
+fn example_config_on_call_block_is_valid_when_uncommented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("manifest/jitgate.example.toml")).unwrap();
+    let start = text.find("# [oncall]").expect("an [oncall] example");
+    let block: Vec<&str> = text[start..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let script = root.join("manifest/jit-grant.example.sh");
+    let config = format!("{}{}\n", &text[..start], block.join("\n"))
+        .replace("./jit-grant.example.sh", &script.display().to_string());
+    let path = dir.path().join("jitgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("PAGERDUTY_TOKEN", "example")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -57,6 +57,10 @@ struct Inner {
     calls: Vec<Call>,
     failures: HashMap<String, VecDeque<Failure>>,
     groups: HashMap<String, Vec<String>>,
+    /// Channel ID → name, for `conversations.info`.
+    channels: HashMap<String, String>,
+    /// User ID → e-mail (`None`: a profile without one), for `users.info`.
+    emails: HashMap<String, Option<String>>,
     next_ts: u64,
 }
 
@@ -124,6 +128,21 @@ impl FakeSlack {
             .entry(method.to_string())
             .or_default()
             .extend(failures);
+    }
+
+    /// Names a channel for `conversations.info`; unknown channels answer `channel_not_found`.
+    pub fn set_channel(&self, id: &str, name: &str) {
+        self.inner.lock().unwrap().channels.insert(id.into(), name.into());
+    }
+
+    /// Sets the e-mail `users.info` shows for `user` (`None`: a profile without one);
+    /// unknown users answer `user_not_found`.
+    pub fn set_email(&self, user: &str, email: Option<&str>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .emails
+            .insert(user.into(), email.map(String::from));
     }
 
     /// Sets the members `usergroups.users.list` returns for `group`.
@@ -197,6 +216,13 @@ async fn api_post(
             };
             json!({"ok": true, "channel": channel, "ts": ts, "message": {"ts": ts, "type": "message", "text": body["text"]}})
         }
+        "views.publish" => {
+            let mut view = body["view"].clone();
+            view["id"] = json!("V0HOME");
+            view["team_id"] = json!("T0TEAM");
+            view["hash"] = json!("1700000000.abc");
+            json!({"ok": true, "view": view})
+        }
         "chat.update" => {
             json!({"ok": true, "channel": channel, "ts": body["ts"], "text": body["text"], "message": {"text": body["text"]}})
         }
@@ -236,6 +262,29 @@ async fn api_get(
             Some(users) => json!({"ok": true, "users": users}),
             None => json!({"ok": false, "error": "no_such_subteam"}),
         },
+        "conversations.info" => {
+            let id = query.get("channel").cloned().unwrap_or_default();
+            match g.channels.get(&id) {
+                Some(name) => json!({"ok": true, "channel": {
+                    "id": id, "name": name, "name_normalized": name, "created": 1_600_000_000,
+                    "is_channel": true, "is_private": id.starts_with('G'), "is_archived": false, "is_member": true
+                }}),
+                None => json!({"ok": false, "error": "channel_not_found"}),
+            }
+        }
+        "users.info" => {
+            let id = query.get("user").cloned().unwrap_or_default();
+            match g.emails.get(&id) {
+                Some(email) => {
+                    let mut profile = json!({"real_name": "Someone", "display_name": "someone"});
+                    if let Some(e) = email {
+                        profile["email"] = json!(e);
+                    }
+                    json!({"ok": true, "user": {"id": id, "team_id": "T0TEAM", "name": "someone", "deleted": false, "profile": profile}})
+                }
+                None => json!({"ok": false, "error": "user_not_found"}),
+            }
+        }
         _ => json!({"ok": false, "error": "unknown_method"}),
     };
     let ok = reply["ok"].as_bool().unwrap_or(false);

@@ -4,6 +4,7 @@
 
 pub mod fake_slack;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -87,6 +88,9 @@ pub struct Setup {
     pub jobs_toml: String,
     /// Adapters to use instead of the configured ones, by name.
     pub adapters: Vec<(String, Arc<dyn jitgate::adapters::Adapter>)>,
+    /// Environment variables the configuration names (on-call credentials), passed
+    /// through `Options::env_overrides` instead of the process environment.
+    pub env: BTreeMap<String, String>,
 }
 
 impl Default for Setup {
@@ -97,6 +101,7 @@ impl Default for Setup {
             extra_toml: String::new(),
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
             adapters: Vec::new(),
+            env: BTreeMap::new(),
         }
     }
 }
@@ -112,6 +117,8 @@ pub struct TestApp {
     /// Passed to `Options::revoke_removed` at the next boot.
     pub revoke_removed: bool,
     adapters: Vec<(String, Arc<dyn jitgate::adapters::Adapter>)>,
+    /// Passed to `Options::env_overrides` at every boot.
+    pub env: BTreeMap<String, String>,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -211,6 +218,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             config_text,
             revoke_removed: false,
             adapters: setup.adapters,
+            env: setup.env,
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
         if setup.in_process {
@@ -232,6 +240,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             adapter_overrides: self.adapters.clone(),
             shutdown_grace: Duration::from_secs(10),
             revoke_removed: self.revoke_removed,
+            env_overrides: self.env.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = jitgate::start(config, secrets, options, listener)
