@@ -608,15 +608,16 @@ pub async fn reschedule_job(
 
 /// Grants that still hold (or may hold) access, with their request, for start-up checks.
 pub async fn live_grants(conn: &mut SqliteConnection) -> sqlx::Result<Vec<GrantRow>> {
-    // Three parts, so each reads a partial index of the rows in play (grants_live,
-    // jobs_due, jobs_running) rather than every grant or revoke job ever written; `+kind`
-    // keeps SQLite from choosing the (kind, request_id) index, which covers all of history.
+    // Three disjoint parts (a request has one revoke job, in one state), so each reads a
+    // partial index of the rows in play (grants_live, jobs_due, jobs_running) rather than
+    // every grant or revoke job ever written, and UNION ALL needs no de-duplication;
+    // `+kind` keeps SQLite off the (kind, request_id) index, which covers all of history.
     sqlx::query_as(
         "SELECT * FROM grants WHERE state IN ('granting', 'active') \
-         UNION SELECT g.* FROM jobs j JOIN grants g ON g.request_id = j.request_id \
-               WHERE +j.kind = 'revoke' AND j.state = 'pending' \
-         UNION SELECT g.* FROM jobs j JOIN grants g ON g.request_id = j.request_id \
-               WHERE +j.kind = 'revoke' AND j.state = 'running'",
+         UNION ALL SELECT g.* FROM jobs j JOIN grants g ON g.request_id = j.request_id \
+               WHERE +j.kind = 'revoke' AND j.state = 'pending' AND g.state NOT IN ('granting', 'active') \
+         UNION ALL SELECT g.* FROM jobs j JOIN grants g ON g.request_id = j.request_id \
+               WHERE +j.kind = 'revoke' AND j.state = 'running' AND g.state NOT IN ('granting', 'active')",
     )
     .fetch_all(conn)
     .await

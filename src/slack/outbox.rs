@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::scheduler::backoff;
 use crate::slack::cards::{render_card, CardModel};
 use crate::slack::client::SlackCallError;
-use crate::store::{self, GrantState, JobKind, OutboxKind, OutboxRow};
+use crate::store::{self, GrantState, JobKind, OutboxKind, OutboxRow, RequestState};
 use crate::AppState;
 
 /// A response_url stops working after 30 minutes.
@@ -217,7 +217,12 @@ async fn send(app: &AppState, row: &OutboxRow) -> anyhow::Result<Delivery> {
                     return Ok(Delivery::Moot);
                 };
                 let decisions = store::decisions(&mut conn, request_id).await?;
-                let grant = store::grant_of(&mut conn, request_id).await?;
+                // A grant is written in the transaction that moves its request out of
+                // pending, so a pending request (every new card) has none to read.
+                let grant = match request.state {
+                    RequestState::Pending => None,
+                    _ => store::grant_of(&mut conn, request_id).await?,
+                };
                 let job_kind = match grant.as_ref().map(|g| g.state) {
                     Some(GrantState::Granting) => Some(JobKind::Grant),
                     Some(GrantState::Active) => Some(JobKind::Revoke),
