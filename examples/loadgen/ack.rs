@@ -39,6 +39,57 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
+/// The server under load: in this process, or the real binary as a child process.
+enum Server {
+    InProcess(jitgate::Running),
+    Child(harness::ChildServer),
+}
+
+impl Server {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Server::InProcess(r) => r.addr,
+            Server::Child(c) => c.addr,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Server::InProcess(_) => "in-process".into(),
+            Server::Child(c) => format!("child process {}", c.pid()),
+        }
+    }
+
+    /// (VmRSS, VmHWM) in KiB of the process running the server.
+    fn rss_kib(&self) -> (u64, u64) {
+        match self {
+            Server::InProcess(_) => harness::rss_kib(),
+            Server::Child(c) => harness::rss_kib_of(&format!("/proc/{}/status", c.pid())),
+        }
+    }
+
+    /// A read-only pool on the server's database, for the checks.
+    async fn read_pool(&self, db: &std::path::Path) -> anyhow::Result<sqlx::SqlitePool> {
+        match self {
+            Server::InProcess(r) => Ok(r.state.db.read.clone()),
+            Server::Child(_) => {
+                let opts = jitgate::store::connect_options(&format!("sqlite://{}", db.display()))?.read_only(true);
+                Ok(sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts)
+                    .await?)
+            }
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Server::InProcess(r) => r.shutdown().await,
+            Server::Child(c) => c.stop(),
+        }
+    }
+}
+
 /// The request id in an acknowledgement, from `Request *JIT-42* for …`.
 fn acked_id(body: &[u8]) -> Option<i64> {
     const NEEDLE: &[u8] = b"Request *JIT-";
@@ -140,17 +191,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let fake = harness::start_fake(&rt);
     let config = harness::config_text(&db_path, &fake.api_url());
     let started = Instant::now();
-    let running = rt.server.block_on(harness::start_server(dir.path(), &config))?;
-    let addr = running.addr;
+    let server = match &args.server_bin {
+        None => Server::InProcess(rt.server.block_on(harness::start_server(dir.path(), &config))?),
+        Some(bin) => Server::Child(harness::spawn_server(bin, dir.path(), &config)?),
+    };
+    let addr = server.addr();
     rt.server
         .block_on(harness::wait_healthy(addr, Duration::from_secs(30)))?;
     println!(
-        "jitgate ready in {:.1} ms at {addr} (database {})",
+        "jitgate ({}) ready in {:.1} ms at {addr} (database {})",
+        server.describe(),
         started.elapsed().as_secs_f64() * 1000.0,
         db_path.display()
     );
     std::thread::sleep(Duration::from_millis(500));
-    let (idle_rss, _) = harness::rss_kib();
+    let (idle_rss, _) = server.rss_kib();
 
     let duration = args.duration.to_std();
     let limit = args.requests.map(|_| args.time_limit.to_std()).unwrap_or(duration);
@@ -185,7 +240,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     });
     let elapsed = plan.started.elapsed();
     let cpu_load = harness::cpu_time().saturating_sub(cpu_before);
-    let (load_rss, load_hwm) = harness::rss_kib();
+    let (load_rss, load_hwm) = server.rss_kib();
 
     let mut latency = new_histogram();
     let mut acked = Vec::new();
@@ -227,35 +282,39 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("  error ×{n}: {}", what.chars().take(200).collect::<String>());
     }
     println!(
-        "process CPU during load: {:.2} s ({:.0}% of one core); RSS idle {} MiB, after load {} MiB, peak {} MiB \
-         (in-process: includes the load generator and the fake Slack)",
+        "CPU of this process during load: {:.2} s ({:.0}% of one core)",
         cpu_load.as_secs_f64(),
         100.0 * cpu_load.as_secs_f64() / secs,
+    );
+    println!(
+        "server RSS idle {} MiB, after load {} MiB, peak {} MiB ({})",
         idle_rss / 1024,
         load_rss / 1024,
-        load_hwm / 1024
+        load_hwm / 1024,
+        match server {
+            Server::InProcess(_) => "in-process: includes the load generator and the fake Slack",
+            Server::Child(_) => "the jitgate process alone",
+        }
     );
 
     // Durability and delivery: every acknowledged request is stored and got one card.
     println!("\n== after the load ==");
-    let state = running.state.clone();
+    let read = rt.server.block_on(server.read_pool(&db_path))?;
     let drain_started = Instant::now();
     let drain_limit = args.drain_timeout.to_std();
     let (pending, stored, chain) = rt.server.block_on(async {
         let pending = loop {
             let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
-                .fetch_one(&state.db.read)
+                .fetch_one(&read)
                 .await?;
             if n == 0 || drain_started.elapsed() > drain_limit {
                 break n;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM requests")
-            .fetch_all(&state.db.read)
-            .await?;
+        let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM requests").fetch_all(&read).await?;
         let stored: HashSet<i64> = ids.into_iter().map(|r| r.0).collect();
-        let mut conn = state.db.read.acquire().await?;
+        let mut conn = read.acquire().await?;
         let chain = jitgate::audit::verify_chain(&mut conn).await?;
         anyhow::Ok((pending, stored, chain))
     })?;
@@ -305,7 +364,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Ok(n) => println!("audit chain intact: {n} entries"),
         Err(e) => println!("audit chain BROKEN: {e}"),
     }
-    rt.server.block_on(running.shutdown()).context("shutting down")?;
+    let (_, final_hwm) = server.rss_kib();
+    if matches!(server, Server::Child(_)) {
+        println!(
+            "server peak RSS over the whole run, outbox drain included: {} MiB",
+            final_hwm / 1024
+        );
+    }
+    rt.server.block_on(read.close());
+    rt.server.block_on(server.stop()).context("shutting down")?;
     let ok =
         error_count == 0 && unique.len() == acked.len() && not_stored == 0 && one_card == unique.len() && pending == 0;
     anyhow::ensure!(ok, "check failed: see the counts above");

@@ -129,9 +129,65 @@ pub async fn wait_healthy(addr: std::net::SocketAddr, limit: Duration) -> anyhow
     }
 }
 
+/// The real `jitgate serve` binary, run as a child process on a loopback port.
+pub struct ChildServer {
+    pub addr: std::net::SocketAddr,
+    child: std::process::Child,
+}
+
+impl ChildServer {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (a graceful stop, as an operator's), then waits for the exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "jitgate exited with {status}");
+        Ok(())
+    }
+}
+
+impl Drop for ChildServer {
+    /// A run that failed half-way must not leave the server behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `bin serve` with `config_text` (its `listen` replaced by a free loopback port)
+/// and the secrets in its environment.
+pub fn spawn_server(bin: &Path, dir: &Path, config_text: &str) -> anyhow::Result<ChildServer> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let path = dir.join("jitgate.toml");
+    std::fs::write(&path, config_text.replace("127.0.0.1:0", &addr.to_string()))?;
+    let child = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .env("SLACK_BOT_TOKEN", fake_slack::BOT_TOKEN)
+        .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+        .env("JITGATE_LOG", "warn")
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(ChildServer { addr, child })
+}
+
 /// Resident memory of this process, from /proc/self/status: (VmRSS, VmHWM) in KiB.
 pub fn rss_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_kib_of("/proc/self/status")
+}
+
+/// Resident memory from a /proc/PID/status file: (VmRSS, VmHWM) in KiB.
+pub fn rss_kib_of(path: &str) -> (u64, u64) {
+    let status = std::fs::read_to_string(path).unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()

@@ -53,6 +53,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
 
+    /// ack: run this `jitgate` binary as a child process instead of the server in this
+    /// process, so its memory is measured alone (e.g. target/release/jitgate).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+
     /// ack: concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
