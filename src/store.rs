@@ -795,20 +795,27 @@ pub async fn card_post_pending(conn: &mut SqliteConnection, request_id: i64) -> 
 }
 
 pub async fn outbox_sent(conn: &mut SqliteConnection, id: i64, now: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1 WHERE id = ?")
-        .bind(now)
-        .bind(id)
-        .execute(conn)
-        .await?;
+    // A sensitive body (generated credentials) is erased once Slack has it.
+    sqlx::query(
+        "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, \
+         body = CASE WHEN sensitive = 1 THEN NULL ELSE body END WHERE id = ?",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 pub async fn outbox_failed(conn: &mut SqliteConnection, id: i64, error: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET state = 'failed', last_error = ?, attempts = attempts + 1 WHERE id = ?")
-        .bind(error)
-        .bind(id)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE outbox SET state = 'failed', last_error = ?, attempts = attempts + 1, \
+         body = CASE WHEN sensitive = 1 THEN NULL ELSE body END WHERE id = ?",
+    )
+    .bind(error)
+    .bind(id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -193,3 +193,71 @@ async fn undecided_request_expires_and_its_card_says_so() {
     assert!(reply.contains("expired"), "{reply}");
     assert_eq!(app.count("SELECT COUNT(*) FROM grants").await, 0);
 }
+
+/// An adapter that hands out a generated secret, like the postgres temporary login.
+struct Credentials;
+
+impl jitgate::adapters::Adapter for Credentials {
+    fn grant<'a>(
+        &'a self,
+        _ctx: &'a jitgate::adapters::GrantContext,
+    ) -> jitgate::adapters::BoxFuture<'a, Result<jitgate::adapters::Granted, jitgate::adapters::AdapterError>> {
+        Box::pin(async {
+            Ok(jitgate::adapters::Granted {
+                state: Some("login-1".into()),
+                private_note: Some("password: hunter2-generated".into()),
+            })
+        })
+    }
+    fn revoke<'a>(
+        &'a self,
+        _ctx: &'a jitgate::adapters::GrantContext,
+    ) -> jitgate::adapters::BoxFuture<'a, Result<(), jitgate::adapters::AdapterError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn generated_credentials_reach_only_the_requester_and_leave_no_copy() {
+    let app = TestApp::start_with(Setup {
+        adapters: vec![(
+            "demo".into(),
+            std::sync::Arc::new(Credentials) as std::sync::Arc<dyn jitgate::adapters::Adapter>,
+        )],
+        ..Setup::default()
+    })
+    .await;
+    let id = app.request("prod-db:read 1h needs a login").await;
+    app.approve(APPROVER1, id).await;
+    app.wait_grant(id, "active").await;
+    app.wait_dm(REQUESTER, "hunter2-generated").await;
+    let elsewhere = app
+        .slack
+        .calls()
+        .iter()
+        .filter(|c| c.channel() != REQUESTER && c.all_text().contains("hunter2"))
+        .count();
+    assert_eq!(elsewhere, 0, "only the requester's DM holds the secret");
+    wait_for("the delivered secret erased from the outbox", || async {
+        (app.count("SELECT COUNT(*) FROM outbox WHERE body LIKE '%hunter2%'")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM outbox WHERE sensitive = 1 AND state = 'sent' AND body IS NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM audit_log WHERE details LIKE '%hunter2%'")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM grants WHERE adapter_state LIKE '%hunter2%'")
+            .await,
+        0
+    );
+}
