@@ -31,6 +31,8 @@ impl Bot {
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
+        // Owned by the guard from here on, so a failed start-up cannot leave it running.
+        let bot = Self { child };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -44,7 +46,7 @@ impl Bot {
             .unwrap()
             .expect("jitgate printed its address");
         app.base = format!("http://{addr}");
-        Self { child }
+        bot
     }
 
     fn kill(mut self) {
