@@ -259,6 +259,36 @@ mod tests {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn appending_many_at_once_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::Db::open(&dir.path().join("a.db").display().to_string())
+            .await
+            .unwrap();
+        let mut tx = db.begin().await.unwrap();
+        append(&mut tx, 1, "U1", "request.created", Some(1), serde_json::json!({}))
+            .await
+            .unwrap();
+        let events: Vec<Event> = (0..300)
+            .map(|i| Event {
+                at: 2 + i,
+                actor: "U2",
+                action: "request.created",
+                request_id: Some(2 + i),
+                details: serde_json::json!({ "n": i }),
+            })
+            .collect();
+        append_all(&mut tx, &events).await.unwrap();
+        append(&mut tx, 999, "U3", "request.created", Some(999), serde_json::json!({}))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut conn = db.read.acquire().await.unwrap();
+        assert_eq!(verify_chain(&mut conn).await.unwrap(), Ok(302));
+        drop(conn);
+        db.close().await;
+    }
+
     #[test]
     fn an_untouched_chain_verifies() {
         assert_eq!(check(&chain(5)), Ok(()));

@@ -240,7 +240,14 @@ async fn drain_creations(app: AppState) {
 
 async fn store_batch(app: &AppState, batch: Vec<Creation>) {
     let rows: Vec<(&NewRequest, bool)> = batch.iter().map(|c| (&c.new, c.on_call_check)).collect();
-    match write_pending(app, &rows).await {
+    let started = std::time::Instant::now();
+    let written = write_pending(app, &rows).await;
+    tracing::debug!(
+        requests = rows.len(),
+        took_us = started.elapsed().as_micros() as u64,
+        "stored a batch of requests"
+    );
+    match written {
         Ok(ids) => {
             for (c, id) in batch.into_iter().zip(ids) {
                 let _ = c.reply.send(Ok(id));

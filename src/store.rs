@@ -48,7 +48,9 @@ impl Db {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(opts.clone())
+            // Room for the batch writers' multi-row statements of many sizes besides the
+            // single-row ones (the default is 100).
+            .connect_with(opts.clone().statement_cache_capacity(512))
             .await
             .with_context(|| format!("opening the database {url}"))?;
         MIGRATOR
@@ -831,19 +833,15 @@ pub async fn outbox_retry(conn: &mut SqliteConnection, id: i64, at: i64, error: 
 
 // ---- many rows at once ----------------------------------------------------------------
 
-/// Sizes of multi-row statements. Many rows are written in chunks of these sizes, so
-/// only a few distinct statements are ever prepared (and stay in the statement cache).
-const CHUNK_SIZES: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
+/// Most rows in one multi-row statement (the widest, `requests`, binds 14 values a row).
+const MAX_ROWS_PER_STATEMENT: usize = 128;
 
-/// `items` cut into chunks whose sizes are in `CHUNK_SIZES`, largest first.
+/// `items` cut into chunks of at most `MAX_ROWS_PER_STATEMENT`. Each chunk becomes one
+/// statement, however many rows it has: a statement costs a round trip to the
+/// connection's thread, which under load is worth more than re-preparing a statement of
+/// a new size (prepared statements are cached by text, so common sizes stay prepared).
 pub(crate) fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
-    let mut rest = items;
-    std::iter::from_fn(move || {
-        let n = CHUNK_SIZES.iter().copied().find(|n| *n <= rest.len())?;
-        let (chunk, tail) = rest.split_at(n);
-        rest = tail;
-        Some(chunk)
-    })
+    items.chunks(MAX_ROWS_PER_STATEMENT)
 }
 
 /// Inserts pending requests as `insert_request` does, in multi-row statements, and
@@ -928,4 +926,75 @@ pub async fn enqueue_all(conn: &mut SqliteConnection, messages: &[(Outgoing, i64
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_request(i: i64) -> NewRequest {
+        NewRequest {
+            requester_id: format!("U{i}"),
+            team_id: "T1".into(),
+            resource: "prod-db".into(),
+            role: "read".into(),
+            duration_secs: 3600,
+            reason: format!("reason {i}"),
+            origin_channel: "C1".into(),
+            approval_channel: "C2".into(),
+            approvals_required: 1,
+            created_at: 1_700_000_000_000 + i,
+            kind: RequestKind::Access,
+            extends_request_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn many_rows_at_once_match_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db").display().to_string()).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        let first = insert_request(&mut tx, &new_request(0)).await.unwrap();
+        // More than one statement's worth, and not a multiple of it.
+        let news: Vec<NewRequest> = (1..=300).map(new_request).collect();
+        let refs: Vec<&NewRequest> = news.iter().collect();
+        let ids = insert_requests(&mut tx, &refs).await.unwrap();
+        assert_eq!(ids, (first + 1..=first + 300).collect::<Vec<_>>());
+        let jobs: Vec<NewJob> = ids
+            .iter()
+            .map(|&id| NewJob {
+                request_id: id,
+                kind: JobKind::ExpireRequest,
+                run_at: 5,
+                created_at: 1,
+            })
+            .collect();
+        insert_jobs(&mut tx, &jobs).await.unwrap();
+        // A second job of the same kind for a request is ignored, as with insert_job.
+        insert_jobs(&mut tx, &jobs[..3]).await.unwrap();
+        let cards: Vec<(Outgoing, i64)> = ids.iter().map(|&id| (Outgoing::post_card(id), 7)).collect();
+        enqueue_all(&mut tx, &cards).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut conn = db.read.acquire().await.unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let r = get_request(&mut conn, *id).await.unwrap().unwrap();
+            assert_eq!(
+                (r.requester_id.as_str(), r.state),
+                (format!("U{}", i + 1).as_str(), RequestState::Pending)
+            );
+            assert_eq!(r.reason, format!("reason {}", i + 1));
+            assert!(job_of(&mut conn, *id, JobKind::ExpireRequest).await.unwrap().is_some());
+        }
+        let (jobs,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(jobs, 300);
+        let due = due_outbox(&mut conn, 7, 1000).await.unwrap();
+        assert_eq!(due.len(), 300);
+        assert!(due.windows(2).all(|w| w[0].id < w[1].id), "in the order written");
+        drop(conn);
+        db.close().await;
+    }
 }

@@ -189,7 +189,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db_path = args.db.clone().unwrap_or_else(|| dir.path().join("jitgate.db"));
     let fake = harness::start_fake(&rt);
-    let config = harness::config_text(&db_path, &fake.api_url());
+    let api_url = if args.slack_stalled {
+        format!("http://{}/api", rt.fake.block_on(harness::stalled_listener())?)
+    } else {
+        fake.api_url()
+    };
+    let config = harness::config_text(&db_path, &api_url);
     let started = Instant::now();
     let server = match &args.server_bin {
         None => Server::InProcess(rt.server.block_on(harness::start_server(dir.path(), &config))?),
@@ -301,7 +306,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("\n== after the load ==");
     let read = rt.server.block_on(server.read_pool(&db_path))?;
     let drain_started = Instant::now();
-    let drain_limit = args.drain_timeout.to_std();
+    // With Slack stalled nothing can be delivered: check storage only.
+    let drain_limit = if args.slack_stalled {
+        Duration::ZERO
+    } else {
+        args.drain_timeout.to_std()
+    };
     let (pending, stored, chain) = rt.server.block_on(async {
         let pending = loop {
             let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
@@ -373,19 +383,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     rt.server.block_on(read.close());
     rt.server.block_on(server.stop()).context("shutting down")?;
+    if args.slack_stalled {
+        let ok = error_count == 0 && unique.len() == acked.len() && not_stored == 0;
+        anyhow::ensure!(ok, "check failed: see the counts above");
+        println!("check passed: every acknowledged request is stored (cards not checked: Slack was stalled)");
+        return Ok(());
+    }
     let ok =
         error_count == 0 && unique.len() == acked.len() && not_stored == 0 && one_card == unique.len() && pending == 0;
     anyhow::ensure!(ok, "check failed: see the counts above");
     println!("check passed: every acknowledged request is stored and got exactly one card");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_request_id_is_read_from_the_acknowledgement() {
-        let body = br#"{"response_type":"ephemeral","text":"Request *JIT-42* for `prod-db:read` (1h) is waiting"}"#;
-        assert_eq!(super::acked_id(body), Some(42));
-        assert_eq!(super::acked_id(b"Something went wrong"), None);
-    }
 }

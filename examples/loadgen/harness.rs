@@ -49,6 +49,24 @@ pub fn start_fake(rt: &Runtimes) -> FakeSlack {
     rt.fake.block_on(FakeSlack::start())
 }
 
+/// A "Slack" that accepts connections and never answers (at most 64 are held), so the
+/// outbox waits on its first call and the ack path can be measured on its own.
+pub async fn stalled_listener() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while held.len() < 64 {
+            match listener.accept().await {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => break,
+            }
+        }
+        std::future::pending::<()>().await;
+    });
+    Ok(addr)
+}
+
 /// A configuration like an operator's: defaults everywhere, one resource, a noop adapter.
 pub fn config_text(db: &Path, api_url: &str) -> String {
     format!(

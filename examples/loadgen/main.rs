@@ -58,6 +58,11 @@ pub struct Args {
     #[arg(long)]
     server_bin: Option<PathBuf>,
 
+    /// ack: a Slack that never answers, so the outbox stalls and the ack path runs alone
+    /// (a diagnostic: cards are not checked; shutdown waits out the grace period).
+    #[arg(long)]
+    slack_stalled: bool,
+
     /// ack: concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,

@@ -7,6 +7,7 @@ mod commands;
 mod crash;
 mod delivery;
 mod early_end;
+mod group_commit;
 mod lifecycle;
 mod manifest;
 mod oncall;
