@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::DateTime;
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::adapters::{AdapterError, GrantContext};
@@ -25,17 +26,32 @@ pub struct AccessLocks {
 }
 
 impl AccessLocks {
+    /// What identifies the access `g` concerns.
+    pub fn key(g: &GrantRow) -> String {
+        format!("{}\u{1f}{}\u{1f}{}\u{1f}{}", g.adapter, g.user_id, g.resource, g.role)
+    }
+
+    fn mutex(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 1024 {
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        map.entry(key).or_default().clone()
+    }
+
     /// Waits for the access `g` concerns.
     pub async fn lock(&self, g: &GrantRow) -> tokio::sync::OwnedMutexGuard<()> {
-        let key = format!("{}\u{1f}{}\u{1f}{}\u{1f}{}", g.adapter, g.user_id, g.resource, g.role);
-        let lock = {
-            let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            if map.len() > 1024 {
-                map.retain(|_, l| Arc::strong_count(l) > 1);
-            }
-            map.entry(key).or_default().clone()
-        };
-        lock.lock_owned().await
+        self.lock_key(Self::key(g)).await
+    }
+
+    /// Waits for the access with this `key`.
+    pub async fn lock_key(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
+        self.mutex(key).lock_owned().await
+    }
+
+    /// The access with this `key`, unless someone holds it.
+    pub fn try_lock_key(&self, key: String) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.mutex(key).try_lock_owned().ok()
     }
 }
 
@@ -265,149 +281,367 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
-    let (_, grant) = load(app, job.request_id).await?;
-    let Some(grant) = grant else {
-        return finish(app, &job).await;
-    };
-    let _access = app.access_locks.lock(&grant).await;
-    // Re-read under the lock: an extension or another revoke may have run meanwhile.
-    let (request, grant) = load(app, job.request_id).await?;
+/// What a claimed revoke job does, decided under its access lock.
+#[derive(Debug, Clone, PartialEq)]
+enum RevokeStep {
+    /// Nothing to revoke: there is no grant, or it already ended.
+    Finish,
+    /// The grant was extended after the job was claimed: run again at the new expiry.
+    NotDue(i64),
+    /// Another grant still needs the same shared access: end this one, leave the access.
+    Supersede,
+    /// Ask the adapter to take the access away.
+    Revoke,
+}
+
+/// The decision for one revoke job at `now`. `covered` says whether another grant still
+/// covers the same access and the adapter shares access between grants.
+fn revoke_step(grant: Option<&GrantRow>, now: i64, covered: bool) -> RevokeStep {
     let Some(grant) = grant.filter(|g| matches!(g.state, GrantState::Active | GrantState::Failed)) else {
-        return finish(app, &job).await;
+        return RevokeStep::Finish;
     };
-    let now = app.now_ms();
     if grant.state == GrantState::Active && grant.revoke_requested_by.is_none() {
         if let Some(expires_at) = grant.expires_at.filter(|e| *e > now) {
-            // Extended after this job was claimed: not due yet.
-            let mut conn = app.db.write.acquire().await?;
-            store::release_job(&mut conn, job.id).await?;
-            store::reschedule_job(&mut conn, request.id, JobKind::Revoke, expires_at).await?;
-            return Ok(());
+            return RevokeStep::NotDue(expires_at);
         }
     }
-    let cleanup = grant.state == GrantState::Failed;
-    let adapter = app.adapters.get(&grant.adapter);
-    if adapter.as_ref().is_some_and(|a| a.shares_access()) {
-        let covering = {
-            let mut conn = app.db.read.acquire().await?;
-            store::covering_grants(&mut conn, &grant).await?
+    if covered {
+        RevokeStep::Supersede
+    } else {
+        RevokeStep::Revoke
+    }
+}
+
+/// One revoke job with what it acts on, once its access is locked.
+struct RevokeItem {
+    job: JobRow,
+    request: RequestRow,
+    grant: GrantRow,
+    /// When the access was due to end.
+    due: i64,
+}
+
+/// What a revoke job leads to, written in the batch's transaction.
+// Short-lived, one per job of a batch: boxing the rows would only add allocations.
+#[allow(clippy::large_enum_variant)]
+enum RevokeOutcome {
+    Finish(JobRow),
+    NotDue(JobRow, i64),
+    Superseded(RevokeItem, GrantRow),
+    Revoked(RevokeItem),
+    Failed(RevokeItem, AdapterError),
+}
+
+/// Runs one revoke job on its own, waiting for its access lock.
+async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+    let deferred = revoke_batch(app, vec![job], 1, true).await?;
+    debug_assert!(deferred.is_empty());
+    Ok(())
+}
+
+/// Runs claimed revoke jobs together: their grants are read in a few statements, the
+/// adapter calls run `concurrency` at a time, and every result is written in one
+/// transaction. Revokes fall due in waves (a shift's worth of grants ending at once), and
+/// one revoke at a time with two commits each cannot keep up with a large wave.
+///
+/// A job whose access is locked by another task (a grant, extension or reconciliation
+/// for the same access), or whose access another job of this batch already covers, runs
+/// on its own after the batch. Returns an error only when the batch wrote nothing; its
+/// jobs are then still claimed and the caller retries them.
+pub async fn run_revokes(app: &AppState, jobs: Vec<JobRow>, concurrency: usize) -> anyhow::Result<()> {
+    let deferred = revoke_batch(app, jobs, concurrency, false).await?;
+    for job in deferred {
+        let id = job.id;
+        if let Err(e) = run_revoke(app, job).await {
+            crate::scheduler::retry_after_error(app, &[id], &e).await;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `jobs` as one batch and returns those left for later (see `run_revokes`). With
+/// `wait`, waits for every access lock instead of deferring.
+async fn revoke_batch(
+    app: &AppState,
+    jobs: Vec<JobRow>,
+    concurrency: usize,
+    wait: bool,
+) -> anyhow::Result<Vec<JobRow>> {
+    let request_ids: Vec<i64> = jobs.iter().map(|j| j.request_id).collect();
+    let before = {
+        let mut conn = app.db.read.acquire().await?;
+        store::grants_of(&mut conn, &request_ids).await?
+    };
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut locked = Vec::with_capacity(jobs.len());
+    let mut deferred = Vec::new();
+    let mut guards = Vec::with_capacity(jobs.len());
+    let mut keys = std::collections::HashSet::new();
+    for job in jobs {
+        let Some(grant) = before.get(&job.request_id) else {
+            outcomes.push(RevokeOutcome::Finish(job));
+            continue;
         };
-        if let Some(cover) = covering.first() {
-            return supersede(app, &job, &request, &grant, cover).await;
+        let key = AccessLocks::key(grant);
+        if !keys.insert(key.clone()) {
+            deferred.push(job);
+            continue;
+        }
+        let guard = if wait {
+            Some(app.access_locks.lock_key(key).await)
+        } else {
+            app.access_locks.try_lock_key(key)
+        };
+        match guard {
+            Some(guard) => {
+                guards.push(guard);
+                locked.push(job);
+            }
+            None => deferred.push(job),
         }
     }
-    let due = grant.expires_at.unwrap_or(job.run_at);
-    let result = match &adapter {
-        Some(adapter) => adapter.revoke(&context(&grant, &request.reason, due)).await,
-        None => Err(AdapterError::Temporary(format!(
-            "adapter `{}` is not in the configuration; restore it so the access can be revoked",
-            grant.adapter
-        ))),
+
+    // Read again under the locks: an extension or another revoke may have run meanwhile.
+    let request_ids: Vec<i64> = locked.iter().map(|j| j.request_id).collect();
+    let (mut requests, mut grants, covers) = {
+        let mut conn = app.db.read.acquire().await?;
+        let requests = store::requests_by_id(&mut conn, &request_ids).await?;
+        let grants = store::grants_of(&mut conn, &request_ids).await?;
+        let shared: Vec<&GrantRow> = grants
+            .values()
+            .filter(|g| app.adapters.get(&g.adapter).is_some_and(|a| a.shares_access()))
+            .collect();
+        let covers = store::covers_of(&mut conn, &shared).await?;
+        (requests, grants, covers)
     };
     let now = app.now_ms();
-    let what = format!("`{}:{}`", grant.resource, grant.role);
-    let mut tx = app.db.begin().await?;
-    match result {
-        Ok(()) => {
-            let by = grant.revoke_requested_by.clone().unwrap_or_else(|| "expiry".into());
-            if cleanup {
-                audit::append(
-                    &mut tx,
-                    now,
-                    audit::SYSTEM_ACTOR,
-                    "grant.cleaned_up",
-                    Some(request.id),
-                    json!({ "grant_id": grant.id }),
-                )
-                .await?;
-            } else if store::revoke_grant(&mut tx, grant.id, now, &by).await? {
-                audit::append(
-                    &mut tx,
-                    now,
-                    grant.revoke_requested_by.as_deref().unwrap_or(audit::SYSTEM_ACTOR),
-                    "grant.revoked",
-                    Some(request.id),
-                    json!({ "grant_id": grant.id, "adapter": grant.adapter, "expires_at": due, "revoked_at": now,
-                            "late_ms": now - due, "attempt": job.attempts + 1, "revoked_by": by }),
-                )
-                .await?;
-                let text = if grant.revoke_requested_by.is_none() {
-                    format!(":lock: Your access to {what} ({}) has ended.", label(request.id))
-                } else {
-                    format!(
-                        ":lock: Your access to {what} ({}) has ended early, {}.",
-                        label(request.id),
-                        ended_by_text(&grant)
-                    )
-                };
-                store::enqueue(&mut tx, &Outgoing::message(&grant.user_id, text, Some(request.id)), now).await?;
-                if job.attempts > 0 {
-                    store::enqueue(
-                        &mut tx,
-                        &Outgoing::message(
-                            &request.approval_channel,
-                            format!(
-                                ":white_check_mark: Revoking {what} for <@{}> ({}) succeeded after {} failed attempt{}.",
-                                grant.user_id,
-                                label(request.id),
-                                job.attempts,
-                                if job.attempts == 1 { "" } else { "s" }
-                            ),
-                            Some(request.id),
-                        ),
-                        now,
-                    )
-                    .await?;
-                }
+    let mut calls = Vec::new();
+    for job in locked {
+        let grant = grants.remove(&job.request_id);
+        let cover = grant.as_ref().and_then(|g| covers.get(&g.id));
+        let step = revoke_step(grant.as_ref(), now, cover.is_some());
+        let item = match (grant, requests.remove(&job.request_id)) {
+            (Some(grant), Some(request)) => RevokeItem {
+                due: grant.expires_at.unwrap_or(job.run_at),
+                job,
+                request,
+                grant,
+            },
+            _ => {
+                outcomes.push(RevokeOutcome::Finish(job));
+                continue;
             }
-            store::finish_job(&mut tx, job.id, false, now).await?;
+        };
+        match step {
+            RevokeStep::Finish => outcomes.push(RevokeOutcome::Finish(item.job)),
+            RevokeStep::NotDue(at) => outcomes.push(RevokeOutcome::NotDue(item.job, at)),
+            RevokeStep::Supersede => {
+                let cover = cover.cloned().expect("a superseded grant has a cover");
+                outcomes.push(RevokeOutcome::Superseded(item, cover))
+            }
+            RevokeStep::Revoke => calls.push(item),
         }
-        Err(err) => {
-            // A revoke never gives up: access that should have ended is the worst failure.
-            let attempts = job.attempts + 1;
-            let message = err.to_string();
-            let retry_at = now + jittered(app, attempts).as_millis() as i64;
-            let alert_every = app.config.jobs.revoke_alert_interval.as_secs() as i64 * 1000;
-            let alert = job.last_alert_at.is_none_or(|at| now - at >= alert_every);
-            store::retry_job(&mut tx, job.id, retry_at, &message, alert.then_some(now)).await?;
-            store::set_grant_error(&mut tx, grant.id, &message).await?;
-            audit::append(
-                &mut tx,
-                now,
-                audit::SYSTEM_ACTOR,
-                "revoke.attempt_failed",
-                Some(request.id),
-                json!({ "grant_id": grant.id, "attempt": attempts, "error": message, "retry_at": retry_at }),
-            )
-            .await?;
-            if alert {
-                store::enqueue(
-                    &mut tx,
-                    &Outgoing::message(
-                        &request.approval_channel,
+    }
+
+    let called = futures_util::stream::iter(calls)
+        .map(|item| async move {
+            let result = match app.adapters.get(&item.grant.adapter) {
+                Some(adapter) => {
+                    adapter
+                        .revoke(&context(&item.grant, &item.request.reason, item.due))
+                        .await
+                }
+                None => Err(AdapterError::Temporary(format!(
+                    "adapter `{}` is not in the configuration; restore it so the access can be revoked",
+                    item.grant.adapter
+                ))),
+            };
+            match result {
+                Ok(()) => RevokeOutcome::Revoked(item),
+                Err(e) => RevokeOutcome::Failed(item, e),
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    outcomes.extend(called);
+
+    let now = app.now_ms();
+    let mut tx = app.db.begin().await?;
+    record_revokes(app, &mut tx, outcomes, now).await?;
+    tx.commit().await?;
+    drop(guards);
+    app.wake_outbox();
+    app.wake_scheduler();
+    Ok(deferred)
+}
+
+/// Writes what a batch of revoke jobs led to: grant states, audit entries, messages, and
+/// the jobs' own state, with one multi-row statement per table for the common case.
+async fn record_revokes(
+    app: &AppState,
+    tx: &mut sqlx::SqliteConnection,
+    mut outcomes: Vec<RevokeOutcome>,
+    now: i64,
+) -> anyhow::Result<()> {
+    // The audit log and messages follow the order the jobs were due.
+    outcomes.sort_by_key(|o| match o {
+        RevokeOutcome::Finish(job) | RevokeOutcome::NotDue(job, _) => (job.run_at, job.id),
+        RevokeOutcome::Superseded(i, _) | RevokeOutcome::Revoked(i) | RevokeOutcome::Failed(i, _) => {
+            (i.job.run_at, i.job.id)
+        }
+    });
+    let to_revoke: Vec<i64> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            RevokeOutcome::Revoked(i) if i.grant.state == GrantState::Active => Some(i.grant.id),
+            _ => None,
+        })
+        .collect();
+    let revoked: std::collections::HashSet<i64> =
+        store::revoke_grants(tx, &to_revoke, now).await?.into_iter().collect();
+
+    let mut events: Vec<audit::Event> = Vec::new();
+    let mut messages: Vec<(Outgoing, i64)> = Vec::new();
+    let mut finished: Vec<i64> = Vec::new();
+    for outcome in &outcomes {
+        match outcome {
+            RevokeOutcome::Finish(job) => finished.push(job.id),
+            RevokeOutcome::NotDue(job, at) => {
+                store::release_job(tx, job.id).await?;
+                store::reschedule_job(tx, job.request_id, JobKind::Revoke, *at).await?;
+            }
+            RevokeOutcome::Superseded(item, cover) => {
+                let (grant, request) = (&item.grant, &item.request);
+                if grant.state == GrantState::Failed {
+                    events.push(audit::Event {
+                        at: now,
+                        actor: audit::SYSTEM_ACTOR,
+                        action: "grant.cleanup_skipped",
+                        request_id: Some(request.id),
+                        details: json!({ "grant_id": grant.id, "covered_by": label(cover.request_id) }),
+                    });
+                } else {
+                    let by = grant.revoke_requested_by.as_deref().unwrap_or("expiry");
+                    if store::supersede_grant(tx, grant.id, now, by).await? {
+                        events.push(audit::Event {
+                            at: now,
+                            actor: grant.revoke_requested_by.as_deref().unwrap_or(audit::SYSTEM_ACTOR),
+                            action: "grant.superseded",
+                            request_id: Some(request.id),
+                            details: json!({ "grant_id": grant.id, "covered_by": label(cover.request_id),
+                                             "covered_until": cover.expires_at }),
+                        });
+                        let until = match cover.expires_at {
+                            Some(at) => format!(" until {}", slack_date(at)),
+                            None => String::new(),
+                        };
+                        let text = format!(
+                            ":information_source: {} has ended ({}), but you keep `{}:{}` under {}{until}.",
+                            label(request.id),
+                            ended_by_text(grant),
+                            grant.resource,
+                            grant.role,
+                            label(cover.request_id)
+                        );
+                        messages.push((Outgoing::message(&grant.user_id, text, Some(request.id)), now));
+                        messages.push((Outgoing::update_card(request.id), now));
+                    }
+                }
+                finished.push(item.job.id);
+            }
+            RevokeOutcome::Revoked(item) => {
+                let (grant, request, job) = (&item.grant, &item.request, &item.job);
+                let what = format!("`{}:{}`", grant.resource, grant.role);
+                if grant.state == GrantState::Failed {
+                    events.push(audit::Event {
+                        at: now,
+                        actor: audit::SYSTEM_ACTOR,
+                        action: "grant.cleaned_up",
+                        request_id: Some(request.id),
+                        details: json!({ "grant_id": grant.id }),
+                    });
+                } else if revoked.contains(&grant.id) {
+                    let by = grant.revoke_requested_by.as_deref().unwrap_or("expiry");
+                    events.push(audit::Event {
+                        at: now,
+                        actor: grant.revoke_requested_by.as_deref().unwrap_or(audit::SYSTEM_ACTOR),
+                        action: "grant.revoked",
+                        request_id: Some(request.id),
+                        details: json!({ "grant_id": grant.id, "adapter": grant.adapter, "expires_at": item.due,
+                                         "revoked_at": now, "late_ms": now - item.due, "attempt": job.attempts + 1,
+                                         "revoked_by": by }),
+                    });
+                    let text = if grant.revoke_requested_by.is_none() {
+                        format!(":lock: Your access to {what} ({}) has ended.", label(request.id))
+                    } else {
                         format!(
-                            ":rotating_light: Revoking {what} for <@{}> ({}) is failing: {}. It was due {}; \
-                             jitgate keeps retrying (attempt {attempts}, next {}). Check the `{}` adapter.",
+                            ":lock: Your access to {what} ({}) has ended early, {}.",
+                            label(request.id),
+                            ended_by_text(grant)
+                        )
+                    };
+                    messages.push((Outgoing::message(&grant.user_id, text, Some(request.id)), now));
+                    if job.attempts > 0 {
+                        let text = format!(
+                            ":white_check_mark: Revoking {what} for <@{}> ({}) succeeded after {} failed attempt{}.",
                             grant.user_id,
                             label(request.id),
-                            crate::slack::payloads::escape(&message),
-                            slack_date(due),
-                            slack_date(retry_at),
-                            grant.adapter
-                        ),
-                        Some(request.id),
-                    ),
-                    now,
-                )
-                .await?;
+                            job.attempts,
+                            if job.attempts == 1 { "" } else { "s" }
+                        );
+                        messages.push((
+                            Outgoing::message(&request.approval_channel, text, Some(request.id)),
+                            now,
+                        ));
+                    }
+                }
+                messages.push((Outgoing::update_card(request.id), now));
+                finished.push(job.id);
+            }
+            RevokeOutcome::Failed(item, err) => {
+                // A revoke never gives up: access that should have ended is the worst failure.
+                let (grant, request, job) = (&item.grant, &item.request, &item.job);
+                let attempts = job.attempts + 1;
+                let message = err.to_string();
+                let retry_at = now + jittered(app, attempts).as_millis() as i64;
+                let alert_every = app.config.jobs.revoke_alert_interval.as_secs() as i64 * 1000;
+                let alert = job.last_alert_at.is_none_or(|at| now - at >= alert_every);
+                store::retry_job(tx, job.id, retry_at, &message, alert.then_some(now)).await?;
+                store::set_grant_error(tx, grant.id, &message).await?;
+                events.push(audit::Event {
+                    at: now,
+                    actor: audit::SYSTEM_ACTOR,
+                    action: "revoke.attempt_failed",
+                    request_id: Some(request.id),
+                    details: json!({ "grant_id": grant.id, "attempt": attempts, "error": message,
+                                     "retry_at": retry_at }),
+                });
+                if alert {
+                    let text = format!(
+                        ":rotating_light: Revoking `{}:{}` for <@{}> ({}) is failing: {}. It was due {}; \
+                         jitgate keeps retrying (attempt {attempts}, next {}). Check the `{}` adapter.",
+                        grant.resource,
+                        grant.role,
+                        grant.user_id,
+                        label(request.id),
+                        crate::slack::payloads::escape(&message),
+                        slack_date(item.due),
+                        slack_date(retry_at),
+                        grant.adapter
+                    );
+                    messages.push((
+                        Outgoing::message(&request.approval_channel, text, Some(request.id)),
+                        now,
+                    ));
+                }
+                messages.push((Outgoing::update_card(request.id), now));
             }
         }
     }
-    store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
-    tx.commit().await?;
-    app.wake_outbox();
-    app.wake_scheduler();
+    audit::append_all(tx, &events).await?;
+    store::enqueue_all(tx, &messages).await?;
+    store::finish_jobs(tx, &finished, now).await?;
     Ok(())
 }
 
@@ -415,67 +649,6 @@ async fn finish(app: &AppState, job: &JobRow) -> anyhow::Result<()> {
     let mut tx = app.db.begin().await?;
     store::finish_job(&mut tx, job.id, false, app.now_ms()).await?;
     tx.commit().await?;
-    Ok(())
-}
-
-/// Ends a grant without touching the adapter, because `cover` still needs the same access.
-async fn supersede(
-    app: &AppState,
-    job: &JobRow,
-    request: &RequestRow,
-    grant: &GrantRow,
-    cover: &GrantRow,
-) -> anyhow::Result<()> {
-    let now = app.now_ms();
-    let what = format!("`{}:{}`", grant.resource, grant.role);
-    let mut tx = app.db.begin().await?;
-    if grant.state == GrantState::Failed {
-        audit::append(
-            &mut tx,
-            now,
-            audit::SYSTEM_ACTOR,
-            "grant.cleanup_skipped",
-            Some(request.id),
-            json!({ "grant_id": grant.id, "covered_by": label(cover.request_id) }),
-        )
-        .await?;
-    } else {
-        let by = grant.revoke_requested_by.clone().unwrap_or_else(|| "expiry".into());
-        if store::supersede_grant(&mut tx, grant.id, now, &by).await? {
-            audit::append(
-                &mut tx,
-                now,
-                grant.revoke_requested_by.as_deref().unwrap_or(audit::SYSTEM_ACTOR),
-                "grant.superseded",
-                Some(request.id),
-                json!({ "grant_id": grant.id, "covered_by": label(cover.request_id), "covered_until": cover.expires_at }),
-            )
-            .await?;
-            let until = match cover.expires_at {
-                Some(at) => format!(" until {}", slack_date(at)),
-                None => String::new(),
-            };
-            store::enqueue(
-                &mut tx,
-                &Outgoing::message(
-                    &grant.user_id,
-                    format!(
-                        ":information_source: {} has ended ({}), but you keep {what} under {}{until}.",
-                        label(request.id),
-                        ended_by_text(grant),
-                        label(cover.request_id)
-                    ),
-                    Some(request.id),
-                ),
-                now,
-            )
-            .await?;
-            store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
-        }
-    }
-    store::finish_job(&mut tx, job.id, false, now).await?;
-    tx.commit().await?;
-    app.wake_outbox();
     Ok(())
 }
 
@@ -752,4 +925,76 @@ async fn remind(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     tx.commit().await?;
     app.wake_outbox();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(state: GrantState, expires_at: Option<i64>, revoke_requested_by: Option<&str>) -> GrantRow {
+        GrantRow {
+            id: 1,
+            request_id: 1,
+            user_id: "U1".into(),
+            resource: "prod-db".into(),
+            role: "read".into(),
+            adapter: "demo".into(),
+            duration_secs: 3600,
+            state,
+            created_at: 0,
+            granted_at: Some(0),
+            expires_at,
+            revoked_at: None,
+            revoked_by: None,
+            revoke_requested_by: revoke_requested_by.map(String::from),
+            revoke_requested_at: None,
+            adapter_state: None,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn a_revoke_job_acts_only_on_access_that_is_due_to_end() {
+        use GrantState::*;
+        let now = 1_000;
+        assert_eq!(revoke_step(None, now, false), RevokeStep::Finish);
+        for ended in [Revoked, Superseded, Granting] {
+            assert_eq!(
+                revoke_step(Some(&grant(ended, Some(0), None)), now, false),
+                RevokeStep::Finish
+            );
+        }
+        assert_eq!(
+            revoke_step(Some(&grant(Active, Some(now), None)), now, false),
+            RevokeStep::Revoke
+        );
+        // Extended after the job was claimed.
+        assert_eq!(
+            revoke_step(Some(&grant(Active, Some(now + 1), None)), now, false),
+            RevokeStep::NotDue(now + 1)
+        );
+        // Ended early: due whatever the expiry says.
+        assert_eq!(
+            revoke_step(Some(&grant(Active, Some(now + 1), Some("U2"))), now, false),
+            RevokeStep::Revoke
+        );
+        // A failed grant is cleaned up.
+        assert_eq!(
+            revoke_step(Some(&grant(Failed, None, None)), now, false),
+            RevokeStep::Revoke
+        );
+        // Shared access another grant still needs is left alone.
+        assert_eq!(
+            revoke_step(Some(&grant(Active, Some(now), None)), now, true),
+            RevokeStep::Supersede
+        );
+        assert_eq!(
+            revoke_step(Some(&grant(Failed, None, None)), now, true),
+            RevokeStep::Supersede
+        );
+        assert_eq!(
+            revoke_step(Some(&grant(Active, Some(now + 1), None)), now, true),
+            RevokeStep::NotDue(now + 1)
+        );
+    }
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::store;
+use crate::store::{self, Claim};
 use crate::AppState;
 
 /// How long to wait before attempt `attempt + 1` (attempt counts from 1): doubling from
@@ -17,41 +17,67 @@ pub fn backoff(initial: Duration, max: Duration, attempt: u32, random: f64) -> D
     capped / 2 + capped.mul_f64(random.clamp(0.0, 1.0) / 2.0)
 }
 
-/// Claims as many due jobs as there are free workers and starts them. Returns how many.
+/// How many due revoke jobs one task takes at most.
+const REVOKE_BATCH: i64 = 256;
+
+/// Claims due jobs for the free workers and starts them; returns how many it claimed.
+///
+/// Due revokes come first and go to one task as a batch (see `grants::run_revokes`),
+/// which runs their adapter calls on as many workers as it is given. When other jobs are
+/// due as well they get at least half of the free workers, so a long wave of expiries
+/// cannot starve grants.
 pub async fn claim_and_spawn(app: &AppState, now_ms: i64) -> anyhow::Result<usize> {
     let free = app.job_permits.available_permits();
     if free == 0 {
         return Ok(0);
     }
-    let jobs = {
-        let mut conn = app.db.write.acquire().await?;
-        store::claim_due_jobs(&mut conn, now_ms, free as i64).await?
+    let (revokes, others) = {
+        let mut tx = app.db.begin().await?;
+        let revokes = store::claim_due_jobs(&mut tx, now_ms, Claim::Revokes, REVOKE_BATCH).await?;
+        let limit = if revokes.is_empty() { free } else { free / 2 };
+        let others = store::claim_due_jobs(&mut tx, now_ms, Claim::AllButRevokes, limit as i64).await?;
+        tx.commit().await?;
+        (revokes, others)
     };
-    let n = jobs.len();
-    for job in jobs {
+    let n = revokes.len() + others.len();
+    if !revokes.is_empty() {
+        let workers = (free - others.len()).min(revokes.len()).max(1);
+        let permits = app.job_permits.clone().try_acquire_many_owned(workers as u32)?;
+        let task_app = app.clone();
+        app.tasks.spawn(async move {
+            let ids: Vec<i64> = revokes.iter().map(|j| j.id).collect();
+            if let Err(e) = crate::grants::run_revokes(&task_app, revokes, workers).await {
+                retry_after_error(&task_app, &ids, &e).await;
+            }
+            drop(permits);
+            task_app.wake_scheduler();
+        });
+    }
+    for job in others {
         let permit = app.job_permits.clone().try_acquire_owned()?;
         let task_app = app.clone();
         app.tasks.spawn(async move {
             let id = job.id;
-            let kind = job.kind;
             if let Err(e) = crate::grants::run_job(&task_app, job).await {
-                tracing::error!(
-                    job = id,
-                    ?kind,
-                    error = format!("{e:#}"),
-                    "job failed; retrying in a minute"
-                );
-                let retry_at = task_app.now_ms() + 60_000;
-                if let Ok(mut conn) = task_app.db.write.acquire().await {
-                    let _ =
-                        store::retry_job(&mut conn, id, retry_at, "internal error; see the jitgate log", None).await;
-                }
+                retry_after_error(&task_app, &[id], &e).await;
             }
             drop(permit);
             task_app.wake_scheduler();
         });
     }
     Ok(n)
+}
+
+/// Puts claimed jobs whose run failed before it recorded anything back for a minute later
+/// (jobs the run already finished are left alone).
+pub(crate) async fn retry_after_error(app: &AppState, ids: &[i64], error: &anyhow::Error) {
+    tracing::error!(jobs = ?ids, error = format!("{error:#}"), "job failed; retrying in a minute");
+    let retry_at = app.now_ms() + 60_000;
+    if let Ok(mut conn) = app.db.write.acquire().await {
+        for &id in ids {
+            let _ = store::retry_job(&mut conn, id, retry_at, "internal error; see the jitgate log", None).await;
+        }
+    }
 }
 
 /// Runs every job due at `now_ms` and waits for them to finish. Returns how many ran.

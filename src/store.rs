@@ -1,6 +1,7 @@
 //! All SQL lives here. Functions take a connection (or a transaction) so that callers
 //! compose one state change, its audit entry and its Slack messages into one commit.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -417,20 +418,81 @@ pub async fn request_revoke(conn: &mut SqliteConnection, grant_id: i64, by: &str
     Ok(done.rows_affected() == 1)
 }
 
-/// Other grants of the same user, resource, role and adapter that are being given or in
-/// force: while one exists, shared access must not be revoked.
-pub async fn covering_grants(conn: &mut SqliteConnection, g: &GrantRow) -> sqlx::Result<Vec<GrantRow>> {
-    sqlx::query_as(
-        "SELECT * FROM grants WHERE user_id = ? AND resource = ? AND role = ? AND adapter = ? \
-         AND state IN ('granting', 'active') AND id != ? ORDER BY expires_at IS NULL DESC, expires_at DESC",
-    )
-    .bind(&g.user_id)
-    .bind(&g.resource)
-    .bind(&g.role)
-    .bind(&g.adapter)
-    .bind(g.id)
-    .fetch_all(conn)
-    .await
+/// For each of `grants`, another grant of the same user, resource, role and adapter that
+/// is being given or in force (the one ending last): while one exists, shared access must
+/// not be revoked. Read in one statement per chunk of grants.
+pub async fn covers_of(conn: &mut SqliteConnection, grants: &[&GrantRow]) -> sqlx::Result<HashMap<i64, GrantRow>> {
+    #[derive(FromRow)]
+    struct Cover {
+        covered_id: i64,
+        #[sqlx(flatten)]
+        grant: GrantRow,
+    }
+    let mut covers = HashMap::new();
+    for chunk in chunks(grants) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT g.id AS covered_id, c.* FROM grants g JOIN grants c ON c.user_id = g.user_id \
+             AND c.resource = g.resource AND c.role = g.role AND c.adapter = g.adapter \
+             AND c.state IN ('granting', 'active') AND c.id != g.id WHERE g.id IN ",
+        );
+        q.push_tuples(chunk, |mut b, g| {
+            b.push_bind(g.id);
+        });
+        q.push(" ORDER BY c.expires_at IS NULL DESC, c.expires_at DESC");
+        for row in q.build_query_as::<Cover>().fetch_all(&mut *conn).await? {
+            covers.entry(row.covered_id).or_insert(row.grant);
+        }
+    }
+    Ok(covers)
+}
+
+/// The grants of these requests, by request id.
+pub async fn grants_of(conn: &mut SqliteConnection, request_ids: &[i64]) -> sqlx::Result<HashMap<i64, GrantRow>> {
+    let mut grants = HashMap::with_capacity(request_ids.len());
+    for chunk in chunks(request_ids) {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM grants WHERE request_id IN ");
+        q.push_tuples(chunk, |mut b, id| {
+            b.push_bind(*id);
+        });
+        for g in q.build_query_as::<GrantRow>().fetch_all(&mut *conn).await? {
+            grants.insert(g.request_id, g);
+        }
+    }
+    Ok(grants)
+}
+
+/// These requests, by id.
+pub async fn requests_by_id(conn: &mut SqliteConnection, ids: &[i64]) -> sqlx::Result<HashMap<i64, RequestRow>> {
+    let mut requests = HashMap::with_capacity(ids.len());
+    for chunk in chunks(ids) {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM requests WHERE id IN ");
+        q.push_tuples(chunk, |mut b, id| {
+            b.push_bind(*id);
+        });
+        for r in q.build_query_as::<RequestRow>().fetch_all(&mut *conn).await? {
+            requests.insert(r.id, r);
+        }
+    }
+    Ok(requests)
+}
+
+/// Marks active grants revoked, as `revoke_grant` does for each (by whoever asked to end
+/// it early, else "expiry"), and returns the ids of those that were still active.
+pub async fn revoke_grants(conn: &mut SqliteConnection, grant_ids: &[i64], now: i64) -> sqlx::Result<Vec<i64>> {
+    let mut revoked = Vec::with_capacity(grant_ids.len());
+    for chunk in chunks(grant_ids) {
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE grants SET state = 'revoked', revoked_at = ");
+        q.push_bind(now)
+            .push(", revoked_by = COALESCE(revoke_requested_by, 'expiry'), last_error = NULL WHERE state = 'active' AND id IN ");
+        q.push_tuples(chunk, |mut b, id| {
+            b.push_bind(*id);
+        });
+        q.push(" RETURNING id");
+        for (id,) in q.build_query_as::<(i64,)>().fetch_all(&mut *conn).await? {
+            revoked.push(id);
+        }
+    }
+    Ok(revoked)
 }
 
 /// Ends an active grant whose access another grant still covers.
@@ -530,13 +592,29 @@ pub async fn insert_job(
     Ok(())
 }
 
-/// Claims up to `limit` due jobs, earliest first, in one statement.
-pub async fn claim_due_jobs(conn: &mut SqliteConnection, now: i64, limit: i64) -> sqlx::Result<Vec<JobRow>> {
-    sqlx::query_as(
+/// Which due jobs to claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Revokes,
+    AllButRevokes,
+}
+
+/// Claims up to `limit` due jobs of `which` kinds, earliest first, in one statement.
+pub async fn claim_due_jobs(
+    conn: &mut SqliteConnection,
+    now: i64,
+    which: Claim,
+    limit: i64,
+) -> sqlx::Result<Vec<JobRow>> {
+    let kind = match which {
+        Claim::Revokes => "kind = 'revoke'",
+        Claim::AllButRevokes => "kind != 'revoke'",
+    };
+    sqlx::query_as(&format!(
         "UPDATE jobs SET state = 'running' WHERE id IN \
-           (SELECT id FROM jobs WHERE state = 'pending' AND run_at <= ? ORDER BY run_at LIMIT ?) \
-         RETURNING id, request_id, kind, run_at, attempts, last_error, last_alert_at",
-    )
+           (SELECT id FROM jobs WHERE state = 'pending' AND run_at <= ? AND {kind} ORDER BY run_at LIMIT ?) \
+         RETURNING id, request_id, kind, run_at, attempts, last_error, last_alert_at"
+    ))
     .bind(now)
     .bind(limit)
     .fetch_all(conn)
@@ -562,6 +640,19 @@ pub async fn finish_job(conn: &mut SqliteConnection, id: i64, failed: bool, now:
     Ok(())
 }
 
+/// Finishes claimed jobs that succeeded, as `finish_job` does for each.
+pub async fn finish_jobs(conn: &mut SqliteConnection, ids: &[i64], now: i64) -> sqlx::Result<()> {
+    for chunk in chunks(ids) {
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE jobs SET state = 'done', finished_at = ");
+        q.push_bind(now).push(" WHERE id IN ");
+        q.push_tuples(chunk, |mut b, id| {
+            b.push_bind(*id);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Puts a claimed job back to run again at `run_at` after a failed attempt.
 pub async fn retry_job(
     conn: &mut SqliteConnection,
@@ -572,7 +663,7 @@ pub async fn retry_job(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE jobs SET state = 'pending', attempts = attempts + 1, run_at = ?, last_error = ?, \
-         last_alert_at = COALESCE(?, last_alert_at) WHERE id = ?",
+         last_alert_at = COALESCE(?, last_alert_at) WHERE id = ? AND state = 'running'",
     )
     .bind(run_at)
     .bind(error)

@@ -7,6 +7,7 @@ mod commands;
 mod crash;
 mod delivery;
 mod early_end;
+mod expiry_wave;
 mod group_commit;
 mod lifecycle;
 mod manifest;

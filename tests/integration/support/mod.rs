@@ -359,7 +359,12 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
 
     /// Asks for access and returns the new request id.
     pub async fn request(&self, text: &str) -> i64 {
-        let reply = self.command(REQUESTER, &format!("request {text}")).await;
+        self.request_as(REQUESTER, text).await
+    }
+
+    /// Asks for access as `user` and returns the new request id.
+    pub async fn request_as(&self, user: &str, text: &str) -> i64 {
+        let reply = self.command(user, &format!("request {text}")).await;
         let id = reply
             .split("JIT-")
             .nth(1)
