@@ -73,6 +73,11 @@ pub struct Stranded {
     pub revocable: bool,
 }
 
+/// Whether grants of `resource` through `adapter` lost their configuration.
+pub fn removed(config: &crate::config::Config, resource: &str, adapter: &str) -> bool {
+    !config.adapters.contains_key(adapter) || config.resource(resource).is_none()
+}
+
 /// Live grants whose resource or adapter was removed from the configuration. Starting
 /// without them would leave access nobody can take away.
 pub fn stranded(config: &crate::config::Config, live: &[GrantRow]) -> Vec<Stranded> {

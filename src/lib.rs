@@ -267,7 +267,12 @@ pub async fn start(
     }
     let stranded = {
         let mut conn = state.db.read.acquire().await?;
-        grants::stranded(&state.config, &store::live_grants(&mut conn).await?)
+        let accesses = store::live_accesses(&mut conn).await?;
+        if accesses.iter().any(|(resource, adapter)| grants::removed(&state.config, resource, adapter)) {
+            grants::stranded(&state.config, &store::live_grants(&mut conn).await?)
+        } else {
+            Vec::new()
+        }
     };
     if stranded.iter().any(|s| !s.revocable) || (!stranded.is_empty() && !options.revoke_removed) {
         let list: Vec<String> = stranded.iter().map(|s| format!("  - {}", s.description)).collect();

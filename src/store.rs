@@ -716,6 +716,20 @@ pub async fn live_grants(conn: &mut SqliteConnection) -> sqlx::Result<Vec<GrantR
     .await
 }
 
+/// The (resource, adapter) pairs the grants of `live_grants` use, without reading the
+/// grants themselves: start-up checks these against the configuration, and there may be
+/// a hundred thousand grants in force.
+pub async fn live_accesses(conn: &mut SqliteConnection) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "SELECT DISTINCT resource, adapter FROM grants WHERE state IN ('granting', 'active') \
+         UNION SELECT g.resource, g.adapter FROM jobs j JOIN grants g ON g.request_id = j.request_id \
+               WHERE +j.kind = 'revoke' AND j.state IN ('pending', 'running') \
+               AND g.state NOT IN ('granting', 'active')",
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// Jobs left 'running' by a process that died are put back to run now.
 pub async fn recover_running_jobs(conn: &mut SqliteConnection) -> sqlx::Result<u64> {
     let done = sqlx::query("UPDATE jobs SET state = 'pending' WHERE state = 'running'")
