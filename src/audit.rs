@@ -127,13 +127,17 @@ pub struct Event<'a> {
     pub details: serde_json::Value,
 }
 
-/// Appends entries in order inside the caller's write transaction, as `append` would one
-/// by one: the chain's head is read once and the rows go in as multi-row inserts.
-pub async fn append_all(conn: &mut SqliteConnection, events: &[Event<'_>]) -> sqlx::Result<()> {
+/// The chain's head: the last entry's seq and hash (0 and `GENESIS` when empty).
+pub async fn head(conn: &mut SqliteConnection) -> sqlx::Result<(i64, String)> {
     let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await?;
-    let (mut seq, mut prev) = last.unwrap_or_else(|| (0, GENESIS.to_string()));
+    Ok(last.unwrap_or_else(|| (0, GENESIS.to_string())))
+}
+
+/// `events` as the entries that follow the head (`prev_seq`, `prev_hash`), hashes chained.
+pub fn chain(prev_seq: i64, prev_hash: &str, events: &[Event<'_>]) -> Vec<AuditEntry> {
+    let (mut seq, mut prev) = (prev_seq, prev_hash.to_string());
     let mut entries = Vec::with_capacity(events.len());
     for e in events {
         let entry = next_entry(seq, &prev, e.at, e.actor, e.action, e.request_id, e.details.to_string());
@@ -141,11 +145,16 @@ pub async fn append_all(conn: &mut SqliteConnection, events: &[Event<'_>]) -> sq
         prev.clone_from(&entry.hash);
         entries.push(entry);
     }
-    for chunk in crate::store::chunks(&entries) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash) ",
-        );
-        q.push_values(chunk, |mut b, e| {
+    entries
+}
+
+/// Adds the INSERTs for chained `entries` to a batch of inserts.
+pub fn insert_entries<'a>(inserts: &mut crate::store::Inserts<'a>, entries: &'a [AuditEntry]) {
+    inserts.rows(
+        "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash)",
+        entries,
+        "",
+        |mut b, e| {
             b.push_bind(e.seq)
                 .push_bind(e.at)
                 .push_bind(&e.actor)
@@ -154,10 +163,21 @@ pub async fn append_all(conn: &mut SqliteConnection, events: &[Event<'_>]) -> sq
                 .push_bind(&e.details)
                 .push_bind(&e.prev_hash)
                 .push_bind(&e.hash);
-        });
-        q.build().execute(&mut *conn).await?;
+        },
+    );
+}
+
+/// Appends entries in order inside the caller's write transaction, as `append` would one
+/// by one: the chain's head is read once and the rows go in as multi-row inserts.
+pub async fn append_all(conn: &mut SqliteConnection, events: &[Event<'_>]) -> sqlx::Result<()> {
+    if events.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let (seq, prev) = head(conn).await?;
+    let entries = chain(seq, &prev, events);
+    let mut inserts = crate::store::Inserts::default();
+    insert_entries(&mut inserts, &entries);
+    inserts.execute(conn).await
 }
 
 /// Entries from `after_seq` on, in order.

@@ -276,9 +276,12 @@ async fn store_batch(app: &AppState, batch: Vec<Creation>) {
 /// Writes pending requests with their audit entries, cards, time-outs and reminders in one
 /// transaction. Returns their ids in order.
 async fn write_pending(app: &AppState, rows: &[(&NewRequest, bool)]) -> anyhow::Result<Vec<i64>> {
+    // Four round trips to the writer's thread in all: begin, read the heads, insert
+    // everything, commit.
     let mut tx = app.db.begin().await?;
+    let heads = store::batch_heads(&mut tx).await?;
     let news: Vec<&NewRequest> = rows.iter().map(|(new, _)| *new).collect();
-    let ids = store::insert_requests(&mut tx, &news).await?;
+    let ids: Vec<i64> = (heads.next_request_id..heads.next_request_id + rows.len() as i64).collect();
     let mut events = Vec::with_capacity(rows.len());
     let mut cards = Vec::with_capacity(rows.len());
     let mut jobs = Vec::with_capacity(rows.len() * 2);
@@ -324,9 +327,12 @@ async fn write_pending(app: &AppState, rows: &[(&NewRequest, bool)]) -> anyhow::
             }
         }
     }
-    audit::append_all(&mut tx, &events).await?;
-    store::enqueue_all(&mut tx, &cards).await?;
-    store::insert_jobs(&mut tx, &jobs).await?;
+    let entries = audit::chain(heads.audit_seq, &heads.audit_hash, &events);
+    let mut inserts = store::Inserts::default();
+    inserts.requests(&ids, &news);
+    audit::insert_entries(&mut inserts, &entries);
+    inserts.outbox(&cards).jobs(&jobs);
+    inserts.execute(&mut tx).await?;
     tx.commit().await?;
     app.wake_outbox();
     // Time-outs and reminders are hours away: wake the scheduler only if it planned to

@@ -949,40 +949,141 @@ pub(crate) fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
     items.chunks(MAX_ROWS_PER_STATEMENT)
 }
 
-/// Inserts pending requests as `insert_request` does, in multi-row statements, and
-/// returns their ids in order. The ids follow the largest one, as SQLite would choose
-/// them; the caller must hold the write lock (`Db::begin`) so no one else takes them.
-pub async fn insert_requests(conn: &mut SqliteConnection, rows: &[&NewRequest]) -> sqlx::Result<Vec<i64>> {
-    let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM requests")
-        .fetch_one(&mut *conn)
-        .await?;
-    let first = max.unwrap_or(0) + 1;
-    let mut next = first;
-    for chunk in chunks(rows) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO requests (id, requester_id, team_id, resource, role, duration_secs, reason, \
-             origin_channel, approval_channel, approvals_required, state, created_at, kind, extends_request_id) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(next)
-                .push_bind(&r.requester_id)
-                .push_bind(&r.team_id)
-                .push_bind(&r.resource)
-                .push_bind(&r.role)
-                .push_bind(r.duration_secs)
-                .push_bind(&r.reason)
-                .push_bind(&r.origin_channel)
-                .push_bind(&r.approval_channel)
-                .push_bind(r.approvals_required)
-                .push_bind(RequestState::Pending)
-                .push_bind(r.created_at)
-                .push_bind(r.kind)
-                .push_bind(r.extends_request_id);
-            next += 1;
-        });
-        q.build().execute(&mut *conn).await?;
+/// Multi-row INSERT statements for several tables, sent to SQLite as one query. sqlx runs
+/// each SQLite connection on its own thread and every query is a round trip to it (two
+/// thread wake-ups, worth more than the inserts themselves under load), so a batch writer
+/// gathers all its rows here and pays for one round trip.
+pub struct Inserts<'a> {
+    q: QueryBuilder<'a, Sqlite>,
+    statements: usize,
+}
+
+impl Default for Inserts<'_> {
+    fn default() -> Self {
+        Self {
+            q: QueryBuilder::new(""),
+            statements: 0,
+        }
     }
-    Ok((first..next).collect())
+}
+
+impl<'a> Inserts<'a> {
+    /// Adds `insert` (like `INSERT INTO t (a, b)`) with a VALUES row per item of `rows`,
+    /// `push_row` binding one row's values, and `suffix` after the values (an ON CONFLICT
+    /// clause, or empty).
+    pub fn rows<T>(
+        &mut self,
+        insert: &str,
+        rows: &'a [T],
+        suffix: &str,
+        mut push_row: impl FnMut(sqlx::query_builder::Separated<'_, 'a, Sqlite, &'static str>, &'a T),
+    ) -> &mut Self {
+        for chunk in chunks(rows) {
+            self.q.push(insert).push(" ");
+            self.q.push_values(chunk, &mut push_row);
+            self.q.push(suffix).push(";\n");
+            self.statements += 1;
+        }
+        self
+    }
+
+    /// Pending requests with the given ids (see `batch_heads`).
+    pub fn requests(&mut self, ids: &'a [i64], rows: &'a [&'a NewRequest]) -> &mut Self {
+        debug_assert_eq!(ids.len(), rows.len());
+        let mut ids = ids.iter();
+        self.rows(
+            "INSERT INTO requests (id, requester_id, team_id, resource, role, duration_secs, reason, \
+             origin_channel, approval_channel, approvals_required, state, created_at, kind, extends_request_id)",
+            rows,
+            "",
+            move |mut b, r| {
+                b.push_bind(ids.next().copied())
+                    .push_bind(&r.requester_id)
+                    .push_bind(&r.team_id)
+                    .push_bind(&r.resource)
+                    .push_bind(&r.role)
+                    .push_bind(r.duration_secs)
+                    .push_bind(&r.reason)
+                    .push_bind(&r.origin_channel)
+                    .push_bind(&r.approval_channel)
+                    .push_bind(r.approvals_required)
+                    .push_bind(RequestState::Pending)
+                    .push_bind(r.created_at)
+                    .push_bind(r.kind)
+                    .push_bind(r.extends_request_id);
+            },
+        )
+    }
+
+    /// Jobs, as `insert_job` schedules them (a second of one kind for a request is ignored).
+    pub fn jobs(&mut self, jobs: &'a [NewJob]) -> &mut Self {
+        self.rows(
+            "INSERT INTO jobs (request_id, kind, state, run_at, created_at)",
+            jobs,
+            " ON CONFLICT (kind, request_id) DO NOTHING",
+            |mut b, j| {
+                b.push_bind(j.request_id)
+                    .push_bind(j.kind)
+                    .push_bind("pending")
+                    .push_bind(j.run_at)
+                    .push_bind(j.created_at);
+            },
+        )
+    }
+
+    /// Messages, as `enqueue` queues them, each written at its own time.
+    pub fn outbox(&mut self, messages: &'a [(Outgoing, i64)]) -> &mut Self {
+        self.rows(
+            "INSERT INTO outbox (kind, request_id, channel, body, response_url, sensitive, state, next_attempt_at, created_at)",
+            messages,
+            "",
+            |mut b, (m, at)| {
+                b.push_bind(m.kind)
+                    .push_bind(m.request_id)
+                    .push_bind(&m.channel)
+                    .push_bind(&m.body)
+                    .push_bind(&m.response_url)
+                    .push_bind(m.sensitive)
+                    .push_bind("pending")
+                    .push_bind(*at)
+                    .push_bind(*at);
+            },
+        )
+    }
+
+    /// Runs every statement added, in order, in one round trip.
+    pub async fn execute(mut self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        if self.statements > 0 {
+            self.q.build().execute(conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a writer of many new requests reads before it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchHeads {
+    /// The id the next request will get, as SQLite would choose it.
+    pub next_request_id: i64,
+    /// The audit chain's last entry (0 and `audit::GENESIS` when empty).
+    pub audit_seq: i64,
+    pub audit_hash: String,
+}
+
+/// Reads `BatchHeads` in one round trip. The caller must hold the write lock
+/// (`Db::begin`) until it has written, so no one else takes the ids or the chain.
+pub async fn batch_heads(conn: &mut SqliteConnection) -> sqlx::Result<BatchHeads> {
+    let (max, seq, hash): (Option<i64>, Option<i64>, Option<String>) = sqlx::query_as(
+        "SELECT (SELECT MAX(id) FROM requests), (SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1), \
+         (SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1)",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(BatchHeads {
+        next_request_id: max.unwrap_or(0) + 1,
+        audit_seq: seq.unwrap_or(0),
+        audit_hash: hash.unwrap_or_else(|| crate::audit::GENESIS.to_string()),
+    })
 }
 
 /// A job to schedule.
@@ -996,41 +1097,16 @@ pub struct NewJob {
 
 /// Schedules jobs as `insert_job` does, in multi-row statements.
 pub async fn insert_jobs(conn: &mut SqliteConnection, jobs: &[NewJob]) -> sqlx::Result<()> {
-    for chunk in chunks(jobs) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO jobs (request_id, kind, state, run_at, created_at) ");
-        q.push_values(chunk, |mut b, j| {
-            b.push_bind(j.request_id)
-                .push_bind(j.kind)
-                .push_bind("pending")
-                .push_bind(j.run_at)
-                .push_bind(j.created_at);
-        });
-        q.push(" ON CONFLICT (kind, request_id) DO NOTHING");
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
+    let mut inserts = Inserts::default();
+    inserts.jobs(jobs);
+    inserts.execute(conn).await
 }
 
 /// Queues messages as `enqueue` does, each written at its own time, in multi-row statements.
 pub async fn enqueue_all(conn: &mut SqliteConnection, messages: &[(Outgoing, i64)]) -> sqlx::Result<()> {
-    for chunk in chunks(messages) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO outbox (kind, request_id, channel, body, response_url, sensitive, state, next_attempt_at, created_at) ",
-        );
-        q.push_values(chunk, |mut b, (m, at)| {
-            b.push_bind(m.kind)
-                .push_bind(m.request_id)
-                .push_bind(&m.channel)
-                .push_bind(&m.body)
-                .push_bind(&m.response_url)
-                .push_bind(m.sensitive)
-                .push_bind("pending")
-                .push_bind(*at)
-                .push_bind(*at);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
+    let mut inserts = Inserts::default();
+    inserts.outbox(messages);
+    inserts.execute(conn).await
 }
 
 #[cfg(test)]
@@ -1063,8 +1139,12 @@ mod tests {
         // More than one statement's worth, and not a multiple of it.
         let news: Vec<NewRequest> = (1..=300).map(new_request).collect();
         let refs: Vec<&NewRequest> = news.iter().collect();
-        let ids = insert_requests(&mut tx, &refs).await.unwrap();
-        assert_eq!(ids, (first + 1..=first + 300).collect::<Vec<_>>());
+        let heads = batch_heads(&mut tx).await.unwrap();
+        assert_eq!(heads.next_request_id, first + 1);
+        let ids: Vec<i64> = (heads.next_request_id..).take(300).collect();
+        let mut inserts = Inserts::default();
+        inserts.requests(&ids, &refs);
+        inserts.execute(&mut tx).await.unwrap();
         let jobs: Vec<NewJob> = ids
             .iter()
             .map(|&id| NewJob {

@@ -4,7 +4,7 @@
 //! `audit::next_entry`, so `jitgate audit verify` accepts the result.
 
 use serde_json::json;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::SqliteConnection;
 
 use jitgate::audit::{self, AuditEntry};
 
@@ -12,7 +12,7 @@ use crate::harness::{ADAPTER, APPROVAL_CHANNEL, RESOURCE};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
-/// Rows per multi-row INSERT of audit entries (8 values each, far under SQLite's limit).
+/// Audit entries per round trip.
 const AUDIT_CHUNK: usize = 1000;
 
 /// Past requests are this far apart: 1,000,000 of them span about a year.
@@ -26,29 +26,11 @@ async fn exec(conn: &mut SqliteConnection, sql: &str, binds: &[i64]) -> sqlx::Re
     Ok(q.execute(&mut *conn).await?.rows_affected())
 }
 
-/// The chain's head: (seq, hash) of the last entry.
-pub async fn audit_head(conn: &mut SqliteConnection) -> sqlx::Result<(i64, String)> {
-    let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(last.unwrap_or((0, audit::GENESIS.to_string())))
-}
-
 async fn insert_audit(conn: &mut SqliteConnection, entries: &[AuditEntry]) -> sqlx::Result<()> {
     for chunk in entries.chunks(AUDIT_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash) ");
-        qb.push_values(chunk, |mut b, e| {
-            b.push_bind(e.seq)
-                .push_bind(e.at)
-                .push_bind(&e.actor)
-                .push_bind(&e.action)
-                .push_bind(e.request_id)
-                .push_bind(&e.details)
-                .push_bind(&e.prev_hash)
-                .push_bind(&e.hash);
-        });
-        qb.build().execute(&mut *conn).await?;
+        let mut inserts = jitgate::store::Inserts::default();
+        audit::insert_entries(&mut inserts, chunk);
+        inserts.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -97,7 +79,7 @@ pub async fn active_grants(
     window_ms: i64,
 ) -> anyhow::Result<()> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let (seq, hash) = audit_head(&mut tx).await?;
+    let (seq, hash) = audit::head(&mut tx).await?;
     let start: (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM requests")
         .fetch_one(&mut *tx)
         .await?;
@@ -234,7 +216,7 @@ pub async fn past_requests(conn: &mut SqliteConnection, count: i64, now: i64, ch
 
 async fn past_chunk(conn: &mut SqliteConnection, count: i64, first_created: i64) -> anyhow::Result<()> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let (seq, hash) = audit_head(&mut tx).await?;
+    let (seq, hash) = audit::head(&mut tx).await?;
     let start: (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM requests")
         .fetch_one(&mut *tx)
         .await?;
