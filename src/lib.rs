@@ -268,7 +268,10 @@ pub async fn start(
     let stranded = {
         let mut conn = state.db.read.acquire().await?;
         let accesses = store::live_accesses(&mut conn).await?;
-        if accesses.iter().any(|(resource, adapter)| grants::removed(&state.config, resource, adapter)) {
+        if accesses
+            .iter()
+            .any(|(resource, adapter)| grants::removed(&state.config, resource, adapter))
+        {
             grants::stranded(&state.config, &store::live_grants(&mut conn).await?)
         } else {
             Vec::new()

@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use serde_json::json;
+use sqlx::pool::PoolConnection;
+use sqlx::Sqlite;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, Resource};
@@ -220,12 +222,24 @@ impl Creations {
     }
 }
 
+/// How long the drain keeps the writer connection while requests keep coming, before it
+/// lets other writers (decisions, grants, the outbox) have a turn.
+const HOLD_WRITER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The writer connection while the drain holds it, and since when.
+type Writer = Option<(PoolConnection<Sqlite>, std::time::Instant)>;
+
 /// Stores queued requests, a batch per transaction, until the queue is empty. At most one
 /// runs at a time (`Creations::draining`); whoever queues a request starts one if none is.
+///
+/// Back-to-back batches keep the writer connection (up to `HOLD_WRITER`): returning it to
+/// the pool and taking it again costs more than a batch's own statements under load.
 async fn drain_creations(app: AppState) {
+    let mut writer: Writer = None;
     loop {
         let batch = app.creations.take();
         if batch.is_empty() {
+            drop(writer.take());
             app.creations.draining.store(false, Ordering::SeqCst);
             // A request queued after `take` whose sender saw `draining` still set relies on
             // us: look once more, and carry on unless another drain has started meanwhile.
@@ -234,14 +248,25 @@ async fn drain_creations(app: AppState) {
             }
             continue;
         }
-        store_batch(&app, batch).await;
+        if writer.as_ref().is_some_and(|(_, since)| since.elapsed() > HOLD_WRITER) {
+            writer = None;
+        }
+        store_batch(&app, &mut writer, batch).await;
     }
 }
 
-async fn store_batch(app: &AppState, batch: Vec<Creation>) {
+/// The writer connection, taken from the pool unless the drain holds it already.
+async fn writer<'w>(app: &AppState, writer: &'w mut Writer) -> anyhow::Result<&'w mut PoolConnection<Sqlite>> {
+    if writer.is_none() {
+        *writer = Some((app.db.write.acquire().await?, std::time::Instant::now()));
+    }
+    Ok(&mut writer.as_mut().expect("just set").0)
+}
+
+async fn store_batch(app: &AppState, conn: &mut Writer, batch: Vec<Creation>) {
     let rows: Vec<(&NewRequest, bool)> = batch.iter().map(|c| (&c.new, c.on_call_check)).collect();
     let started = std::time::Instant::now();
-    let written = write_pending(app, &rows).await;
+    let written = write_pending(app, conn, &rows).await;
     tracing::debug!(
         requests = rows.len(),
         took_us = started.elapsed().as_micros() as u64,
@@ -261,7 +286,9 @@ async fn store_batch(app: &AppState, batch: Vec<Creation>) {
                 "storing a batch of requests failed; storing them one by one"
             );
             for c in batch {
-                let one = write_pending(app, &[(&c.new, c.on_call_check)]).await.map(|ids| ids[0]);
+                let one = write_pending(app, conn, &[(&c.new, c.on_call_check)])
+                    .await
+                    .map(|ids| ids[0]);
                 let _ = c.reply.send(one);
             }
         }
@@ -275,11 +302,23 @@ async fn store_batch(app: &AppState, batch: Vec<Creation>) {
 
 /// Writes pending requests with their audit entries, cards, time-outs and reminders in one
 /// transaction. Returns their ids in order.
-async fn write_pending(app: &AppState, rows: &[(&NewRequest, bool)]) -> anyhow::Result<Vec<i64>> {
-    // Four round trips to the writer's thread in all: begin, read the heads, insert
-    // everything, commit.
-    let mut tx = app.db.begin().await?;
-    let heads = store::batch_heads(&mut tx).await?;
+async fn write_pending(app: &AppState, conn: &mut Writer, rows: &[(&NewRequest, bool)]) -> anyhow::Result<Vec<i64>> {
+    let written = try_write_pending(app, writer(app, conn).await?, rows).await;
+    if written.is_err() {
+        // Start the next batch on a fresh hand-out from the pool (and give others a turn).
+        *conn = None;
+    }
+    written
+}
+
+async fn try_write_pending(
+    app: &AppState,
+    conn: &mut PoolConnection<Sqlite>,
+    rows: &[(&NewRequest, bool)],
+) -> anyhow::Result<Vec<i64>> {
+    // Two round trips to the writer's thread in all: begin and read the heads, then
+    // insert everything and commit.
+    let (tx, heads) = store::BatchTx::begin(conn).await?;
     let news: Vec<&NewRequest> = rows.iter().map(|(new, _)| *new).collect();
     let ids: Vec<i64> = (heads.next_request_id..heads.next_request_id + rows.len() as i64).collect();
     let mut events = Vec::with_capacity(rows.len());
@@ -332,8 +371,7 @@ async fn write_pending(app: &AppState, rows: &[(&NewRequest, bool)]) -> anyhow::
     inserts.requests(&ids, &news);
     audit::insert_entries(&mut inserts, &entries);
     inserts.outbox(&cards).jobs(&jobs);
-    inserts.execute(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(inserts).await?;
     app.wake_outbox();
     // Time-outs and reminders are hours away: wake the scheduler only if it planned to
     // sleep past the soonest job (an on-call check is due now, so that one wakes it).

@@ -46,6 +46,9 @@ impl Db {
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         let opts = connect_options(url)?;
         let write = SqlitePoolOptions::new()
+            // An in-process SQLite connection cannot go stale; testing it costs a round trip
+            // to its thread on every acquire.
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
@@ -59,6 +62,7 @@ impl Db {
             .await
             .with_context(|| format!("migrating the database {url}"))?;
         let read = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts.read_only(true))
@@ -1070,20 +1074,83 @@ pub struct BatchHeads {
     pub audit_hash: String,
 }
 
-/// Reads `BatchHeads` in one round trip. The caller must hold the write lock
-/// (`Db::begin`) until it has written, so no one else takes the ids or the chain.
-pub async fn batch_heads(conn: &mut SqliteConnection) -> sqlx::Result<BatchHeads> {
-    let (max, seq, hash): (Option<i64>, Option<i64>, Option<String>) = sqlx::query_as(
-        "SELECT (SELECT MAX(id) FROM requests), (SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1), \
-         (SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1)",
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(BatchHeads {
+const BATCH_HEADS: &str = "SELECT (SELECT MAX(id) FROM requests), \
+     (SELECT seq FROM audit_log ORDER BY seq DESC LIMIT 1), (SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1)";
+
+fn batch_heads_of((max, seq, hash): (Option<i64>, Option<i64>, Option<String>)) -> BatchHeads {
+    BatchHeads {
         next_request_id: max.unwrap_or(0) + 1,
         audit_seq: seq.unwrap_or(0),
         audit_hash: hash.unwrap_or_else(|| crate::audit::GENESIS.to_string()),
-    })
+    }
+}
+
+/// Reads `BatchHeads` in one round trip. The caller must hold the write lock
+/// (`Db::begin`) until it has written, so no one else takes the ids or the chain.
+pub async fn batch_heads(conn: &mut SqliteConnection) -> sqlx::Result<BatchHeads> {
+    Ok(batch_heads_of(sqlx::query_as(BATCH_HEADS).fetch_one(conn).await?))
+}
+
+/// A write transaction for group commit, in two round trips to the writer's thread where
+/// `Db::begin` needs four: `BEGIN IMMEDIATE` goes with the read of the heads, `COMMIT`
+/// with the inserts. sqlx does not know about it, so it rolls back on any error itself,
+/// and a connection dropped while it may still be open is closed rather than returned to
+/// the pool (where the next user would find itself inside it). Run it on the connection
+/// from `Db::write`.
+pub struct BatchTx<'c> {
+    conn: &'c mut sqlx::pool::PoolConnection<Sqlite>,
+    open: bool,
+}
+
+impl<'c> BatchTx<'c> {
+    /// Takes the write lock on the writer connection `conn` and reads the heads a batch
+    /// of new requests writes from.
+    pub async fn begin(conn: &'c mut sqlx::pool::PoolConnection<Sqlite>) -> sqlx::Result<(Self, BatchHeads)> {
+        let mut tx = BatchTx { conn, open: true };
+        let heads = sqlx::query_as(&format!("BEGIN IMMEDIATE; {BATCH_HEADS}"))
+            .fetch_one(&mut **tx.conn)
+            .await;
+        match heads {
+            Ok(heads) => Ok((tx, batch_heads_of(heads))),
+            Err(e) => {
+                tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `inserts` and commits, in one round trip; on error nothing is written.
+    pub async fn commit(mut self, mut inserts: Inserts<'_>) -> sqlx::Result<()> {
+        inserts.q.push("COMMIT;");
+        inserts.statements += 1;
+        match inserts.execute(self.conn).await {
+            Ok(()) => {
+                self.open = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn rollback(&mut self) {
+        match sqlx::query("ROLLBACK").execute(&mut **self.conn).await {
+            Ok(_) => self.open = false,
+            // SQLite ended it already (or it never began).
+            Err(e) if e.to_string().contains("no transaction is active") => self.open = false,
+            Err(e) => tracing::error!(error = %e, "could not roll back; closing the writer connection"),
+        }
+    }
+}
+
+impl Drop for BatchTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 /// A job to schedule.
@@ -1131,20 +1198,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_batch_writes_nothing_and_leaves_the_writer_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db").display().to_string()).await.unwrap();
+        let news: Vec<NewRequest> = (1..=3).map(new_request).collect();
+        let refs: Vec<&NewRequest> = news.iter().collect();
+        let mut writer = db.write.acquire().await.unwrap();
+        let (batch, heads) = BatchTx::begin(&mut writer).await.unwrap();
+        // The third row reuses the first one's id: the statement fails after two rows of
+        // another table went in.
+        let ids = [heads.next_request_id, heads.next_request_id + 1, heads.next_request_id];
+        let jobs = [NewJob {
+            request_id: 1,
+            kind: JobKind::Remind,
+            run_at: 1,
+            created_at: 1,
+        }];
+        let mut inserts = Inserts::default();
+        inserts.jobs(&jobs).requests(&ids, &refs);
+        assert!(batch.commit(inserts).await.is_err());
+        drop(writer);
+
+        let mut tx = db.begin().await.expect("the writer is free again");
+        let (requests, jobs): (i64, i64) =
+            sqlx::query_as("SELECT (SELECT COUNT(*) FROM requests), (SELECT COUNT(*) FROM jobs)")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!((requests, jobs), (0, 0));
+        insert_request(&mut tx, &new_request(1)).await.unwrap();
+        tx.commit().await.unwrap();
+        db.close().await;
+    }
+
+    #[tokio::test]
     async fn many_rows_at_once_match_one_by_one() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db").display().to_string()).await.unwrap();
         let mut tx = db.begin().await.unwrap();
         let first = insert_request(&mut tx, &new_request(0)).await.unwrap();
+        crate::audit::append(&mut tx, 1, "U0", "request.created", Some(first), serde_json::json!({}))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
         // More than one statement's worth, and not a multiple of it.
         let news: Vec<NewRequest> = (1..=300).map(new_request).collect();
         let refs: Vec<&NewRequest> = news.iter().collect();
-        let heads = batch_heads(&mut tx).await.unwrap();
-        assert_eq!(heads.next_request_id, first + 1);
+        let mut writer = db.write.acquire().await.unwrap();
+        let (batch, heads) = BatchTx::begin(&mut writer).await.unwrap();
+        let mut conn = db.read.acquire().await.unwrap();
+        assert_eq!(heads, batch_heads(&mut conn).await.unwrap());
+        assert_eq!((heads.next_request_id, heads.audit_seq), (first + 1, 1));
         let ids: Vec<i64> = (heads.next_request_id..).take(300).collect();
         let mut inserts = Inserts::default();
         inserts.requests(&ids, &refs);
-        inserts.execute(&mut tx).await.unwrap();
+        batch.commit(inserts).await.unwrap();
+        drop((conn, writer));
+
+        let mut tx = db.begin().await.unwrap();
         let jobs: Vec<NewJob> = ids
             .iter()
             .map(|&id| NewJob {
