@@ -224,7 +224,7 @@ impl Creations {
 
 /// How long the drain keeps the writer connection while requests keep coming, before it
 /// lets other writers (decisions, grants, the outbox) have a turn.
-const HOLD_WRITER: std::time::Duration = std::time::Duration::from_millis(5);
+const HOLD_WRITER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The writer connection while the drain holds it, and since when.
 type Writer = Option<(PoolConnection<Sqlite>, std::time::Instant)>;
