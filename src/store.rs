@@ -603,6 +603,20 @@ pub enum Claim {
     AllButRevokes,
 }
 
+fn claim_sql(which: Claim) -> String {
+    // `+kind` keeps SQLite on the partial index of pending jobs: on `kind = 'revoke'` alone
+    // it would pick the (kind, request_id) index and walk every revoke job ever run.
+    let kind = match which {
+        Claim::Revokes => "+kind = 'revoke'",
+        Claim::AllButRevokes => "+kind != 'revoke'",
+    };
+    format!(
+        "UPDATE jobs SET state = 'running' WHERE id IN \
+           (SELECT id FROM jobs WHERE state = 'pending' AND run_at <= ? AND {kind} ORDER BY run_at LIMIT ?) \
+         RETURNING id, request_id, kind, run_at, attempts, last_error, last_alert_at"
+    )
+}
+
 /// Claims up to `limit` due jobs of `which` kinds, earliest first, in one statement.
 pub async fn claim_due_jobs(
     conn: &mut SqliteConnection,
@@ -610,19 +624,11 @@ pub async fn claim_due_jobs(
     which: Claim,
     limit: i64,
 ) -> sqlx::Result<Vec<JobRow>> {
-    let kind = match which {
-        Claim::Revokes => "kind = 'revoke'",
-        Claim::AllButRevokes => "kind != 'revoke'",
-    };
-    sqlx::query_as(&format!(
-        "UPDATE jobs SET state = 'running' WHERE id IN \
-           (SELECT id FROM jobs WHERE state = 'pending' AND run_at <= ? AND {kind} ORDER BY run_at LIMIT ?) \
-         RETURNING id, request_id, kind, run_at, attempts, last_error, last_alert_at"
-    ))
-    .bind(now)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as(&claim_sql(which))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
 }
 
 /// When the next pending job is due, if any.
@@ -724,11 +730,14 @@ pub async fn live_grants(conn: &mut SqliteConnection) -> sqlx::Result<Vec<GrantR
 /// grants themselves: start-up checks these against the configuration, and there may be
 /// a hundred thousand grants in force.
 pub async fn live_accesses(conn: &mut SqliteConnection) -> sqlx::Result<Vec<(String, String)>> {
+    // The same three parts as `live_grants`, each on its partial index.
     sqlx::query_as(
-        "SELECT DISTINCT resource, adapter FROM grants WHERE state IN ('granting', 'active') \
-         UNION SELECT g.resource, g.adapter FROM jobs j JOIN grants g ON g.request_id = j.request_id \
-               WHERE +j.kind = 'revoke' AND j.state IN ('pending', 'running') \
-               AND g.state NOT IN ('granting', 'active')",
+        "SELECT DISTINCT resource, adapter FROM ( \
+           SELECT resource, adapter FROM grants WHERE state IN ('granting', 'active') \
+           UNION ALL SELECT g.resource, g.adapter FROM jobs j JOIN grants g ON g.request_id = j.request_id \
+               WHERE +j.kind = 'revoke' AND j.state = 'pending' AND g.state NOT IN ('granting', 'active') \
+           UNION ALL SELECT g.resource, g.adapter FROM jobs j JOIN grants g ON g.request_id = j.request_id \
+               WHERE +j.kind = 'revoke' AND j.state = 'running' AND g.state NOT IN ('granting', 'active'))",
     )
     .fetch_all(conn)
     .await
@@ -1228,6 +1237,28 @@ mod tests {
         assert_eq!((requests, jobs), (0, 0));
         insert_request(&mut tx, &new_request(1)).await.unwrap();
         tx.commit().await.unwrap();
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn claiming_due_jobs_reads_only_the_pending_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db").display().to_string()).await.unwrap();
+        for which in [Claim::Revokes, Claim::AllButRevokes] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", claim_sql(which)))
+                    .bind(0)
+                    .bind(1)
+                    .fetch_all(&db.read)
+                    .await
+                    .unwrap();
+            let plan: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+            assert!(
+                plan.iter().any(|p| p.contains("USING INDEX jobs_due"))
+                    && !plan.iter().any(|p| p.contains("autoindex")),
+                "{which:?}: {plan:?}"
+            );
+        }
         db.close().await;
     }
 
