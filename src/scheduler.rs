@@ -27,10 +27,15 @@ const REVOKE_BATCH: i64 = 256;
 /// due as well they get at least half of the free workers, so a long wave of expiries
 /// cannot starve grants.
 pub async fn claim_and_spawn(app: &AppState, now_ms: i64) -> anyhow::Result<usize> {
+    // Take the free workers before claiming, so every claimed job has one even when
+    // another caller (`run_due`) claims at the same time; those left over are given back.
     let free = app.job_permits.available_permits();
-    if free == 0 {
+    let Some(mut permits) = (free > 0)
+        .then(|| app.job_permits.clone().try_acquire_many_owned(free as u32).ok())
+        .flatten()
+    else {
         return Ok(0);
-    }
+    };
     let (revokes, others) = {
         let mut tx = app.db.begin().await?;
         let revokes = store::claim_due_jobs(&mut tx, now_ms, Claim::Revokes, REVOKE_BATCH).await?;
@@ -42,7 +47,7 @@ pub async fn claim_and_spawn(app: &AppState, now_ms: i64) -> anyhow::Result<usiz
     let n = revokes.len() + others.len();
     if !revokes.is_empty() {
         let workers = (free - others.len()).min(revokes.len()).max(1);
-        let permits = app.job_permits.clone().try_acquire_many_owned(workers as u32)?;
+        let permits = permits.split(workers).expect("claimed within the free workers");
         let task_app = app.clone();
         app.tasks.spawn(async move {
             let ids: Vec<i64> = revokes.iter().map(|j| j.id).collect();
@@ -54,7 +59,7 @@ pub async fn claim_and_spawn(app: &AppState, now_ms: i64) -> anyhow::Result<usiz
         });
     }
     for job in others {
-        let permit = app.job_permits.clone().try_acquire_owned()?;
+        let permit = permits.split(1).expect("claimed within the free workers");
         let task_app = app.clone();
         app.tasks.spawn(async move {
             let id = job.id;
