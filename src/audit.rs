@@ -92,13 +92,8 @@ pub async fn append(
     request_id: Option<i64>,
     details: serde_json::Value,
 ) -> sqlx::Result<()> {
-    let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
-    let (seq, prev) = match last {
-        Some((s, h)) => (s + 1, h),
-        None => (1, GENESIS.to_string()),
-    };
+    let (last, prev) = head(conn).await?;
+    let seq = last + 1;
     let details = details.to_string();
     let hash = entry_hash(&prev, seq, at, actor, action, request_id, &details);
     sqlx::query(

@@ -393,20 +393,6 @@ pub async fn fail_grant(conn: &mut SqliteConnection, grant_id: i64, error: &str)
     Ok(done.rows_affected() == 1)
 }
 
-/// Marks an active grant revoked. Only called once the adapter confirmed the revoke.
-pub async fn revoke_grant(conn: &mut SqliteConnection, grant_id: i64, now: i64, by: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE grants SET state = 'revoked', revoked_at = ?, revoked_by = ?, last_error = NULL \
-         WHERE id = ? AND state = 'active'",
-    )
-    .bind(now)
-    .bind(by)
-    .bind(grant_id)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
 /// Records that `by` asked to end an active (or still granting) grant early; false if it
 /// had already ended or someone already asked.
 pub async fn request_revoke(conn: &mut SqliteConnection, grant_id: i64, by: &str, now: i64) -> sqlx::Result<bool> {
@@ -450,38 +436,37 @@ pub async fn covers_of(conn: &mut SqliteConnection, grants: &[&GrantRow]) -> sql
     Ok(covers)
 }
 
-/// The grants of these requests, by request id.
-pub async fn grants_of(conn: &mut SqliteConnection, request_ids: &[i64]) -> sqlx::Result<HashMap<i64, GrantRow>> {
-    let mut grants = HashMap::with_capacity(request_ids.len());
-    for chunk in chunks(request_ids) {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM grants WHERE request_id IN ");
+/// Rows of `select` (ending in `WHERE column IN `) for these ids, a statement per chunk.
+async fn select_in<T>(conn: &mut SqliteConnection, select: &str, ids: &[i64]) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in chunks(ids) {
+        let mut q = QueryBuilder::<Sqlite>::new(select);
         q.push_tuples(chunk, |mut b, id| {
             b.push_bind(*id);
         });
-        for g in q.build_query_as::<GrantRow>().fetch_all(&mut *conn).await? {
-            grants.insert(g.request_id, g);
-        }
+        rows.extend(q.build_query_as::<T>().fetch_all(&mut *conn).await?);
     }
-    Ok(grants)
+    Ok(rows)
+}
+
+/// The grants of these requests, by request id.
+pub async fn grants_of(conn: &mut SqliteConnection, request_ids: &[i64]) -> sqlx::Result<HashMap<i64, GrantRow>> {
+    let grants: Vec<GrantRow> = select_in(conn, "SELECT * FROM grants WHERE request_id IN ", request_ids).await?;
+    Ok(grants.into_iter().map(|g| (g.request_id, g)).collect())
 }
 
 /// These requests, by id.
 pub async fn requests_by_id(conn: &mut SqliteConnection, ids: &[i64]) -> sqlx::Result<HashMap<i64, RequestRow>> {
-    let mut requests = HashMap::with_capacity(ids.len());
-    for chunk in chunks(ids) {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM requests WHERE id IN ");
-        q.push_tuples(chunk, |mut b, id| {
-            b.push_bind(*id);
-        });
-        for r in q.build_query_as::<RequestRow>().fetch_all(&mut *conn).await? {
-            requests.insert(r.id, r);
-        }
-    }
-    Ok(requests)
+    let requests: Vec<RequestRow> = select_in(conn, "SELECT * FROM requests WHERE id IN ", ids).await?;
+    Ok(requests.into_iter().map(|r| (r.id, r)).collect())
 }
 
-/// Marks active grants revoked, as `revoke_grant` does for each (by whoever asked to end
-/// it early, else "expiry"), and returns the ids of those that were still active.
+/// Marks active grants revoked (by whoever asked to end each early, else "expiry") and
+/// returns the ids of those that were still active. Only called once the adapter
+/// confirmed the revokes.
 pub async fn revoke_grants(conn: &mut SqliteConnection, grant_ids: &[i64], now: i64) -> sqlx::Result<Vec<i64>> {
     let mut revoked = Vec::with_capacity(grant_ids.len());
     for chunk in chunks(grant_ids) {
@@ -1171,13 +1156,6 @@ pub struct NewJob {
     pub created_at: i64,
 }
 
-/// Schedules jobs as `insert_job` does, in multi-row statements.
-pub async fn insert_jobs(conn: &mut SqliteConnection, jobs: &[NewJob]) -> sqlx::Result<()> {
-    let mut inserts = Inserts::default();
-    inserts.jobs(jobs);
-    inserts.execute(conn).await
-}
-
 /// Queues messages as `enqueue` does, each written at its own time, in multi-row statements.
 pub async fn enqueue_all(conn: &mut SqliteConnection, messages: &[(Outgoing, i64)]) -> sqlx::Result<()> {
     let mut inserts = Inserts::default();
@@ -1297,9 +1275,10 @@ mod tests {
                 created_at: 1,
             })
             .collect();
-        insert_jobs(&mut tx, &jobs).await.unwrap();
+        let mut inserts = Inserts::default();
         // A second job of the same kind for a request is ignored, as with insert_job.
-        insert_jobs(&mut tx, &jobs[..3]).await.unwrap();
+        inserts.jobs(&jobs).jobs(&jobs[..3]);
+        inserts.execute(&mut tx).await.unwrap();
         let cards: Vec<(Outgoing, i64)> = ids.iter().map(|&id| (Outgoing::post_card(id), 7)).collect();
         enqueue_all(&mut tx, &cards).await.unwrap();
         tx.commit().await.unwrap();
