@@ -6,8 +6,8 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+use jitgate::cards::{render_card, CardModel};
 use jitgate::commands;
-use jitgate::slack::cards::{render_card, CardModel};
 use jitgate::slack::payloads::SlashCommand;
 use jitgate::slack::signature;
 use jitgate::store::{DecisionRow, GrantRow, GrantState, RequestKind, RequestRow, RequestState, Verdict};
@@ -113,7 +113,7 @@ fn parsing(c: &mut Criterion) {
     g.bench_function("form_to_validated_request", |b| {
         b.iter(|| {
             let cmd = serde_urlencoded::from_bytes::<SlashCommand>(black_box(body.as_bytes())).unwrap();
-            let text = jitgate::slack::payloads::unescape(&cmd.text);
+            let text = jitgate::text::unescape(&cmd.text);
             match commands::parse(&text, &config).unwrap() {
                 commands::Command::Request(input) => jitgate::requests::validate(&config, &input).unwrap(),
                 other => panic!("{other:?}"),

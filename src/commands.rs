@@ -2,13 +2,15 @@
 
 use slack_morphism::prelude::*;
 
+use crate::app::AppState;
 use crate::config::Config;
 use crate::duration::HumanDuration;
-use crate::requests::{self, label, RequestInput, Requester};
-use crate::slack::cards::slack_date;
-use crate::slack::payloads::{escape, unescape, SlashCommand};
+use crate::ids::{label, parse_label};
+use crate::requests::{self, RequestInput, Requester};
+use crate::slack::payloads::SlashCommand;
 use crate::store::{self, GrantState};
-use crate::AppState;
+use crate::text::slack_date;
+use crate::text::{escape, unescape};
 
 /// What the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +141,7 @@ fn parse_id_command<'a>(
             "Say which request, for example {example}. `{cmd} list` shows yours."
         ));
     };
-    let Some(id) = requests::parse_label(id_text) else {
+    let Some(id) = parse_label(id_text) else {
         return Err(format!(
             "`{}` is not a request id; write it like {example}.",
             escape(id_text)

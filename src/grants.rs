@@ -2,58 +2,21 @@
 //! time-out of requests nobody decided on. Each step runs as a durable job (see
 //! `scheduler`); adapter calls happen outside any database transaction.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::DateTime;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use crate::access_locks;
 use crate::adapters::{AdapterError, GrantContext};
+use crate::app::AppState;
+use crate::audit;
+use crate::backoff::backoff;
 use crate::duration::HumanDuration;
-use crate::requests::label;
-use crate::scheduler::backoff;
-use crate::slack::cards::slack_date;
+use crate::ids::label;
 use crate::store::{self, GrantRow, GrantState, JobKind, JobRow, Outgoing, RequestRow, RequestState};
-use crate::{audit, AppState};
-
-/// One lock per access (adapter, user, resource, role): grant, revoke and extend calls for
-/// the same access never overlap, so a revoke cannot race a grant that re-applies it.
-#[derive(Default)]
-pub struct AccessLocks {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl AccessLocks {
-    /// What identifies the access `g` concerns.
-    pub fn key(g: &GrantRow) -> String {
-        format!("{}\u{1f}{}\u{1f}{}\u{1f}{}", g.adapter, g.user_id, g.resource, g.role)
-    }
-
-    fn mutex(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > 1024 {
-            map.retain(|_, l| Arc::strong_count(l) > 1);
-        }
-        map.entry(key).or_default().clone()
-    }
-
-    /// Waits for the access `g` concerns.
-    pub async fn lock(&self, g: &GrantRow) -> tokio::sync::OwnedMutexGuard<()> {
-        self.lock_key(Self::key(g)).await
-    }
-
-    /// Waits for the access with this `key`.
-    pub async fn lock_key(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
-        self.mutex(key).lock_owned().await
-    }
-
-    /// The access with this `key`, unless someone holds it.
-    pub fn try_lock_key(&self, key: String) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        self.mutex(key).try_lock_owned().ok()
-    }
-}
+use crate::text::slack_date;
 
 /// Who ended a grant, as shown to people.
 fn ended_by_text(g: &GrantRow) -> String {
@@ -113,18 +76,6 @@ pub fn stranded(config: &crate::config::Config, live: &[GrantRow]) -> Vec<Strand
         .collect()
 }
 
-/// Runs one claimed job to its next state.
-pub async fn run_job(app: &AppState, job: JobRow) -> anyhow::Result<()> {
-    match job.kind {
-        JobKind::Grant => run_grant(app, job).await,
-        JobKind::Revoke => run_revoke(app, job).await,
-        JobKind::ExpireRequest => expire_request(app, job).await,
-        JobKind::Remind => remind(app, job).await,
-        JobKind::Extend => run_extend(app, job).await,
-        JobKind::AutoApprove => crate::oncall::auto::run(app, job).await,
-    }
-}
-
 async fn load(app: &AppState, request_id: i64) -> anyhow::Result<(RequestRow, Option<GrantRow>)> {
     let mut conn = app.db.read.acquire().await?;
     let request = store::get_request(&mut conn, request_id)
@@ -159,7 +110,7 @@ fn jittered(app: &AppState, attempt: i64) -> Duration {
     )
 }
 
-async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let (request, grant) = load(app, job.request_id).await?;
     let Some(grant) = grant.filter(|g| g.state == GrantState::Granting) else {
         let mut tx = app.db.begin().await?;
@@ -249,7 +200,7 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                     ":x: Granting {what} for {} failed after {attempts} attempt{}: {}. Nothing is in force.",
                     label(request.id),
                     if attempts == 1 { "" } else { "s" },
-                    crate::slack::payloads::escape(&message)
+                    crate::text::escape(&message)
                 );
                 store::enqueue(
                     &mut tx,
@@ -281,8 +232,8 @@ async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         }
     }
     tx.commit().await?;
-    app.wake_outbox();
-    app.wake_scheduler();
+    app.outbox.wake();
+    app.scheduler.wake();
     Ok(())
 }
 
@@ -338,7 +289,7 @@ enum RevokeOutcome {
 }
 
 /// Runs one revoke job on its own, waiting for its access lock.
-async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+pub async fn run_revoke(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let deferred = revoke_batch(app, vec![job], 1, true).await?;
     debug_assert!(deferred.is_empty());
     Ok(())
@@ -358,7 +309,7 @@ pub async fn run_revokes(app: &AppState, jobs: Vec<JobRow>, concurrency: usize) 
     for job in deferred {
         let id = job.id;
         if let Err(e) = run_revoke(app, job).await {
-            crate::scheduler::retry_after_error(app, &[id], &e).await;
+            crate::scheduler::retry_after_error(&app.db, app.now_ms(), &[id], &e).await;
         }
     }
     Ok(())
@@ -387,7 +338,7 @@ async fn revoke_batch(
             outcomes.push(RevokeOutcome::Finish(job));
             continue;
         };
-        let key = AccessLocks::key(grant);
+        let key = access_locks::key(grant);
         if !keys.insert(key.clone()) {
             deferred.push(job);
             continue;
@@ -476,8 +427,8 @@ async fn revoke_batch(
     record_revokes(app, &mut tx, outcomes, now).await?;
     tx.commit().await?;
     drop(guards);
-    app.wake_outbox();
-    app.wake_scheduler();
+    app.outbox.wake();
+    app.scheduler.wake();
     Ok(deferred)
 }
 
@@ -630,7 +581,7 @@ async fn record_revokes(
                         grant.role,
                         grant.user_id,
                         label(request.id),
-                        crate::slack::payloads::escape(&message),
+                        crate::text::escape(&message),
                         slack_date(item.due),
                         slack_date(retry_at),
                         grant.adapter
@@ -686,13 +637,13 @@ pub async fn revoke_early(app: &AppState, request_id: i64, actor: &str) -> anyho
     .await?;
     store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
     tx.commit().await?;
-    app.wake_scheduler();
-    app.wake_outbox();
+    app.scheduler.wake();
+    app.outbox.wake();
     Ok(Ok(()))
 }
 
 /// Applies an approved extension (job of the extension request) to the grant it extends.
-async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let (ext, _) = load(app, job.request_id).await?;
     let Some(original_id) = ext.extends_request_id else {
         return finish(app, &job).await;
@@ -748,7 +699,7 @@ async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         .await?;
         store::finish_job(&mut tx, job.id, false, now).await?;
         tx.commit().await?;
-        app.wake_outbox();
+        app.outbox.wake();
         return Ok(());
     }
     let new_expiry = grant.expires_at.unwrap_or_default() + add * 1000;
@@ -812,7 +763,7 @@ async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                         format!(
                             ":x: Extending {what} ({}) failed: {}. It still ends {}.",
                             label(original_id),
-                            crate::slack::payloads::escape(&message),
+                            crate::text::escape(&message),
                             slack_date(grant.expires_at.unwrap_or_default())
                         ),
                         Some(ext.id),
@@ -834,12 +785,12 @@ async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         }
     }
     tx.commit().await?;
-    app.wake_outbox();
-    app.wake_scheduler();
+    app.outbox.wake();
+    app.scheduler.wake();
     Ok(())
 }
 
-async fn expire_request(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+pub async fn expire_request(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let now = app.now_ms();
     let mut tx = app.db.begin().await?;
     if store::transition_request(
@@ -882,13 +833,13 @@ async fn expire_request(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     }
     store::finish_job(&mut tx, job.id, false, now).await?;
     tx.commit().await?;
-    app.wake_outbox();
+    app.outbox.wake();
     Ok(())
 }
 
 /// Reminds the approval channel of a request nobody has decided on, then schedules the
 /// next reminder twice as far out (1×, 2×, 4× `remind_after` …) while it stays pending.
-async fn remind(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+pub async fn remind(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let now = app.now_ms();
     let mut tx = app.db.begin().await?;
     let request = store::get_request(&mut tx, job.request_id).await?;
@@ -928,7 +879,7 @@ async fn remind(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         None => store::finish_job(&mut tx, job.id, false, now).await?,
     }
     tx.commit().await?;
-    app.wake_outbox();
+    app.outbox.wake();
     Ok(())
 }
 

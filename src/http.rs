@@ -1,6 +1,6 @@
 //! HTTP: the three Slack endpoints and a health check. Every Slack endpoint checks the
-//! signature on the raw body before reading anything, and answers at once: work that
-//! needs Slack or an adapter happens afterwards, in the background.
+//! signature on the raw body before reading anything, decodes Slack's wire format and
+//! hands the input to its entry point in `inputs`, which answers at once.
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
@@ -9,11 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::approvals::{self, Click};
-use crate::commands;
-use crate::slack::payloads::{BlockActions, EventEnvelope, Interaction, InteractionForm, SlashCommand};
+use crate::app::AppState;
+use crate::inputs::{self, EventReply};
+use crate::slack::payloads::{EventEnvelope, Interaction, InteractionForm, SlashCommand};
 use crate::slack::signature;
-use crate::AppState;
 
 /// Slack's payloads are small; anything bigger is refused before it is read in full.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -83,18 +82,7 @@ async fn slash_command(State(app): State<AppState>, Signed(body): Signed) -> Res
             return StatusCode::BAD_REQUEST.into_response();
         }
     };
-    match commands::handle(&app, &cmd).await {
-        Ok(text) => Json(commands::ephemeral(text)).into_response(),
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), user = %cmd.user_id, "slash command failed");
-            Json(commands::ephemeral(
-                "Something went wrong on jitgate's side and nothing was saved; please try again. \
-                 If it keeps happening, tell the jitgate operators."
-                    .into(),
-            ))
-            .into_response()
-        }
-    }
+    Json(inputs::command(&app, &cmd).await).into_response()
 }
 
 async fn interaction(State(app): State<AppState>, Signed(body): Signed) -> Response {
@@ -109,55 +97,16 @@ async fn interaction(State(app): State<AppState>, Signed(body): Signed) -> Respo
             return StatusCode::BAD_REQUEST.into_response();
         }
     };
-    if let Interaction::BlockActions(BlockActions {
-        user,
-        response_url,
-        actions,
-        ..
-    }) = interaction
-    {
-        for action in actions {
-            let click = Click {
-                user_id: user.id.clone(),
-                action_id: action.action_id,
-                value: action.value.unwrap_or_default(),
-                response_url: response_url.clone(),
-            };
-            // Group lookups need Slack, so the decision is made after answering.
-            let task_app = app.clone();
-            app.tasks.spawn(async move {
-                if let Err(e) = approvals::handle_click(&task_app, click).await {
-                    tracing::error!(error = format!("{e:#}"), "click failed");
-                }
-            });
-        }
-    }
+    inputs::interaction(&app, interaction);
     StatusCode::OK.into_response()
 }
 
 async fn event(State(app): State<AppState>, Signed(body): Signed) -> Response {
     match serde_json::from_slice::<EventEnvelope>(&body) {
-        Ok(EventEnvelope::UrlVerification { challenge }) => {
-            Json(serde_json::json!({ "challenge": challenge })).into_response()
-        }
-        Ok(EventEnvelope::EventCallback { event_id, event }) => {
-            // Slack retries deliveries it thinks failed; act on each event once.
-            if event_id.as_deref().is_some_and(|id| !app.seen_events.first_time(id)) {
-                return StatusCode::OK.into_response();
-            }
-            let is_home = event["type"] == "app_home_opened" && event["tab"] == "home";
-            if let (true, Some(user)) = (is_home, event["user"].as_str()) {
-                let user = user.to_string();
-                let task_app = app.clone();
-                app.tasks.spawn(async move {
-                    if let Err(e) = crate::home::publish(&task_app, &user).await {
-                        tracing::warn!(error = format!("{e:#}"), "could not publish the Home tab");
-                    }
-                });
-            }
-            StatusCode::OK.into_response()
-        }
-        Ok(EventEnvelope::Other) => StatusCode::OK.into_response(),
+        Ok(envelope) => match inputs::event(&app, envelope) {
+            EventReply::Challenge(challenge) => Json(serde_json::json!({ "challenge": challenge })).into_response(),
+            EventReply::Ack => StatusCode::OK.into_response(),
+        },
         Err(_) => StatusCode::BAD_REQUEST.into_response(),
     }
 }

@@ -3,9 +3,13 @@
 //! `start` builds the whole service from a validated configuration; `main.rs`, the
 //! integration tests and the benchmarks all use it, so they run the same code.
 
+pub mod access_locks;
 pub mod adapters;
+pub mod app;
 pub mod approvals;
 pub mod audit;
+pub mod backoff;
+pub mod cards;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -13,30 +17,37 @@ pub mod duration;
 pub mod grants;
 pub mod home;
 pub mod http;
+pub mod ids;
+pub mod inputs;
+pub mod jobs;
 pub mod oncall;
+pub mod outbox;
 pub mod reconcile;
 pub mod requests;
+pub mod rotation;
 pub mod scheduler;
 pub mod slack;
 pub mod store;
+pub mod text;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::adapters::{Adapter, Adapters};
+pub use crate::app::AppState;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::outbox::{Outbox, OutboxHandle};
+use crate::scheduler::SchedulerHandle;
 use crate::slack::client::SlackApi;
-use crate::store::{Db, Outgoing};
+use crate::store::Db;
 
 /// Secrets, read from the environment only. Never logged: `Debug` redacts them.
 #[derive(Clone)]
@@ -68,66 +79,6 @@ impl Secrets {
                 "set it to the app's Signing Secret (under Basic Information)",
             )?,
         })
-    }
-}
-
-/// Everything a request handler or background task needs. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: Db,
-    pub clock: SharedClock,
-    pub slack: SlackApi,
-    pub adapters: Arc<Adapters>,
-    /// On-call lookups and their caches.
-    pub oncall: Arc<oncall::OnCall>,
-    pub(crate) signing_secret: Arc<[u8]>,
-    pub(crate) scheduler_wake: Arc<Notify>,
-    /// When the scheduler next wakes on its own (unix ms); `i64::MAX` while it is
-    /// looking for work or has none. See `wake_scheduler_for`.
-    pub(crate) scheduler_next: Arc<AtomicI64>,
-    pub(crate) outbox_wake: Arc<Notify>,
-    pub(crate) job_permits: Arc<Semaphore>,
-    pub(crate) access_locks: Arc<grants::AccessLocks>,
-    pub(crate) seen_events: Arc<home::SeenEvents>,
-    /// Requests waiting for their (group) commit.
-    pub(crate) creations: Arc<requests::Creations>,
-    pub shutdown: CancellationToken,
-    pub tasks: TaskTracker,
-}
-
-impl AppState {
-    /// Now, in unix milliseconds, from the injected clock.
-    pub fn now_ms(&self) -> i64 {
-        self.clock.now().timestamp_millis()
-    }
-
-    /// Tells the scheduler that a job may be due sooner than it thought.
-    pub fn wake_scheduler(&self) {
-        self.scheduler_wake.notify_one();
-    }
-
-    /// Tells the scheduler about a new job due at `at_ms`, if it planned to sleep past it.
-    /// Cheaper than `wake_scheduler` when jobs are added often but due late (request
-    /// time-outs): the scheduler is not made to look for work it cannot have.
-    pub fn wake_scheduler_for(&self, at_ms: i64) {
-        if at_ms < self.scheduler_next.load(Ordering::SeqCst) {
-            self.scheduler_wake.notify_one();
-        }
-    }
-
-    /// Tells the outbox worker there is something to send.
-    pub fn wake_outbox(&self) {
-        self.outbox_wake.notify_one();
-    }
-
-    /// Queues one Slack message on its own (outside any other change).
-    pub async fn send_now(&self, message: Outgoing) -> anyhow::Result<()> {
-        let mut conn = self.db.write.acquire().await?;
-        store::enqueue(&mut conn, &message, self.now_ms()).await?;
-        drop(conn);
-        self.wake_outbox();
-        Ok(())
     }
 }
 
@@ -231,13 +182,11 @@ pub async fn build_with_env(
         adapters: Arc::new(adapters),
         oncall: Arc::new(oncall),
         signing_secret: Arc::from(secrets.signing_secret.into_bytes()),
-        scheduler_wake: Arc::new(Notify::new()),
-        scheduler_next: Arc::new(AtomicI64::new(i64::MAX)),
-        outbox_wake: Arc::new(Notify::new()),
-        job_permits: Arc::new(Semaphore::new(concurrency)),
-        access_locks: Arc::new(grants::AccessLocks::default()),
-        seen_events: Arc::new(home::SeenEvents::default()),
-        creations: Arc::new(requests::Creations::default()),
+        scheduler: SchedulerHandle::new(concurrency),
+        outbox: OutboxHandle::default(),
+        access_locks: Arc::default(),
+        seen_events: Arc::default(),
+        creations: Arc::default(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     })
@@ -299,9 +248,17 @@ pub async fn start(
         }
     }
     // Overdue revokes first: claim what is due before the first request is served.
-    scheduler::claim_and_spawn(&state, state.now_ms()).await?;
-    state.tasks.spawn(scheduler::run(state.clone()));
-    state.tasks.spawn(slack::outbox::run(state.clone()));
+    let scheduler = jobs::scheduler(&state);
+    scheduler.claim_and_spawn(state.now_ms()).await?;
+    state.tasks.spawn(scheduler.run());
+    state.tasks.spawn(outbox::run(Outbox {
+        db: state.db.clone(),
+        slack: state.slack.clone(),
+        clock: state.clock.clone(),
+        config: state.config.clone(),
+        handle: state.outbox.clone(),
+        shutdown: state.shutdown.clone(),
+    }));
     state
         .tasks
         .spawn(reconcile::run_periodically(state.clone(), state.clock.now()));

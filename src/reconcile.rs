@@ -6,10 +6,11 @@
 use serde_json::json;
 
 use crate::adapters::{Adapter, ListedAccess};
+use crate::app::AppState;
+use crate::audit;
 use crate::grants::context;
-use crate::requests::label;
+use crate::ids::label;
 use crate::store::{self, GrantRow, GrantState, Outgoing};
-use crate::{audit, AppState};
 
 /// One inconsistency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,7 +245,7 @@ async fn record(app: &AppState, report: &Report, dry_run: bool) -> anyhow::Resul
         let lines: Vec<String> = report
             .findings
             .iter()
-            .map(|f| format!("• {}", crate::slack::payloads::escape(&f.describe())))
+            .map(|f| format!("• {}", crate::text::escape(&f.describe())))
             .collect();
         store::enqueue(
             &mut tx,
@@ -264,7 +265,7 @@ async fn record(app: &AppState, report: &Report, dry_run: bool) -> anyhow::Resul
         .await?;
     }
     tx.commit().await?;
-    app.wake_outbox();
+    app.outbox.wake();
     Ok(())
 }
 

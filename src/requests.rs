@@ -1,37 +1,18 @@
 //! Access requests: how they are named, validated against the configuration, and stored.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use serde_json::json;
 use sqlx::pool::PoolConnection;
 use sqlx::Sqlite;
 use tokio::sync::oneshot;
 
+use crate::app::AppState;
+use crate::audit;
 use crate::config::{Config, Resource};
 use crate::duration::HumanDuration;
-use crate::store::{self, JobKind, NewRequest, Outgoing, RequestRow};
-use crate::{audit, AppState};
-
-/// How users see and type a request id.
-pub fn label(id: i64) -> String {
-    format!("JIT-{id}")
-}
-
-/// Reads a request id as users type it: `JIT-42`, `jit-42`, `#42` or `42`.
-pub fn parse_label(text: &str) -> Option<i64> {
-    let t = text.trim();
-    let digits = t
-        .strip_prefix("JIT-")
-        .or_else(|| t.strip_prefix("jit-"))
-        .or_else(|| t.strip_prefix("Jit-"))
-        .or_else(|| t.strip_prefix('#'))
-        .unwrap_or(t);
-    if digits.is_empty() || digits.len() > 15 || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok().filter(|n| *n > 0)
-}
+use crate::ids::label;
+use crate::store::{self, Creation, JobKind, NewRequest, Outgoing, RequestRow};
 
 /// A request as typed, before it is checked against the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +37,7 @@ pub struct ValidRequest {
 fn resource_summary(r: &Resource) -> String {
     let mut s = format!("`{}` (roles: {}; up to {})", r.name, r.roles.join(", "), r.max_duration);
     if !r.description.is_empty() {
-        s.push_str(&format!(" — {}", crate::slack::payloads::escape(&r.description)));
+        s.push_str(&format!(" — {}", crate::text::escape(&r.description)));
     }
     s
 }
@@ -77,7 +58,7 @@ pub fn validate(config: &Config, input: &RequestInput) -> Result<ValidRequest, S
     let Some(resource) = config.resource(&input.resource) else {
         return Err(format!(
             "There is no resource called `{}`. You can ask for:\n{}\nFor example: `{cmd} request {}:{} {} <reason>`",
-            crate::slack::payloads::escape(&input.resource),
+            crate::text::escape(&input.resource),
             resource_list(config),
             config.resources[0].name,
             config.resources[0].default_role(),
@@ -89,7 +70,7 @@ pub fn validate(config: &Config, input: &RequestInput) -> Result<ValidRequest, S
             return Err(format!(
                 "`{}` has no role `{}`. Its roles are: {}.",
                 resource.name,
-                crate::slack::payloads::escape(role),
+                crate::text::escape(role),
                 resource.roles.join(", ")
             ));
         }
@@ -189,39 +170,6 @@ async fn insert_pending(app: &AppState, new: &NewRequest, on_call_check: bool) -
         .map_err(|_| anyhow::anyhow!("the request was not stored: jitgate is stopping"))?
 }
 
-/// Most requests stored in one transaction.
-const MAX_BATCH: usize = 512;
-
-/// A request waiting to be stored, and who waits for its id.
-struct Creation {
-    new: NewRequest,
-    on_call_check: bool,
-    reply: oneshot::Sender<anyhow::Result<i64>>,
-}
-
-/// Requests waiting to be stored, and whether a task is storing them.
-#[derive(Default)]
-pub struct Creations {
-    queue: Mutex<Vec<Creation>>,
-    draining: AtomicBool,
-}
-
-impl Creations {
-    fn push(&self, c: Creation) {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(c);
-    }
-
-    fn take(&self) -> Vec<Creation> {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let n = q.len().min(MAX_BATCH);
-        q.drain(..n).collect()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-    }
-}
-
 /// How long the drain keeps the writer connection while requests keep coming, before it
 /// lets other writers (decisions, grants, the outbox) have a turn.
 const HOLD_WRITER: std::time::Duration = std::time::Duration::from_millis(20);
@@ -230,7 +178,7 @@ const HOLD_WRITER: std::time::Duration = std::time::Duration::from_millis(20);
 type Writer = Option<(PoolConnection<Sqlite>, std::time::Instant)>;
 
 /// Stores queued requests, a batch per transaction, until the queue is empty. At most one
-/// runs at a time (`Creations::draining`); whoever queues a request starts one if none is.
+/// runs at a time (`store::Creations::draining`); whoever queues a request starts one if none is.
 ///
 /// Back-to-back batches keep the writer connection (up to `HOLD_WRITER`): returning it to
 /// the pool and taking it again costs more than a batch's own statements under load.
@@ -366,17 +314,21 @@ async fn try_write_pending(
             }
         }
     }
-    let entries = audit::chain(heads.audit_seq, &heads.audit_hash, &events);
+    let entries = audit::chain(
+        heads.audit_seq,
+        heads.audit_hash.as_deref().unwrap_or(audit::GENESIS),
+        &events,
+    );
     let mut inserts = store::Inserts::default();
     inserts.requests(&ids, &news);
     audit::insert_entries(&mut inserts, &entries);
     inserts.outbox(&cards).jobs(&jobs);
     tx.commit(inserts).await?;
-    app.wake_outbox();
+    app.outbox.wake();
     // Time-outs and reminders are hours away: wake the scheduler only if it planned to
     // sleep past the soonest job (an on-call check is due now, so that one wakes it).
     if let Some(soonest) = jobs.iter().map(|j| j.run_at).min() {
-        app.wake_scheduler_for(soonest);
+        app.scheduler.wake_for(soonest);
     }
     Ok(ids)
 }
@@ -448,8 +400,8 @@ pub async fn create_extension(
     )
     .await?;
     tx.commit().await?;
-    app.wake_outbox();
-    app.wake_scheduler();
+    app.outbox.wake();
+    app.scheduler.wake();
     Ok(id)
 }
 
@@ -481,7 +433,7 @@ pub async fn cancel(app: &AppState, request_id: i64, user: &str) -> anyhow::Resu
         store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
     }
     tx.commit().await?;
-    app.wake_outbox();
+    app.outbox.wake();
     Ok(true)
 }
 
@@ -517,17 +469,6 @@ type = "noop"
             role: role.map(Into::into),
             duration: duration.map(|d| d.parse().unwrap()),
             reason: reason.into(),
-        }
-    }
-
-    #[test]
-    fn labels_round_trip_in_every_typed_form() {
-        assert_eq!(label(42), "JIT-42");
-        for t in ["JIT-42", "jit-42", "#42", "42", " 42 "] {
-            assert_eq!(parse_label(t), Some(42), "{t}");
-        }
-        for t in ["", "JIT-", "x42", "-1", "0", "JIT-4 2", "99999999999999999999"] {
-            assert_eq!(parse_label(t), None, "{t}");
         }
     }
 

@@ -55,7 +55,7 @@ impl ExecAdapter {
         cmd.envs(&self.config.env)
             .env("JIT_ACTION", action)
             .env("JIT_GRANT_ID", ctx.grant_id.to_string())
-            .env("JIT_REQUEST_ID", crate::requests::label(ctx.request_id))
+            .env("JIT_REQUEST_ID", crate::ids::label(ctx.request_id))
             .env("JIT_USER_ID", &ctx.user_id)
             .env("JIT_RESOURCE", &ctx.resource)
             .env("JIT_ROLE", &ctx.role)

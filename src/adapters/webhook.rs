@@ -175,7 +175,7 @@ impl WebhookAdapter {
         let payload = Payload {
             action: action.as_str(),
             grant_id: ctx.grant_id,
-            request_id: crate::requests::label(ctx.request_id),
+            request_id: crate::ids::label(ctx.request_id),
             user_id: &ctx.user_id,
             resource: &ctx.resource,
             role: &ctx.role,

@@ -3,17 +3,14 @@
 //!
 //! Nothing here runs in the slash command's request path except [`could_auto_approve`],
 //! a check of the configuration alone. The command then stores the request with an
-//! `auto_approve` job due at once; the job ([`auto::run`]) asks Slack and the on-call
+//! `auto_approve` job due at once; the job ([`crate::approvals::oncall::run`]) asks Slack and the on-call
 //! services, and either approves in one transaction or sends the request to the approvers.
 //! Every failure — a timeout, an HTTP error, an answer that cannot be read, a person who
 //! cannot be matched — means normal approval, never an automatic one.
 
-pub mod auto;
-pub mod config;
 pub mod http;
 pub mod opsgenie;
 pub mod pagerduty;
-pub mod rotation;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -26,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::duration::HumanDuration;
 use crate::slack::client::SlackApi;
-use crate::slack::payloads::escape;
+use crate::text::escape;
 
-pub use self::config::{OnCallConfig, Policy, SourceConfig, APPROVER_PREFIX};
 use self::http::{HttpClient, Secret, SourceError};
 use self::pagerduty::OpenIncident;
+pub use crate::config::oncall::{OnCallConfig, Policy, SourceConfig, APPROVER_PREFIX};
 
 /// Whether a request could be auto-approved, judged from the configuration alone (no
 /// network): some policy allows `resource:role` for `duration`, and the channel is an
@@ -133,17 +130,14 @@ impl Evidence {
         };
         let mut s = format!(
             "on call in {provider} *{}*",
-            escape(&crate::slack::cards::truncate(&self.schedule, 100))
+            escape(&crate::text::truncate(&self.schedule, 100))
         );
         let mut extra = Vec::new();
         if let Some(level) = self.level {
             extra.push(format!("level {level}"));
         }
         if let Some(ep) = &self.escalation_policy {
-            extra.push(format!(
-                "escalation policy {}",
-                escape(&crate::slack::cards::truncate(ep, 100))
-            ));
+            extra.push(format!("escalation policy {}", escape(&crate::text::truncate(ep, 100))));
         }
         if !extra.is_empty() {
             s.push_str(&format!(" ({})", extra.join(", ")));
@@ -152,7 +146,7 @@ impl Evidence {
             let number = i.number.map(|n| format!("#{n}")).unwrap_or_else(|| i.id.clone());
             s.push_str(&format!(", assigned to incident {}", escape(&number)));
             if let Some(title) = &i.title {
-                s.push_str(&format!(" “{}”", escape(&crate::slack::cards::truncate(title, 150))));
+                s.push_str(&format!(" “{}”", escape(&crate::text::truncate(title, 150))));
             }
         }
         s

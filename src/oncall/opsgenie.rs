@@ -7,9 +7,9 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 
-use super::config::OpsgenieConfig;
 use super::http::{HttpClient, Secret, SourceError};
 use super::{ProviderUser, RosterEntry};
+use crate::config::oncall::OpsgenieConfig;
 
 #[derive(Deserialize)]
 struct Answer {

@@ -15,9 +15,9 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Deserialize;
 use url::Url;
 
-use super::config::PagerDutyConfig;
 use super::http::{HttpClient, Secret, SourceError};
 use super::{ProviderUser, RosterEntry};
+use crate::config::oncall::PagerDutyConfig;
 
 /// PagerDuty's media type for API v2.
 pub const ACCEPT: &str = "application/vnd.pagerduty+json;version=2";

@@ -1,8 +1,8 @@
-//! Everything that speaks Slack: request signatures, inbound payloads, the approval card,
-//! the Web API client and the outbox that delivers messages.
+//! The Slack wire: request signatures, inbound payloads and the Web API client. Nothing
+//! here knows about requests or grants; what jitgate shows is in `cards`, and the worker
+//! that delivers it in `outbox`.
 
-pub mod cards;
 pub mod client;
-pub mod outbox;
 pub mod payloads;
+pub mod redelivery;
 pub mod signature;

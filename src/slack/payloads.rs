@@ -89,17 +89,6 @@ pub enum EventEnvelope {
     Other,
 }
 
-/// Slack escapes `&`, `<` and `>` in command text; this undoes it so the stored text is
-/// what the user typed. Rendering escapes again.
-pub fn unescape(text: &str) -> String {
-    text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-}
-
-/// Escapes text for Slack mrkdwn so user input cannot mention, link or break formatting.
-pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,12 +110,5 @@ mod tests {
     fn other_interactions_are_recognised_as_other() {
         let i: Interaction = serde_json::from_str(r#"{"type":"view_submission","user":{"id":"U1"}}"#).unwrap();
         assert!(matches!(i, Interaction::Other));
-    }
-
-    #[test]
-    fn escaping_round_trips() {
-        let typed = "a <@U1> & <!channel> > b";
-        assert_eq!(unescape(&escape(typed)), typed);
-        assert!(!escape(typed).contains('<'));
     }
 }

@@ -131,9 +131,7 @@ async fn double_and_simultaneous_clicks_grant_once() {
         1
     );
     app.clock.advance(chrono::Duration::seconds(1));
-    jitgate::scheduler::run_due(app.state(), app.state().now_ms())
-        .await
-        .unwrap();
+    jitgate::jobs::run_due(app.state(), app.state().now_ms()).await.unwrap();
     let grants = app.adapter_log().iter().filter(|l| l.starts_with("grant ")).count();
     assert_eq!(grants, 1, "{:?}", app.adapter_log());
 }

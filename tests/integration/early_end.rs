@@ -118,9 +118,7 @@ async fn extension_needs_approval_and_moves_the_expiry() {
 
     // The old expiry passes without a revoke; the new one revokes.
     app.clock.advance(Duration::minutes(61));
-    jitgate::scheduler::run_due(app.state(), app.state().now_ms())
-        .await
-        .unwrap();
+    jitgate::jobs::run_due(app.state(), app.state().now_ms()).await.unwrap();
     assert_eq!(app.grant_state(id).await.as_deref(), Some("active"));
     app.clock.advance(Duration::minutes(60));
     app.wait_grant(id, "revoked").await;

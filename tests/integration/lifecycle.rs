@@ -48,9 +48,7 @@ async fn approved_request_is_granted_then_revoked_when_it_expires() {
 
     // Nothing happens before the expiry...
     app.clock.advance(Duration::minutes(119));
-    jitgate::scheduler::run_due(app.state(), app.state().now_ms())
-        .await
-        .unwrap();
+    jitgate::jobs::run_due(app.state(), app.state().now_ms()).await.unwrap();
     assert_eq!(app.grant_state(id).await.as_deref(), Some("active"));
 
     // ...and the revoke runs once it is due, with the state the grant printed.

@@ -10,9 +10,10 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::{is_name, is_slack_id, Resource};
+use crate::config::Resource;
 use crate::duration::HumanDuration;
-use crate::oncall::rotation::{resolve_local, Rotation, RotationOverride};
+use crate::ids::{is_name, is_slack_id};
+use crate::rotation::{resolve_local, Rotation, RotationOverride};
 
 /// PagerDuty's REST API, unless overridden.
 pub const DEFAULT_PAGERDUTY_URL: &str = "https://api.pagerduty.com";

@@ -4,16 +4,19 @@
 //! nothing else that is trusted. The decision itself is one transaction whose conditional
 //! statements make double clicks and simultaneous clicks harmless.
 
+pub mod oncall;
+
 use serde_json::json;
 use sqlx::SqliteConnection;
 
+use crate::app::AppState;
+use crate::audit;
+use crate::cards::{APPROVE, DENY, REVOKE};
 use crate::config::Resource;
 use crate::grants::{self, RevokeRefusal};
-use crate::requests::label;
-use crate::slack::cards::{APPROVE, DENY, REVOKE};
+use crate::ids::label;
 use crate::slack::client::SlackCallError;
 use crate::store::{self, DecisionRow, JobKind, Outgoing, RequestKind, RequestRow, RequestState, Verdict};
-use crate::{audit, AppState};
 
 /// Why a click was refused. Shown to the clicker only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,9 +370,9 @@ pub async fn record(
     }
     store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
     tx.commit().await?;
-    app.wake_outbox();
+    app.outbox.wake();
     if result == Outcome::Approved {
-        app.wake_scheduler();
+        app.scheduler.wake();
     }
     Ok(Ok(result))
 }
@@ -386,7 +389,7 @@ pub(crate) enum Applied {
 }
 
 /// What every approval does, whoever approves (people through [`record`], on-call
-/// policies through `oncall::auto`), inside the caller's transaction: pending → approved,
+/// policies through `approvals::oncall`), inside the caller's transaction: pending → approved,
 /// the time-out cancelled, the `request.approved` audit entry with `details`, and the
 /// grant (or the extension) with its job. The caller tells the requester.
 pub(crate) async fn apply_approval(

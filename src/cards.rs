@@ -6,10 +6,10 @@
 use slack_morphism::prelude::*;
 
 use crate::duration::HumanDuration;
+use crate::ids::label;
 use crate::oncall::{Evidence, APPROVER_PREFIX};
-use crate::requests::label;
-use crate::slack::payloads::escape;
 use crate::store::{DecisionRow, GrantRow, GrantState, JobRow, RequestKind, RequestRow, RequestState, Verdict};
+use crate::text::{escape, slack_date, truncate};
 
 /// `action_id` of the Approve button.
 pub const APPROVE: &str = "jit_approve";
@@ -30,25 +30,6 @@ pub struct CardModel<'a> {
     pub grant: Option<&'a GrantRow>,
     /// The grant or revoke job currently relevant, for retry status.
     pub job: Option<&'a JobRow>,
-}
-
-/// Slack's date formatting: each reader sees their own time zone.
-pub fn slack_date(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let fallback = chrono::DateTime::from_timestamp(secs, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_default();
-    format!("<!date^{secs}^{{date_short_pretty}} {{time}}|{fallback}>")
-}
-
-/// Shortens `text` to at most `max` characters, marking the cut.
-pub fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 /// User text, escaped for mrkdwn and short enough for one section.

@@ -7,14 +7,15 @@
 
 use serde_json::json;
 
-use super::config::Policy;
-use super::http::SourceError;
-use super::{ChannelCheck, Evidence, OnCallConfig, SourceAnswer};
+use crate::app::AppState;
+use crate::config::oncall::Policy;
 use crate::duration::HumanDuration;
-use crate::requests::label;
-use crate::slack::payloads::escape;
+use crate::ids::label;
+use crate::oncall::http::SourceError;
+use crate::oncall::{ChannelCheck, Evidence, OnCallConfig, SourceAnswer};
 use crate::store::{self, JobRow, Outgoing, RequestRow, RequestState, Verdict};
-use crate::{approvals, audit, AppState};
+use crate::text::escape;
+use crate::{approvals, audit};
 
 /// After this many internal failures (database trouble, not on-call answers) the request
 /// goes to the approvers without another check.
@@ -430,8 +431,8 @@ async fn approve(
     store::finish_job(&mut tx, job.id, false, now).await?;
     tx.commit().await?;
     tracing::info!(request = current.id, policy = %policy.name, "auto-approved on call");
-    app.wake_outbox();
-    app.wake_scheduler();
+    app.outbox.wake();
+    app.scheduler.wake();
     Ok(())
 }
 
@@ -487,7 +488,7 @@ async fn decline(app: &AppState, job: &JobRow, request: &RequestRow, reasons: Ve
     store::finish_job(&mut tx, job.id, false, now).await?;
     tx.commit().await?;
     tracing::info!(request = current.id, reasons = ?reasons.iter().map(Declined::code).collect::<Vec<_>>(), "not auto-approved; sent to approvers");
-    app.wake_outbox();
+    app.outbox.wake();
     Ok(())
 }
 

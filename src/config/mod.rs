@@ -10,8 +10,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use crate::adapters::postgres::{PostgresAdapterConfig, PostgresMode};
+pub mod oncall;
+pub mod postgres;
+
+pub use self::postgres::{PostgresAdapterConfig, PostgresMode};
 use crate::duration::HumanDuration;
+use crate::ids::{is_name, is_slack_id};
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "./jitgate.toml";
@@ -32,7 +36,7 @@ pub struct Config {
     pub resources: Vec<Resource>,
     pub adapters: BTreeMap<String, AdapterConfig>,
     /// `[oncall]`: auto-approval for people on call; `None` when absent.
-    pub oncall: Option<crate::oncall::OnCallConfig>,
+    pub oncall: Option<oncall::OnCallConfig>,
 }
 
 /// `[server]`
@@ -232,7 +236,7 @@ struct RawConfig {
     #[serde(default)]
     adapters: BTreeMap<String, toml::Table>,
     #[serde(default)]
-    oncall: Option<crate::oncall::config::RawOnCall>,
+    oncall: Option<crate::config::oncall::RawOnCall>,
 }
 
 #[derive(Deserialize)]
@@ -639,7 +643,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let oncall = raw
         .oncall
-        .and_then(|o| crate::oncall::config::validate(o, &resources, &mut problems));
+        .and_then(|o| crate::config::oncall::validate(o, &resources, &mut problems));
 
     if !problems.is_empty() {
         return Err(fail(problems));
@@ -745,7 +749,7 @@ fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Res
             }))
         }
         "webhook" => webhook_from_value(key, value).map(AdapterConfig::Webhook),
-        "postgres" => crate::adapters::postgres::parse_config(key, value).map(AdapterConfig::Postgres),
+        "postgres" => postgres::parse_config(key, value).map(AdapterConfig::Postgres),
         "noop" => {
             let _: RawNoop = value
                 .try_into()
@@ -915,26 +919,6 @@ fn toml_problem(e: &toml::de::Error, text: &str) -> String {
         }
         None => msg,
     }
-}
-
-/// Names of resources, roles and adapters: what users type after `/jit request`.
-pub fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-}
-
-/// A Slack ID: one of `prefixes`, then upper-case letters and digits.
-pub fn is_slack_id(s: &str, prefixes: &[char]) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if prefixes.contains(&c))
-        && s.len() >= 3
-        && s.len() <= 24
-        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 #[cfg(test)]

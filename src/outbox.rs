@@ -5,13 +5,19 @@
 //! could not take (down, 5xx, 429) is kept and sent later rather than dropped. Cards are
 //! rendered from the stored state at delivery time, so a late update still shows the truth.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::scheduler::backoff;
-use crate::slack::cards::{render_card, CardModel};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::backoff;
+use crate::cards::{render_card, CardModel};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::slack::client::SlackApi;
 use crate::slack::client::SlackCallError;
-use crate::store::{self, GrantState, JobKind, OutboxKind, OutboxRow, RequestState};
-use crate::AppState;
+use crate::store::{self, Db, GrantState, JobKind, OutboxKind, OutboxRow, RequestState};
 
 /// A response_url stops working after 30 minutes.
 const RESPONSE_URL_LIFETIME_MS: i64 = 30 * 60 * 1000;
@@ -20,6 +26,37 @@ const RETRY_INITIAL: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Delivery results are written down at least this often while a batch is being sent.
 const RECORD_EVERY: Duration = Duration::from_millis(500);
+
+/// The outbox's side of the app state: wakes the worker. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct OutboxHandle {
+    wake: Arc<Notify>,
+}
+
+impl OutboxHandle {
+    /// Tells the worker there is something to send.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Everything the worker needs: the stored messages, Slack, the time, and the resources'
+/// descriptions for cards.
+#[derive(Clone)]
+pub struct Outbox {
+    pub db: Db,
+    pub slack: SlackApi,
+    pub clock: SharedClock,
+    pub config: Arc<Config>,
+    pub handle: OutboxHandle,
+    pub shutdown: CancellationToken,
+}
+
+impl Outbox {
+    fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+}
 
 /// What became of one delivery attempt.
 enum Delivery {
@@ -30,7 +67,7 @@ enum Delivery {
 }
 
 /// The worker loop, until shutdown.
-pub async fn run(app: AppState) {
+pub async fn run(app: Outbox) {
     loop {
         if app.shutdown.is_cancelled() {
             break;
@@ -87,7 +124,7 @@ pub async fn run(app: AppState) {
         };
         tokio::select! {
             _ = sleep => {}
-            _ = app.outbox_wake.notified() => {}
+            _ = app.handle.wake.notified() => {}
             _ = app.shutdown.cancelled() => break,
         }
     }
@@ -116,7 +153,7 @@ impl Outcome {
 }
 
 /// Sends one entry. The result is recorded by `record_all`.
-async fn deliver_one(app: &AppState, row: OutboxRow) -> Outcome {
+async fn deliver_one(app: &Outbox, row: OutboxRow) -> Outcome {
     let result = match send(app, &row).await {
         Ok(d) => d,
         Err(e) => {
@@ -139,7 +176,7 @@ async fn deliver_one(app: &AppState, row: OutboxRow) -> Outcome {
 /// pending and are sent again (delivery was at-least-once already: a crash between a
 /// send and its record always re-sent it). A posted card's ts is written at once, in
 /// `send`, so a re-send of a card post is a no-op.
-async fn record_all(app: &AppState, outcomes: Vec<Outcome>) {
+async fn record_all(app: &Outbox, outcomes: Vec<Outcome>) {
     if outcomes.is_empty() {
         return;
     }
@@ -182,7 +219,7 @@ async fn record(conn: &mut sqlx::SqliteConnection, o: &Outcome) -> anyhow::Resul
     Ok(())
 }
 
-async fn send(app: &AppState, row: &OutboxRow) -> anyhow::Result<Delivery> {
+async fn send(app: &Outbox, row: &OutboxRow) -> anyhow::Result<Delivery> {
     let failed = |e| Ok(Delivery::Failed(e));
     match row.kind {
         OutboxKind::Message => {

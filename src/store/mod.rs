@@ -1,6 +1,10 @@
 //! All SQL lives here. Functions take a connection (or a transaction) so that callers
 //! compose one state change, its audit entry and its Slack messages into one commit.
 
+mod group_commit;
+
+pub use self::group_commit::{Creation, Creations};
+
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
@@ -1063,9 +1067,10 @@ impl<'a> Inserts<'a> {
 pub struct BatchHeads {
     /// The id the next request will get, as SQLite would choose it.
     pub next_request_id: i64,
-    /// The audit chain's last entry (0 and `audit::GENESIS` when empty).
+    /// The audit chain's last entry: its seq (0 when the log is empty) and hash (`None`
+    /// when empty; the chain then starts from `audit::GENESIS`).
     pub audit_seq: i64,
-    pub audit_hash: String,
+    pub audit_hash: Option<String>,
 }
 
 const BATCH_HEADS: &str = "SELECT (SELECT MAX(id) FROM requests), \
@@ -1075,7 +1080,7 @@ fn batch_heads_of((max, seq, hash): (Option<i64>, Option<i64>, Option<String>)) 
     BatchHeads {
         next_request_id: max.unwrap_or(0) + 1,
         audit_seq: seq.unwrap_or(0),
-        audit_hash: hash.unwrap_or_else(|| crate::audit::GENESIS.to_string()),
+        audit_hash: hash,
     }
 }
 

@@ -1,0 +1,61 @@
+//! The app state: the handles every request handler and job shares. Each subsystem owns
+//! its own handle (the scheduler's wake-ups and workers, the outbox's wake-up, the access
+//! locks, the group-commit queue); this struct only carries them.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access_locks::AccessLocks;
+use crate::adapters::Adapters;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::oncall::OnCall;
+use crate::outbox::OutboxHandle;
+use crate::scheduler::SchedulerHandle;
+use crate::slack::client::SlackApi;
+use crate::slack::redelivery::SeenEvents;
+use crate::store::{self, Creations, Db, Outgoing};
+
+/// Everything a request handler or background task needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub clock: SharedClock,
+    pub slack: SlackApi,
+    pub adapters: Arc<Adapters>,
+    /// On-call lookups and their caches.
+    pub oncall: Arc<OnCall>,
+    /// Checks the signatures of Slack's requests.
+    pub(crate) signing_secret: Arc<[u8]>,
+    /// Wakes the scheduler for new jobs.
+    pub scheduler: SchedulerHandle,
+    /// Wakes the outbox worker for new messages.
+    pub outbox: OutboxHandle,
+    /// Keeps adapter calls for one access from overlapping.
+    pub(crate) access_locks: Arc<AccessLocks>,
+    /// Events API deliveries already handled.
+    pub(crate) seen_events: Arc<SeenEvents>,
+    /// Requests waiting for their (group) commit.
+    pub(crate) creations: Arc<Creations>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl AppState {
+    /// Now, in unix milliseconds, from the injected clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
+    /// Queues one Slack message on its own (outside any other change).
+    pub async fn send_now(&self, message: Outgoing) -> anyhow::Result<()> {
+        let mut conn = self.db.write.acquire().await?;
+        store::enqueue(&mut conn, &message, self.now_ms()).await?;
+        drop(conn);
+        self.outbox.wake();
+        Ok(())
+    }
+}
