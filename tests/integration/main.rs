@@ -11,6 +11,7 @@ mod expiry_wave;
 mod group_commit;
 mod lifecycle;
 mod manifest;
+mod module_graph;
 mod oncall;
 mod reconcile;
 mod security;
