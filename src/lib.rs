@@ -9,6 +9,7 @@ pub mod audit;
 pub mod clock;
 pub mod commands;
 pub mod config;
+mod config_de;
 pub mod duration;
 pub mod grants;
 pub mod home;

@@ -88,6 +88,12 @@ async fn main() -> ExitCode {
                 config.adapters.len(),
                 if config.adapters.len() == 1 { "" } else { "s" }
             );
+            if let Some(db) = config.database.file() {
+                println!("database: {}", db.display());
+                if db.parent().is_some_and(|d| !d.is_dir()) {
+                    println!("note: the database's directory does not exist; `jitgate serve` needs it");
+                }
+            }
             let mut vars: Vec<&str> = vec!["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"];
             if let Some(oncall) = &config.oncall {
                 vars.extend(oncall.sources.values().filter_map(|s| s.credential_env()));
