@@ -6,6 +6,7 @@
 pub mod adapters;
 pub mod approvals;
 pub mod audit;
+pub mod backup;
 pub mod clock;
 pub mod commands;
 pub mod config;

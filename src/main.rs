@@ -40,6 +40,15 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Copy the database to PATH, safely while `serve` runs, and verify the copy
+    /// (integrity check and audit hash chain).
+    Backup {
+        /// Where the copy goes.
+        path: PathBuf,
+        /// Replace PATH if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -108,6 +117,9 @@ async fn main() -> ExitCode {
         Command::Serve { revoke_removed } => serve(config, revoke_removed).await,
         Command::Audit { command } => audit(config, command).await,
         Command::Reconcile { dry_run } => reconcile(config, dry_run).await,
+        Command::Backup { path, force } => jitgate::backup::run(&config, &path, force)
+            .await
+            .map(|done| println!("{done}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,6 +153,7 @@ async fn serve(config: config::Config, revoke_removed: bool) -> anyhow::Result<(
 }
 
 async fn reconcile(config: config::Config, dry_run: bool) -> anyhow::Result<()> {
+    jitgate::store::Db::existing_file(&config)?;
     // Reconciling makes no Slack call (reports are queued for the running bot to send).
     let secrets = jitgate::Secrets::from_env().unwrap_or(jitgate::Secrets {
         bot_token: String::new(),
@@ -181,6 +194,7 @@ async fn wait_for_signal() {
 }
 
 async fn audit(config: config::Config, command: AuditCommand) -> anyhow::Result<()> {
+    jitgate::store::Db::existing_file(&config)?;
     let db = jitgate::store::Db::open(&config.database.url).await?;
     let mut conn = db.read.acquire().await?;
     match command {

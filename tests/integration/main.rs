@@ -3,6 +3,7 @@
 mod support;
 
 mod approvals;
+mod backup;
 mod commands;
 mod crash;
 mod delivery;
