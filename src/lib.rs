@@ -13,6 +13,7 @@ pub mod config;
 mod config_de;
 pub mod duration;
 pub mod grants;
+pub mod healthcheck;
 pub mod home;
 pub mod http;
 pub mod oncall;

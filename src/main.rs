@@ -6,9 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use jitgate::config::{self, DEFAULT_CONFIG_PATH};
+use jitgate::duration::HumanDuration;
+
+/// `jitgate --version`: the package version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("JITGATE_COMMIT"), ")");
 
 #[derive(Parser)]
-#[command(name = "jitgate", version, about = "Just-in-time access through Slack")]
+#[command(name = "jitgate", version = VERSION, about = "Just-in-time access through Slack")]
 struct Cli {
     /// The configuration file.
     #[arg(long, global = true, env = "JITGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
@@ -49,6 +53,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Ask a running jitgate whether it is healthy (GET /healthz); exit 0 if it is, 1 if
+    /// not. For container and supervisor health checks.
+    Healthcheck {
+        /// The URL to ask. Default: /healthz at `[server] listen` of the configuration.
+        #[arg(long)]
+        url: Option<String>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s")]
+        timeout: HumanDuration,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +95,28 @@ fn init_tracing() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These two need no configuration (the health check reads it only for the address).
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "jitgate", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Healthcheck { url, timeout } => {
+            // Exit status 1 for every failure: container runtimes reserve 2.
+            return match jitgate::healthcheck::run(&cli.config, url.clone(), timeout.to_std()).await {
+                Ok(said) => {
+                    println!("{said}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     init_tracing();
     let config = match config::load(&cli.config).and_then(config::apply_env) {
         Ok(c) => c,
@@ -120,6 +158,7 @@ async fn main() -> ExitCode {
         Command::Backup { path, force } => jitgate::backup::run(&config, &path, force)
             .await
             .map(|done| println!("{done}")),
+        Command::Healthcheck { .. } | Command::Completions { .. } => Ok(()), // answered above
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,5 +13,6 @@ mod group_commit;
 mod lifecycle;
 mod manifest;
 mod oncall;
+mod packaging;
 mod reconcile;
 mod security;
