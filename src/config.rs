@@ -396,17 +396,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     };
 
-    let database = DatabaseConfig {
-        url: resolve_database_url(raw.database.url.trim(), &base_dir),
-    };
-    if database.url.is_empty() {
+    let url = raw.database.url.trim();
+    if url.is_empty() {
         problems.push("database.url: empty; write it like \"sqlite://jitgate.db\"".into());
-    } else if database.url.contains("://") && !database.url.starts_with("sqlite://") {
+    } else if url.contains("://") && !url.starts_with("sqlite://") {
         problems.push(format!(
-            "database.url: `{}` is not a SQLite URL; write it like \"sqlite://jitgate.db\"",
-            database.url
+            "database.url: `{url}` is not a SQLite URL; write it like \"sqlite://jitgate.db\""
         ));
     }
+    let database = DatabaseConfig {
+        url: resolve_database_url(url, &base_dir),
+    };
 
     let api_url = raw
         .slack
@@ -818,7 +818,8 @@ pub(crate) fn resolve_database_url(url: &str, base: &Path) -> String {
         Some((file, query)) => (file, Some(query)),
         None => (rest, None),
     };
-    if file.is_empty() || file == ":memory:" || Path::new(file).is_absolute() {
+    let foreign = rest.contains("://");
+    if foreign || file.is_empty() || file == ":memory:" || Path::new(file).is_absolute() {
         return url.to_string();
     }
     // sqlx percent-decodes the file name; the directory part must survive that.
@@ -1140,6 +1141,31 @@ type = "noop"
         let p = problems(&text);
         assert!(
             p.iter().any(|m| m.contains("/nonexistent/jit-grant` does not exist")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn relative_database_paths_follow_the_files_directory() {
+        let base = Path::new("/etc/jitgate");
+        for (written, resolved) in [
+            ("sqlite://jitgate.db", "sqlite:///etc/jitgate/jitgate.db"),
+            (
+                "sqlite:./data/j.db?mode=rwc",
+                "sqlite:///etc/jitgate/data/j.db?mode=rwc",
+            ),
+            ("jitgate.db", "sqlite:///etc/jitgate/jitgate.db"),
+            ("sqlite:///var/lib/jitgate/j.db", "sqlite:///var/lib/jitgate/j.db"),
+            ("/var/lib/jitgate/j.db", "/var/lib/jitgate/j.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+        ] {
+            assert_eq!(resolve_database_url(written, base), resolved, "{written}");
+        }
+        let c = parse(Path::new("/etc/jitgate/jitgate.toml"), GOOD).unwrap();
+        assert_eq!(c.database.file().unwrap(), Path::new("/etc/jitgate/jitgate.db"));
+        let p = problems(&format!("[database]\nurl = \"postgres://db/app\"\n{GOOD}"));
+        assert!(
+            p.iter().any(|m| m.contains("`postgres://db/app` is not a SQLite URL")),
             "{p:?}"
         );
     }
