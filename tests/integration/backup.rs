@@ -89,6 +89,12 @@ async fn backup_while_serving_is_a_verified_consistent_copy_in_one_file() {
     assert_eq!(leftovers, ["jitgate-copy.db"]);
     let requests = count_in(&dest, "SELECT COUNT(*) FROM requests").await;
     assert!((1..=21).contains(&requests), "{requests} requests in the copy");
+    // One snapshot: every request in the copy has its audit entry, and no entry lacks
+    // its request.
+    assert_eq!(
+        count_in(&dest, "SELECT COUNT(*) FROM audit_log WHERE action = 'request.created'").await,
+        requests
+    );
     assert_eq!(
         count_in(&dest, "SELECT COUNT(*) FROM grants WHERE state = 'active'").await,
         1
