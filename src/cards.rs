@@ -8,7 +8,9 @@ use slack_morphism::prelude::*;
 use crate::duration::HumanDuration;
 use crate::ids::label;
 use crate::oncall::{Evidence, APPROVER_PREFIX};
-use crate::store::{DecisionRow, GrantRow, GrantState, JobRow, RequestKind, RequestRow, RequestState, Verdict};
+use crate::store::{
+    BreakGlassRow, DecisionRow, GrantRow, GrantState, JobRow, RequestKind, RequestRow, RequestState, Verdict,
+};
 use crate::text::{escape, slack_date, truncate};
 
 /// `action_id` of the Approve button.
@@ -17,6 +19,8 @@ pub const APPROVE: &str = "jit_approve";
 pub const DENY: &str = "jit_deny";
 /// `action_id` of the Revoke button on a card whose grant is in force.
 pub const REVOKE: &str = "jit_revoke";
+/// `action_id` of the "Reviewed — OK" button on a break-glass card awaiting review.
+pub const REVIEWED: &str = "jit_reviewed";
 
 /// Section text must stay under Slack's 3000-character limit.
 const MAX_SECTION: usize = 2900;
@@ -30,6 +34,8 @@ pub struct CardModel<'a> {
     pub grant: Option<&'a GrantRow>,
     /// The grant or revoke job currently relevant, for retry status.
     pub job: Option<&'a JobRow>,
+    /// Set when the request was a break-glass use.
+    pub break_glass: Option<&'a BreakGlassRow>,
 }
 
 /// User text, escaped for mrkdwn and short enough for one section.
@@ -105,14 +111,34 @@ pub fn status_text(m: &CardModel<'_>) -> String {
                 .iter()
                 .filter(|d| d.verdict == Verdict::Approve && d.approver_id.starts_with(APPROVER_PREFIX))
                 .find_map(|d| Evidence::from_reason(d.reason.as_deref()));
-            let mut lines = vec![match auto {
-                Some(ev) => format!(
-                    ":robot_face: Auto-approved by on-call policy `{}` {when}: <@{}> is {}.",
-                    escape(&ev.policy),
-                    r.requester_id,
-                    ev.summary()
-                ),
-                None => format!(":white_check_mark: Approved by {} {when}.", mention_list(&approvers)),
+            let mut lines = vec![match (m.break_glass, auto) {
+                (Some(bg), _) => {
+                    let mut line = format!(
+                        ":rotating_light: *Break-glass*: <@{}> granted this to themselves {when}, with no approver.",
+                        r.requester_id
+                    );
+                    match (&bg.reviewed_by, bg.reviewed_at, bg.review.as_deref()) {
+                        (Some(by), Some(at), Some("revoked")) => line.push_str(&format!(
+                            "\n:white_check_mark: Reviewed by <@{by}> {}: revoked.",
+                            slack_date(at)
+                        )),
+                        (Some(by), Some(at), _) => line.push_str(&format!(
+                            "\n:white_check_mark: Reviewed by <@{by}> {}: OK.",
+                            slack_date(at)
+                        )),
+                        _ => line.push_str("\n:eyes: *Review required*: an approver must check this use."),
+                    }
+                    line
+                }
+                (None, auto) => match auto {
+                    Some(ev) => format!(
+                        ":robot_face: Auto-approved by on-call policy `{}` {when}: <@{}> is {}.",
+                        escape(&ev.policy),
+                        r.requester_id,
+                        ev.summary()
+                    ),
+                    None => format!(":white_check_mark: Approved by {} {when}.", mention_list(&approvers)),
+                },
             }];
             if let Some(g) = m.grant {
                 lines.push(grant_line(g, m.job));
@@ -188,6 +214,7 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
             "Extension request",
             md!(format!("*Extends*\n{} by {duration}", label(original))),
         ),
+        _ if m.break_glass.is_some() => ("Break-glass access", md!(format!("*Duration*\n{duration}"))),
         _ => ("Access request", md!(format!("*Duration*\n{duration}"))),
     };
     let mut blocks: Vec<SlackBlock> = vec![
@@ -231,6 +258,17 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
             .into(),
         );
     }
+    let mut buttons: Vec<SlackActionBlockElement> = Vec::new();
+    // A break-glass use keeps its card open for review until an approver acts.
+    if m.break_glass.is_some_and(|bg| bg.reviewed_at.is_none()) {
+        buttons.push(
+            SlackBlockButtonElement::new(pt!("Reviewed — OK"))
+                .with_action_id(REVIEWED.into())
+                .with_value(r.id.to_string())
+                .with_style(SlackBlockButtonStyle::Primary)
+                .into(),
+        );
+    }
     if let Some(g) = m
         .grant
         .filter(|g| g.state == GrantState::Active && g.revoke_requested_by.is_none())
@@ -241,15 +279,17 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
             pt!("Revoke"),
             pt!("Cancel"),
         );
-        blocks.push(
-            SlackActionsBlock::new(vec![SlackBlockButtonElement::new(pt!("Revoke now"))
+        buttons.push(
+            SlackBlockButtonElement::new(pt!("Revoke now"))
                 .with_action_id(REVOKE.into())
                 .with_value(r.id.to_string())
                 .with_style(SlackBlockButtonStyle::Danger)
                 .with_confirm(confirm)
-                .into()])
-            .into(),
+                .into(),
         );
+    }
+    if !buttons.is_empty() {
+        blocks.push(SlackActionsBlock::new(buttons).into());
     }
     SlackMessageContent::new()
         .with_text(card_fallback(r))
@@ -295,6 +335,7 @@ mod tests {
             decisions: &[],
             grant: None,
             job: None,
+            break_glass: None,
         };
         let j = json(&m);
         assert!(j.contains("\"action_id\":\"jit_approve\""), "{j}");
@@ -322,6 +363,7 @@ mod tests {
             decisions: &d,
             grant: None,
             job: None,
+            break_glass: None,
         };
         let j = json(&m);
         assert!(!j.contains("jit_approve"));
@@ -360,6 +402,7 @@ mod tests {
             decisions: &d,
             grant: None,
             job: None,
+            break_glass: None,
         };
         let text = status_text(&m);
         assert!(text.contains("Auto-approved by on-call policy `db-on-call`"), "{text}");
@@ -386,6 +429,7 @@ mod tests {
             decisions: &d,
             grant: None,
             job: None,
+            break_glass: None,
         };
         assert!(status_text(&m).contains("(1 of 2)"), "{}", status_text(&m));
     }
@@ -400,6 +444,7 @@ mod tests {
             decisions: &[],
             grant: None,
             job: None,
+            break_glass: None,
         };
         let content = render_card(&m);
         let blocks = serde_json::to_value(content.blocks.unwrap()).unwrap();

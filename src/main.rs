@@ -35,6 +35,22 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Report who had what access, why, approved by whom, for how long and how it ended.
+    Report {
+        /// Start of the period: a duration back from now (`30d`), a date (`2025-03-01`,
+        /// UTC) or an RFC 3339 time.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// End of the period (exclusive), written like `--since`. Default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// `csv`, `json` or `html` (one self-contained file with charts).
+        #[arg(long, default_value = "csv")]
+        format: jitgate::report::Format,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
@@ -102,6 +118,12 @@ async fn main() -> ExitCode {
         Command::Serve { revoke_removed } => serve(config, revoke_removed).await,
         Command::Audit { command } => audit(config, command).await,
         Command::Reconcile { dry_run } => reconcile(config, dry_run).await,
+        Command::Report {
+            since,
+            until,
+            format,
+            out,
+        } => report(config, &since, until.as_deref(), format, out).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -160,6 +182,44 @@ async fn reconcile(config: config::Config, dry_run: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
+async fn report(
+    config: config::Config,
+    since: &str,
+    until: Option<&str>,
+    format: jitgate::report::Format,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use jitgate::report::{parse_bound, Period};
+    let now = chrono::Utc::now().timestamp_millis();
+    let period = Period {
+        since: parse_bound(since, now).map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        until: match until {
+            Some(u) => parse_bound(u, now).map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+            None => now,
+        },
+        generated_at: now,
+    };
+    if period.until <= period.since {
+        anyhow::bail!("--until must be later than --since");
+    }
+    let db = jitgate::store::Db::open(&config.database.url).await?;
+    let report = {
+        let mut conn = db.read.acquire().await?;
+        jitgate::report::load(&mut conn, period).await?
+    };
+    db.close().await;
+    let bytes = report.render(format)?;
+    match out {
+        Some(path) => std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?,
+        None => {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(&bytes)?;
+        }
+    }
+    Ok(())
+}
+
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -192,7 +252,7 @@ async fn audit(config: config::Config, command: AuditCommand) -> anyhow::Result<
                     break;
                 };
                 for e in &batch {
-                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                    writeln!(out, "{}", jitgate::audit::export_json(e))?;
                 }
                 last = end;
             }
