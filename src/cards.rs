@@ -214,7 +214,7 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
             "Extension request",
             md!(format!("*Extends*\n{} by {duration}", label(original))),
         ),
-        _ if m.break_glass.is_some() => ("Break-glass access", md!(format!("*Duration*\n{duration}"))),
+        _ if m.break_glass.is_some() => ("Break-glass access request", md!(format!("*Duration*\n{duration}"))),
         _ => ("Access request", md!(format!("*Duration*\n{duration}"))),
     };
     let mut blocks: Vec<SlackBlock> = vec![

@@ -51,10 +51,37 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Explain the access policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Whether a person may request a resource and for how long, who may approve it and
+    /// how many must, whether on-call auto-approval would apply from a channel (and which
+    /// condition fails if not), and whether break-glass is available to them.
+    Explain {
+        /// The person's Slack user ID (U…).
+        #[arg(long)]
+        user: String,
+        /// `resource` or `resource:role`.
+        #[arg(long)]
+        resource: String,
+        /// The channel the request would be made in (C…); on-call auto-approval needs an
+        /// incident channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// The duration to ask for, like `2h` (default: the resource's default).
+        #[arg(long)]
+        duration: Option<jitgate::duration::HumanDuration>,
     },
 }
 
@@ -118,6 +145,15 @@ async fn main() -> ExitCode {
         Command::Serve { revoke_removed } => serve(config, revoke_removed).await,
         Command::Audit { command } => audit(config, command).await,
         Command::Reconcile { dry_run } => reconcile(config, dry_run).await,
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    user,
+                    resource,
+                    channel,
+                    duration,
+                },
+        } => policy_explain(config, user, &resource, channel, duration).await,
         Command::Report {
             since,
             until,
@@ -218,6 +254,71 @@ async fn report(
         }
     }
     Ok(())
+}
+
+async fn policy_explain(
+    config: config::Config,
+    user: String,
+    target: &str,
+    channel: Option<String>,
+    duration: Option<jitgate::duration::HumanDuration>,
+) -> anyhow::Result<()> {
+    use jitgate::approvals::explain::{explain, render, Lookups, Question};
+    use jitgate::ids::is_slack_id;
+    if !is_slack_id(&user, &['U', 'W']) {
+        anyhow::bail!("--user: `{user}` is not a Slack user ID; use the member ID like U0123ABCD");
+    }
+    if let Some(c) = &channel {
+        if !is_slack_id(c, &['C', 'G', 'D']) {
+            anyhow::bail!("--channel: `{c}` is not a Slack channel ID; use the ID like C0123ABCD, not the #name");
+        }
+    }
+    let target = target.to_ascii_lowercase();
+    let (resource, role) = match target.split_once(':') {
+        Some((r, role)) => (r.to_string(), Some(role.to_string()).filter(|r| !r.is_empty())),
+        None => (target.clone(), None),
+    };
+    let token = std::env::var("SLACK_BOT_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    let slack = jitgate::slack::client::SlackApi::new(&config.slack.api_url, token.as_deref().unwrap_or(""));
+    let env = |name: &str| std::env::var(name).ok();
+    let oncall = match jitgate::oncall::OnCall::new(config.oncall.as_ref(), &env) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("note: {e}; on-call sources without their credential are shown as failing");
+            jitgate::oncall::OnCall::new(None, &env)?
+        }
+    };
+    if token.is_none() {
+        eprintln!("note: SLACK_BOT_TOKEN is not set; user groups are shown as groups, not members");
+    }
+    let db = jitgate::store::Db::open(&config.database.url).await?;
+    let lookups = Lookups {
+        config: &config,
+        slack: token.as_ref().map(|_| &slack),
+        slack_or_offline: &slack,
+        oncall: &oncall,
+        read: &db.read,
+        now: chrono::Utc::now(),
+    };
+    let question = Question {
+        user,
+        resource,
+        role,
+        channel,
+        duration,
+    };
+    let answer = explain(&lookups, &question).await;
+    db.close().await;
+    match answer? {
+        Ok(e) => {
+            println!("{}", render(&e, false));
+            Ok(())
+        }
+        Err(unknown) => anyhow::bail!("{unknown}"),
+    }
 }
 
 async fn wait_for_signal() {

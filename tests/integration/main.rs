@@ -3,11 +3,13 @@
 mod support;
 
 mod approvals;
+mod breakglass;
 mod commands;
 mod crash;
 mod delivery;
 mod early_end;
 mod expiry_wave;
+mod explain;
 mod group_commit;
 mod lifecycle;
 mod manifest;
