@@ -7,15 +7,20 @@ use std::process::Command;
 use chrono::{Duration, SecondsFormat};
 use serde_json::Value;
 
+use crate::breakglass::{break_glass_toml, BG_USER};
 use crate::support::browser;
 use crate::support::*;
 
 const OTHER: &str = "UREQUESTER2";
 
 /// A week of requests on the manual clock: granted and expired, denied, revoked early,
-/// timed out. Returns the app, the config path and the `--since`/`--until` bounds.
+/// timed out, a break-glass use reviewed by an approver. Returns the app, the config path and the `--since`/`--until` bounds.
 async fn a_week_of_requests() -> (TestApp, PathBuf, String, String) {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(Setup {
+        extra_toml: break_glass_toml(),
+        ..Setup::default()
+    })
+    .await;
     let start = app.clock.now();
     let mut timed_out = Vec::new();
     for day in 0..7i64 {
@@ -38,6 +43,18 @@ async fn a_week_of_requests() -> (TestApp, PathBuf, String, String) {
             app.wait_grant(r, "active").await;
             app.command(OTHER, &format!("revoke {r}")).await;
             app.wait_grant(r, "revoked").await;
+        }
+        if day == 5 {
+            let reply = app.command(BG_USER, "breakglass core-db:admin 20m primary down").await;
+            let bg = reply
+                .split("JIT-")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{reply}"));
+            app.wait_grant(bg, "active").await;
+            app.click(APPROVER1, "jit_reviewed", bg).await;
+            app.wait_ephemeral(APPROVER1, bg).await;
         }
         app.clock.advance(Duration::hours(2));
         app.wait_grant(a, "revoked").await;
@@ -129,6 +146,11 @@ async fn report_lists_every_access_as_csv_and_json_with_a_summary() {
     assert_eq!(json["summary"]["requests"], total);
     assert_eq!(json["summary"]["outcomes"]["denied"], 4);
     assert_eq!(json["summary"]["outcomes"]["timed_out"], 3);
+    assert_eq!(json["summary"]["break_glass"], 1);
+    assert_eq!(json["summary"]["break_glass_unreviewed"], 0);
+    let bg = rows.iter().find(|r| &r[1] == "core-db").unwrap();
+    assert_eq!(&bg[4], "break-glass (reviewed by UAPPROVER1: ok)");
+    assert_eq!(&bg[9], "0", "break-glass is decided at once");
 
     // A period with nothing in it: just the header.
     let empty = jitgate(&["report", "--since", "2000-01-01", "--until", "2000-02-01"], &config);
@@ -209,6 +231,7 @@ async fn html_report_renders_its_charts_and_table_in_headless_chromium() {
                          texts: svg ? svg.querySelectorAll('text').length : 0 };
               }),
               rows: document.querySelectorAll('#accesses tbody tr').length,
+              flagged: document.querySelectorAll('#accesses tr.break-glass').length,
               headers: [...document.querySelectorAll('#accesses th')].map(th => th.textContent),
               cells: [...document.querySelectorAll('#accesses td')].map(td => td.textContent),
               loaded: performance.getEntriesByType('resource').length,
@@ -228,6 +251,7 @@ async fn html_report_renders_its_charts_and_table_in_headless_chromium() {
         assert!(chart["texts"].as_u64().unwrap() >= 3, "{chart}");
     }
     assert_eq!(probe["rows"], total, "{probe}");
+    assert_eq!(probe["flagged"], 1, "the break-glass use stands out");
     assert_eq!(probe["headers"].as_array().unwrap().len(), 13);
     assert_eq!(probe["loaded"], 0, "the report fetched something");
     // User text shows as text, not markup.
