@@ -115,7 +115,8 @@ async fn break_glass_grants_at_once_alerts_and_stays_open_until_an_approver_revi
     app.wait_dm(APPROVER2, "break-glass").await;
 
     // The card stays open for review.
-    let card = app.wait_card_containing(id, "Review required").await;
+    let card = app.wait_card_containing(id, "Access granted").await;
+    assert!(card.contains("Review required"), "{card}");
     assert!(card.contains("Reviewed — OK") && card.contains("Revoke now"), "{card}");
     assert!(card.contains("jit_reviewed"), "{card}");
     assert!(actions(&app, id).await.contains(&"breakglass.used".to_string()));
