@@ -292,7 +292,17 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
         blocks.push(SlackActionsBlock::new(buttons).into());
     }
     SlackMessageContent::new()
-        .with_text(card_fallback(r))
+        .with_text(match m.break_glass {
+            Some(_) => format!(
+                "Break-glass {}: <@{}> granted themselves {}:{} for {}",
+                label(r.id),
+                r.requester_id,
+                r.resource,
+                r.role,
+                duration
+            ),
+            None => card_fallback(r),
+        })
         .with_blocks(blocks)
 }
 

@@ -160,6 +160,24 @@ pub async fn use_as(
     app.outbox.wake();
     app.scheduler.wake();
     tracing::warn!(request = id, user = %who.user_id, resource = %new.resource, "break-glass used");
+    if !resource.approver_groups.is_empty() {
+        // Members of approver groups are approvers too: asking Slack who they are happens
+        // after the commit, in the background, and never holds up the grant.
+        let text = format!(
+            ":rotating_light: <@{}> used break-glass on {what} for {duration} ({}): {reason}.              Please review it on the card in <#{}> — *Reviewed — OK* or *Revoke now*.",
+            who.user_id,
+            label(id),
+            new.approval_channel
+        );
+        app.tasks.spawn(dm_group_members(
+            app.clone(),
+            id,
+            resource.approver_groups.clone(),
+            resource.approvers.clone(),
+            who.user_id.clone(),
+            text,
+        ));
+    }
     Ok(Some(format!(
         ":rotating_light: Break-glass {}: granting {what} for {duration} now, with no approver. \
          The approval channel{} and the approvers have been told, and an approver will review this use.",
@@ -170,6 +188,47 @@ pub async fn use_as(
             ""
         }
     )))
+}
+
+/// DMs the members of the approver `groups` about break-glass use `request_id`, except
+/// those already told (`listed`) and the person who used it.
+async fn dm_group_members(
+    app: AppState,
+    request_id: i64,
+    groups: Vec<String>,
+    listed: Vec<String>,
+    user: String,
+    text: String,
+) {
+    let mut told: std::collections::BTreeSet<String> = listed.into_iter().collect();
+    told.insert(user);
+    let mut messages = Vec::new();
+    for g in &groups {
+        match app.slack.group_members(g).await {
+            Ok(members) => {
+                for m in members {
+                    if told.insert(m.clone()) {
+                        messages.push(Outgoing::private_message(&m, text.clone(), Some(request_id)));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(
+                request = request_id,
+                group = %g,
+                error = %e,
+                "could not list an approver group to tell it of a break-glass use; the channels were told"
+            ),
+        }
+    }
+    for m in messages {
+        if let Err(e) = app.send_now(m).await {
+            tracing::error!(
+                request = request_id,
+                error = format!("{e:#}"),
+                "could not queue a break-glass DM"
+            );
+        }
+    }
 }
 
 /// What the person sees when break-glass is refused.

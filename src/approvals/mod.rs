@@ -275,7 +275,8 @@ pub async fn revoke_as(
             request.requester_id, request.resource
         )));
     }
-    if actor != request.requester_id {
+    let revoked = grants::revoke_early(app, request_id, actor).await?;
+    if revoked.is_ok() && actor != request.requester_id {
         // An approver's "Revoke now" on a break-glass use is its review, too.
         let now = app.now_ms();
         let mut tx = app.db.begin().await?;
@@ -285,7 +286,7 @@ pub async fn revoke_as(
         tx.commit().await?;
         app.outbox.wake();
     }
-    Ok(Some(match grants::revoke_early(app, request_id, actor).await? {
+    Ok(Some(match revoked {
         Ok(()) => format!(
             "Revoking {id} (`{}:{}` for <@{}>) now.",
             request.resource, request.role, request.requester_id

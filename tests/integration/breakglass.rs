@@ -113,6 +113,13 @@ async fn break_glass_grants_at_once_alerts_and_stays_open_until_an_approver_revi
     .await;
     app.wait_dm(APPROVER1, "break-glass").await;
     app.wait_dm(APPROVER2, "break-glass").await;
+    // Members of approver groups too (asked of Slack), each once.
+    app.wait_dm("UGROUPMEMBER", "break-glass").await;
+    assert_eq!(
+        app.dms(APPROVER1).iter().filter(|t| t.contains("break-glass")).count(),
+        1
+    );
+    assert!(app.dms(BG_USER).iter().all(|t| !t.contains("Please review")));
 
     // The card stays open for review.
     let card = app.wait_card_containing(id, "Access granted").await;
