@@ -425,6 +425,50 @@ mod tests {
     }
 
     #[test]
+    fn break_glass_card_stays_open_for_review_until_reviewed() {
+        let mut r = request(RequestState::Approved);
+        r.decided_at = Some(r.created_at);
+        let mut bg = BreakGlassRow {
+            request_id: 42,
+            used_at: r.created_at,
+            reviewed_by: None,
+            reviewed_at: None,
+            review: None,
+        };
+        let m = CardModel {
+            request: &r,
+            description: "",
+            decisions: &[],
+            grant: None,
+            job: None,
+            break_glass: Some(&bg),
+        };
+        let j = json(&m);
+        assert!(j.contains("Break-glass access request JIT-42"), "{j}");
+        assert!(
+            j.contains("Review required") && j.contains("\"action_id\":\"jit_reviewed\""),
+            "{j}"
+        );
+        assert!(j.contains("Reviewed — OK"), "{j}");
+        assert!(!j.contains("Approved by"), "{j}");
+
+        bg.reviewed_by = Some("U2".into());
+        bg.reviewed_at = Some(r.created_at + 1);
+        bg.review = Some("ok".into());
+        let m = CardModel {
+            request: &r,
+            description: "",
+            decisions: &[],
+            grant: None,
+            job: None,
+            break_glass: Some(&bg),
+        };
+        let j = json(&m);
+        assert!(j.contains("Reviewed by <@U2>") && j.contains("OK."), "{j}");
+        assert!(!j.contains("jit_reviewed"), "{j}");
+    }
+
+    #[test]
     fn partial_approval_shows_progress() {
         let r = request(RequestState::Pending);
         let d = [DecisionRow {
