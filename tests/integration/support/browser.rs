@@ -41,7 +41,11 @@ fn missing(what: &str) -> Option<Browser> {
     if std::env::var("JITGATE_REQUIRE_BROWSER").as_deref() == Ok("1") {
         panic!("{what} not found and JITGATE_REQUIRE_BROWSER=1 (Debian: apt-get install -y chromium chromium-driver)");
     }
-    eprintln!(
+    // Written to the real stderr, not through `eprintln!`, which the test harness captures
+    // and hides for a passing test: a skipped browser test must be seen.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "\n*** SKIPPING browser test: {what} not found. Install it (Debian: apt-get install -y chromium \
          chromium-driver), or set JITGATE_REQUIRE_BROWSER=1 to fail instead. ***\n"
     );
