@@ -175,6 +175,24 @@ pub async fn append_all(conn: &mut SqliteConnection, events: &[Event<'_>]) -> sq
     inserts.execute(conn).await
 }
 
+/// One entry as `audit export` writes it: `at` as an RFC 3339 time (UTC, milliseconds) and
+/// `details` as the JSON object it holds. `audit verify` checks the chain in the database,
+/// where the hashes were computed over the stored text.
+pub fn export_json(e: &AuditEntry) -> serde_json::Value {
+    let details = serde_json::from_str::<serde_json::Value>(&e.details)
+        .unwrap_or_else(|_| serde_json::Value::String(e.details.clone()));
+    serde_json::json!({
+        "seq": e.seq,
+        "at": crate::text::rfc3339_ms(e.at),
+        "actor": e.actor,
+        "action": e.action,
+        "request_id": e.request_id,
+        "details": details,
+        "prev_hash": e.prev_hash,
+        "hash": e.hash,
+    })
+}
+
 /// Entries from `after_seq` on, in order.
 pub async fn entries(conn: &mut SqliteConnection, after_seq: i64, limit: i64) -> sqlx::Result<Vec<AuditEntry>> {
     sqlx::query_as("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?")
@@ -302,6 +320,18 @@ mod tests {
         assert_eq!(verify_chain(&mut conn).await.unwrap(), Ok(302));
         drop(conn);
         db.close().await;
+    }
+
+    #[test]
+    fn export_writes_rfc3339_times_and_details_as_an_object() {
+        let e = &chain(1)[0];
+        let mut e = e.clone();
+        e.at = 1_735_689_600_000;
+        let v = export_json(&e);
+        assert_eq!(v["at"], "2025-01-01T00:00:00.000Z");
+        assert_eq!(v["details"], serde_json::json!({ "n": 1 }));
+        assert_eq!(v["request_id"], 1);
+        assert_eq!(v["hash"], e.hash);
     }
 
     #[test]

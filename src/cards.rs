@@ -8,7 +8,9 @@ use slack_morphism::prelude::*;
 use crate::duration::HumanDuration;
 use crate::ids::label;
 use crate::oncall::{Evidence, APPROVER_PREFIX};
-use crate::store::{DecisionRow, GrantRow, GrantState, JobRow, RequestKind, RequestRow, RequestState, Verdict};
+use crate::store::{
+    BreakGlassRow, DecisionRow, GrantRow, GrantState, JobRow, RequestKind, RequestRow, RequestState, Verdict,
+};
 use crate::text::{escape, slack_date, truncate};
 
 /// `action_id` of the Approve button.
@@ -17,6 +19,8 @@ pub const APPROVE: &str = "jit_approve";
 pub const DENY: &str = "jit_deny";
 /// `action_id` of the Revoke button on a card whose grant is in force.
 pub const REVOKE: &str = "jit_revoke";
+/// `action_id` of the "Reviewed — OK" button on a break-glass card awaiting review.
+pub const REVIEWED: &str = "jit_reviewed";
 
 /// Section text must stay under Slack's 3000-character limit.
 const MAX_SECTION: usize = 2900;
@@ -30,6 +34,8 @@ pub struct CardModel<'a> {
     pub grant: Option<&'a GrantRow>,
     /// The grant or revoke job currently relevant, for retry status.
     pub job: Option<&'a JobRow>,
+    /// Set when the request was a break-glass use.
+    pub break_glass: Option<&'a BreakGlassRow>,
 }
 
 /// User text, escaped for mrkdwn and short enough for one section.
@@ -105,14 +111,34 @@ pub fn status_text(m: &CardModel<'_>) -> String {
                 .iter()
                 .filter(|d| d.verdict == Verdict::Approve && d.approver_id.starts_with(APPROVER_PREFIX))
                 .find_map(|d| Evidence::from_reason(d.reason.as_deref()));
-            let mut lines = vec![match auto {
-                Some(ev) => format!(
-                    ":robot_face: Auto-approved by on-call policy `{}` {when}: <@{}> is {}.",
-                    escape(&ev.policy),
-                    r.requester_id,
-                    ev.summary()
-                ),
-                None => format!(":white_check_mark: Approved by {} {when}.", mention_list(&approvers)),
+            let mut lines = vec![match (m.break_glass, auto) {
+                (Some(bg), _) => {
+                    let mut line = format!(
+                        ":rotating_light: *Break-glass*: <@{}> granted this to themselves {when}, with no approver.",
+                        r.requester_id
+                    );
+                    match (&bg.reviewed_by, bg.reviewed_at, bg.review.as_deref()) {
+                        (Some(by), Some(at), Some("revoked")) => line.push_str(&format!(
+                            "\n:white_check_mark: Reviewed by <@{by}> {}: revoked.",
+                            slack_date(at)
+                        )),
+                        (Some(by), Some(at), _) => line.push_str(&format!(
+                            "\n:white_check_mark: Reviewed by <@{by}> {}: OK.",
+                            slack_date(at)
+                        )),
+                        _ => line.push_str("\n:eyes: *Review required*: an approver must check this use."),
+                    }
+                    line
+                }
+                (None, auto) => match auto {
+                    Some(ev) => format!(
+                        ":robot_face: Auto-approved by on-call policy `{}` {when}: <@{}> is {}.",
+                        escape(&ev.policy),
+                        r.requester_id,
+                        ev.summary()
+                    ),
+                    None => format!(":white_check_mark: Approved by {} {when}.", mention_list(&approvers)),
+                },
             }];
             if let Some(g) = m.grant {
                 lines.push(grant_line(g, m.job));
@@ -188,6 +214,7 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
             "Extension request",
             md!(format!("*Extends*\n{} by {duration}", label(original))),
         ),
+        _ if m.break_glass.is_some() => ("Break-glass access request", md!(format!("*Duration*\n{duration}"))),
         _ => ("Access request", md!(format!("*Duration*\n{duration}"))),
     };
     let mut blocks: Vec<SlackBlock> = vec![
@@ -231,6 +258,17 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
             .into(),
         );
     }
+    let mut buttons: Vec<SlackActionBlockElement> = Vec::new();
+    // A break-glass use keeps its card open for review until an approver acts.
+    if m.break_glass.is_some_and(|bg| bg.reviewed_at.is_none()) {
+        buttons.push(
+            SlackBlockButtonElement::new(pt!("Reviewed — OK"))
+                .with_action_id(REVIEWED.into())
+                .with_value(r.id.to_string())
+                .with_style(SlackBlockButtonStyle::Primary)
+                .into(),
+        );
+    }
     if let Some(g) = m
         .grant
         .filter(|g| g.state == GrantState::Active && g.revoke_requested_by.is_none())
@@ -241,18 +279,30 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
             pt!("Revoke"),
             pt!("Cancel"),
         );
-        blocks.push(
-            SlackActionsBlock::new(vec![SlackBlockButtonElement::new(pt!("Revoke now"))
+        buttons.push(
+            SlackBlockButtonElement::new(pt!("Revoke now"))
                 .with_action_id(REVOKE.into())
                 .with_value(r.id.to_string())
                 .with_style(SlackBlockButtonStyle::Danger)
                 .with_confirm(confirm)
-                .into()])
-            .into(),
+                .into(),
         );
     }
+    if !buttons.is_empty() {
+        blocks.push(SlackActionsBlock::new(buttons).into());
+    }
     SlackMessageContent::new()
-        .with_text(card_fallback(r))
+        .with_text(match m.break_glass {
+            Some(_) => format!(
+                "Break-glass {}: <@{}> granted themselves {}:{} for {}",
+                label(r.id),
+                r.requester_id,
+                r.resource,
+                r.role,
+                duration
+            ),
+            None => card_fallback(r),
+        })
         .with_blocks(blocks)
 }
 
@@ -295,6 +345,7 @@ mod tests {
             decisions: &[],
             grant: None,
             job: None,
+            break_glass: None,
         };
         let j = json(&m);
         assert!(j.contains("\"action_id\":\"jit_approve\""), "{j}");
@@ -322,6 +373,7 @@ mod tests {
             decisions: &d,
             grant: None,
             job: None,
+            break_glass: None,
         };
         let j = json(&m);
         assert!(!j.contains("jit_approve"));
@@ -360,6 +412,7 @@ mod tests {
             decisions: &d,
             grant: None,
             job: None,
+            break_glass: None,
         };
         let text = status_text(&m);
         assert!(text.contains("Auto-approved by on-call policy `db-on-call`"), "{text}");
@@ -369,6 +422,50 @@ mod tests {
         );
         assert!(!text.contains("<@oncall:"), "{text}");
         assert!(!json(&m).contains("jit_approve"));
+    }
+
+    #[test]
+    fn break_glass_card_stays_open_for_review_until_reviewed() {
+        let mut r = request(RequestState::Approved);
+        r.decided_at = Some(r.created_at);
+        let mut bg = BreakGlassRow {
+            request_id: 42,
+            used_at: r.created_at,
+            reviewed_by: None,
+            reviewed_at: None,
+            review: None,
+        };
+        let m = CardModel {
+            request: &r,
+            description: "",
+            decisions: &[],
+            grant: None,
+            job: None,
+            break_glass: Some(&bg),
+        };
+        let j = json(&m);
+        assert!(j.contains("Break-glass access request JIT-42"), "{j}");
+        assert!(
+            j.contains("Review required") && j.contains("\"action_id\":\"jit_reviewed\""),
+            "{j}"
+        );
+        assert!(j.contains("Reviewed — OK"), "{j}");
+        assert!(!j.contains("Approved by"), "{j}");
+
+        bg.reviewed_by = Some("U2".into());
+        bg.reviewed_at = Some(r.created_at + 1);
+        bg.review = Some("ok".into());
+        let m = CardModel {
+            request: &r,
+            description: "",
+            decisions: &[],
+            grant: None,
+            job: None,
+            break_glass: Some(&bg),
+        };
+        let j = json(&m);
+        assert!(j.contains("Reviewed by <@U2>") && j.contains("OK."), "{j}");
+        assert!(!j.contains("jit_reviewed"), "{j}");
     }
 
     #[test]
@@ -386,6 +483,7 @@ mod tests {
             decisions: &d,
             grant: None,
             job: None,
+            break_glass: None,
         };
         assert!(status_text(&m).contains("(1 of 2)"), "{}", status_text(&m));
     }
@@ -400,6 +498,7 @@ mod tests {
             decisions: &[],
             grant: None,
             job: None,
+            break_glass: None,
         };
         let content = render_card(&m);
         let blocks = serde_json::to_value(content.blocks.unwrap()).unwrap();

@@ -32,6 +32,14 @@ pub enum Command {
         duration: HumanDuration,
         reason: String,
     },
+    /// Emergency access with no approver, reviewed afterwards.
+    BreakGlass(RequestInput),
+    /// Who may approve `resource[:role]`, would it be auto-approved here, is break-glass
+    /// available.
+    Explain {
+        resource: String,
+        role: Option<String>,
+    },
 }
 
 /// The usage text.
@@ -45,6 +53,9 @@ pub fn usage(config: &Config) -> String {
          • `{cmd} revoke <id>` — end access early (yours, or any as an approver of the resource)\n\
          • `{cmd} extend <id> <duration> [<reason>]` — ask for more time on your access\n\
          • `{cmd} cancel <id>` — withdraw a request nobody has decided on yet\n\
+         • `{cmd} explain <resource>[:<role>]` — who approves it, would it be auto-approved here, is break-glass available\n\
+         • `{cmd} breakglass <resource>[:<role>] [<duration>] <reason>` — emergency access at once, \
+         where the resource allows it; loudly announced and reviewed afterwards\n\
          • `{cmd} help` — this message\n\
          Durations look like `45m`, `2h`, `1h30m`, `1d`; without one you get the resource's default.\n\
          *Resources*\n{}",
@@ -78,6 +89,42 @@ pub fn parse(text: &str, config: &Config) -> Result<Command, String> {
         }
         "request" | "req" => {
             tokens.next();
+        }
+        "breakglass" | "break-glass" => {
+            tokens.next();
+            if tokens.peek().is_none() {
+                return Err(format!(
+                    "Say which resource, for how long and why, for example \
+                     `{} breakglass {}:{} 30m database down, approvers unreachable`.",
+                    config.slack.command,
+                    config.resources[0].name,
+                    config.resources[0].default_role(),
+                ));
+            }
+            return match parse(&tokens.collect::<Vec<_>>().join(" "), config)? {
+                Command::Request(input) => Ok(Command::BreakGlass(input)),
+                _ => Err(format!(
+                    "Write it like `{} breakglass <resource>[:<role>] [<duration>] <reason>`.",
+                    config.slack.command
+                )),
+            };
+        }
+        "explain" | "policy" => {
+            tokens.next();
+            let Some(target) = tokens.next() else {
+                return Err(format!(
+                    "Say which resource, for example `{} explain {}:{}`.",
+                    config.slack.command,
+                    config.resources[0].name,
+                    config.resources[0].default_role(),
+                ));
+            };
+            let target = target.to_ascii_lowercase();
+            let (resource, role) = match target.split_once(':') {
+                Some((res, role)) => (res.to_string(), Some(role.to_string()).filter(|r| !r.is_empty())),
+                None => (target, None),
+            };
+            return Ok(Command::Explain { resource, role });
         }
         _ => {
             // `/jit prod-db 1h reason` is read as a request when it names a resource.
@@ -213,6 +260,72 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
             }
         }
         Command::Extend { id, duration, reason } => extend(app, cmd, id, duration, reason).await,
+        Command::BreakGlass(input) => {
+            let who = Requester {
+                user_id: cmd.user_id.clone(),
+                team_id: cmd.team_id.clone(),
+                channel_id: cmd.channel_id.clone(),
+            };
+            match crate::approvals::breakglass::use_as(app, &who, &input, false).await? {
+                Some(reply) => Ok(reply),
+                None => {
+                    // Only a group lookup can tell: answer now, decide in the background.
+                    let task_app = app.clone();
+                    let url = cmd.response_url.clone();
+                    app.tasks.spawn(async move {
+                        let reply = match crate::approvals::breakglass::use_as(&task_app, &who, &input, true).await {
+                            Ok(r) => r.unwrap_or_default(),
+                            Err(e) => {
+                                tracing::error!(error = format!("{e:#}"), "break-glass failed");
+                                "Something went wrong on jitgate's side; nothing was granted. Please try again.".into()
+                            }
+                        };
+                        reply_later(&task_app, url, reply).await;
+                    });
+                    Ok("Checking whether you may use break-glass…".into())
+                }
+            }
+        }
+        Command::Explain { resource, role } => {
+            let question = crate::approvals::explain::Question {
+                user: cmd.user_id.clone(),
+                resource,
+                role,
+                channel: Some(cmd.channel_id.clone()),
+                duration: None,
+            };
+            if app.config.resource(&question.resource).is_none() {
+                return Ok(format!(
+                    "There is no resource called `{}`. You can ask for:\n{}",
+                    escape(&question.resource),
+                    requests::resource_list(&app.config)
+                ));
+            }
+            // Group members, the channel and on-call status are asked of Slack and the
+            // on-call services: answer now, explain in the background.
+            let task_app = app.clone();
+            let url = cmd.response_url.clone();
+            app.tasks.spawn(async move {
+                let lookups = crate::approvals::explain::Lookups {
+                    config: &task_app.config,
+                    slack: Some(&task_app.slack),
+                    slack_or_offline: &task_app.slack,
+                    oncall: &task_app.oncall,
+                    read: &task_app.db.read,
+                    now: task_app.clock.now(),
+                };
+                let reply = match crate::approvals::explain::explain(&lookups, &question).await {
+                    Ok(Ok(e)) => crate::approvals::explain::render(&e, true),
+                    Ok(Err(unknown)) => unknown,
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "explain failed");
+                        "Something went wrong on jitgate's side. Please try again.".into()
+                    }
+                };
+                reply_later(&task_app, url, reply).await;
+            });
+            Ok("Working out the policy…".into())
+        }
         Command::Request(input) => {
             let valid = match requests::validate(&app.config, &input) {
                 Ok(v) => v,
@@ -262,6 +375,15 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
                 ));
             }
             Ok(reply)
+        }
+    }
+}
+
+/// Sends a reply to a command after its request was answered.
+async fn reply_later(app: &AppState, response_url: Option<String>, reply: String) {
+    if let Some(url) = response_url {
+        if let Err(e) = app.send_now(crate::store::Outgoing::ephemeral(&url, reply)).await {
+            tracing::error!(error = format!("{e:#}"), "could not queue a reply");
         }
     }
 }

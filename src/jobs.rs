@@ -18,7 +18,7 @@ impl Runner for Jobs {
             JobKind::Grant => grants::run_grant(app, job).await,
             JobKind::Revoke => grants::run_revoke(app, job).await,
             JobKind::ExpireRequest => grants::expire_request(app, job).await,
-            JobKind::Remind => grants::remind(app, job).await,
+            JobKind::Remind => approvals::breakglass::remind(app, job).await,
             JobKind::Extend => grants::run_extend(app, job).await,
             JobKind::AutoApprove => approvals::oncall::run(app, job).await,
         }

@@ -39,6 +39,27 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Report who had what access, why, approved by whom, for how long and how it ended.
+    Report {
+        /// Start of the period: a duration back from now (`30d`), a date (`2025-03-01`,
+        /// UTC) or an RFC 3339 time.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// End of the period (exclusive), written like `--since`. Default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// `csv`, `json` or `html` (one self-contained file with charts).
+        #[arg(long, default_value = "csv")]
+        format: jitgate::report::Format,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Explain the access policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Work with the audit log.
     Audit {
         #[command(subcommand)]
@@ -65,6 +86,28 @@ enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Whether a person may request a resource and for how long, who may approve it and
+    /// how many must, whether on-call auto-approval would apply from a channel (and which
+    /// condition fails if not), and whether break-glass is available to them.
+    Explain {
+        /// The person's Slack user ID (U…).
+        #[arg(long)]
+        user: String,
+        /// `resource` or `resource:role`.
+        #[arg(long)]
+        resource: String,
+        /// The channel the request would be made in (C…); on-call auto-approval needs an
+        /// incident channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// The duration to ask for, like `2h` (default: the resource's default).
+        #[arg(long)]
+        duration: Option<jitgate::duration::HumanDuration>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -158,6 +201,21 @@ async fn main() -> ExitCode {
         Command::Backup { path, force } => jitgate::backup::run(&config, &path, force)
             .await
             .map(|done| println!("{done}")),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    user,
+                    resource,
+                    channel,
+                    duration,
+                },
+        } => policy_explain(config, user, &resource, channel, duration).await,
+        Command::Report {
+            since,
+            until,
+            format,
+            out,
+        } => report(config, &since, until.as_deref(), format, out).await,
         Command::Healthcheck { .. } | Command::Completions { .. } => Ok(()), // answered above
     };
     match result {
@@ -218,6 +276,109 @@ async fn reconcile(config: config::Config, dry_run: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
+async fn report(
+    config: config::Config,
+    since: &str,
+    until: Option<&str>,
+    format: jitgate::report::Format,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use jitgate::report::{parse_bound, Period};
+    let now = chrono::Utc::now().timestamp_millis();
+    let period = Period {
+        since: parse_bound(since, now).map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        until: match until {
+            Some(u) => parse_bound(u, now).map_err(|e| anyhow::anyhow!("--until: {e}"))?,
+            None => now,
+        },
+        generated_at: now,
+    };
+    if period.until <= period.since {
+        anyhow::bail!("--until must be later than --since");
+    }
+    let db = jitgate::store::Db::open(&config.database.url).await?;
+    let report = {
+        let mut conn = db.read.acquire().await?;
+        jitgate::report::load(&mut conn, period).await?
+    };
+    db.close().await;
+    let bytes = report.render(format)?;
+    match out {
+        Some(path) => std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?,
+        None => {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(&bytes)?;
+        }
+    }
+    Ok(())
+}
+
+async fn policy_explain(
+    config: config::Config,
+    user: String,
+    target: &str,
+    channel: Option<String>,
+    duration: Option<jitgate::duration::HumanDuration>,
+) -> anyhow::Result<()> {
+    use jitgate::approvals::explain::{explain, render, Lookups, Question};
+    use jitgate::ids::is_slack_id;
+    if !is_slack_id(&user, &['U', 'W']) {
+        anyhow::bail!("--user: `{user}` is not a Slack user ID; use the member ID like U0123ABCD");
+    }
+    if let Some(c) = &channel {
+        if !is_slack_id(c, &['C', 'G', 'D']) {
+            anyhow::bail!("--channel: `{c}` is not a Slack channel ID; use the ID like C0123ABCD, not the #name");
+        }
+    }
+    let target = target.to_ascii_lowercase();
+    let (resource, role) = match target.split_once(':') {
+        Some((r, role)) => (r.to_string(), Some(role.to_string()).filter(|r| !r.is_empty())),
+        None => (target.clone(), None),
+    };
+    let token = std::env::var("SLACK_BOT_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    let slack = jitgate::slack::client::SlackApi::new(&config.slack.api_url, token.as_deref().unwrap_or(""));
+    let env = |name: &str| std::env::var(name).ok();
+    let oncall = match jitgate::oncall::OnCall::new(config.oncall.as_ref(), &env) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("note: {e}; on-call sources without their credential are shown as failing");
+            jitgate::oncall::OnCall::new(None, &env)?
+        }
+    };
+    if token.is_none() {
+        eprintln!("note: SLACK_BOT_TOKEN is not set; user groups are shown as groups, not members");
+    }
+    let db = jitgate::store::Db::open(&config.database.url).await?;
+    let lookups = Lookups {
+        config: &config,
+        slack: token.as_ref().map(|_| &slack),
+        slack_or_offline: &slack,
+        oncall: &oncall,
+        read: &db.read,
+        now: chrono::Utc::now(),
+    };
+    let question = Question {
+        user,
+        resource,
+        role,
+        channel,
+        duration,
+    };
+    let answer = explain(&lookups, &question).await;
+    db.close().await;
+    match answer? {
+        Ok(e) => {
+            println!("{}", render(&e, false));
+            Ok(())
+        }
+        Err(unknown) => anyhow::bail!("{unknown}"),
+    }
+}
+
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -251,7 +412,7 @@ async fn audit(config: config::Config, command: AuditCommand) -> anyhow::Result<
                     break;
                 };
                 for e in &batch {
-                    writeln!(out, "{}", serde_json::to_string(e)?)?;
+                    writeln!(out, "{}", jitgate::audit::export_json(e))?;
                 }
                 last = end;
             }

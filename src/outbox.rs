@@ -248,7 +248,7 @@ async fn send(app: &Outbox, row: &OutboxRow) -> anyhow::Result<Delivery> {
             let Some(request_id) = row.request_id else {
                 return Ok(Delivery::Moot);
             };
-            let (request, decisions, grant, job) = {
+            let (request, decisions, grant, job, break_glass) = {
                 let mut conn = app.db.read.acquire().await?;
                 let Some(request) = store::get_request(&mut conn, request_id).await? else {
                     return Ok(Delivery::Moot);
@@ -269,7 +269,8 @@ async fn send(app: &Outbox, row: &OutboxRow) -> anyhow::Result<Delivery> {
                     Some(k) => store::job_of(&mut conn, request_id, k).await?,
                     None => None,
                 };
-                (request, decisions, grant, job)
+                let break_glass = store::break_glass_of(&mut conn, request_id).await?;
+                (request, decisions, grant, job, break_glass)
             };
             let description = app
                 .config
@@ -282,6 +283,7 @@ async fn send(app: &Outbox, row: &OutboxRow) -> anyhow::Result<Delivery> {
                 decisions: &decisions,
                 grant: grant.as_ref(),
                 job: job.as_ref(),
+                break_glass: break_glass.as_ref(),
             };
             let content = render_card(&model);
             match (row.kind, &request.card_ts) {

@@ -55,40 +55,45 @@ pub fn resource_list(config: &Config) -> String {
 /// Checks a typed request against the configuration. The error is the reply to show.
 pub fn validate(config: &Config, input: &RequestInput) -> Result<ValidRequest, String> {
     let cmd = &config.slack.command;
-    let Some(resource) = config.resource(&input.resource) else {
-        return Err(format!(
-            "There is no resource called `{}`. You can ask for:\n{}\nFor example: `{cmd} request {}:{} {} <reason>`",
-            crate::text::escape(&input.resource),
-            resource_list(config),
-            config.resources[0].name,
-            config.resources[0].default_role(),
-            config.resources[0].default_duration,
-        ));
-    };
-    let role = match &input.role {
-        Some(role) if !resource.roles.contains(role) => {
+    use crate::policy::{requestable, RequestRefusal};
+    let target = match requestable(config, &input.resource, input.role.as_deref(), input.duration) {
+        Ok(t) => t,
+        Err(RequestRefusal::UnknownResource) => {
             return Err(format!(
-                "`{}` has no role `{}`. Its roles are: {}.",
-                resource.name,
-                crate::text::escape(role),
-                resource.roles.join(", ")
+                "There is no resource called `{}`. You can ask for:\n{}\nFor example: `{cmd} request {}:{} {} <reason>`",
+                crate::text::escape(&input.resource),
+                resource_list(config),
+                config.resources[0].name,
+                config.resources[0].default_role(),
+                config.resources[0].default_duration,
             ));
         }
-        Some(role) => role.clone(),
-        None => resource.default_role().to_string(),
+        Err(RequestRefusal::UnknownRole { role }) => {
+            let resource = config
+                .resource(&input.resource)
+                .map(|r| (r.name.as_str(), r.roles.join(", ")));
+            let (name, roles) = resource.unwrap_or_default();
+            return Err(format!(
+                "`{name}` has no role `{}`. Its roles are: {roles}.",
+                crate::text::escape(&role),
+            ));
+        }
+        Err(RequestRefusal::TooLong { max }) => {
+            let duration = input.duration.unwrap_or(max);
+            let name = &input.resource;
+            let role = input.role.clone().unwrap_or_else(|| {
+                config
+                    .resource(name)
+                    .map(|r| r.default_role().to_string())
+                    .unwrap_or_default()
+            });
+            return Err(format!(
+                "{duration} is longer than the {max} allowed for `{name}`. Ask for {max} or less, for example `{cmd} request {name}:{role} {max} {}`.",
+                if input.reason.is_empty() { "<reason>" } else { "…" },
+            ));
+        }
     };
-    let duration = input.duration.unwrap_or(resource.default_duration);
-    if duration > resource.max_duration {
-        return Err(format!(
-            "{duration} is longer than the {} allowed for `{}`. Ask for {} or less, for example `{cmd} request {}:{role} {} {}`.",
-            resource.max_duration,
-            resource.name,
-            resource.max_duration,
-            resource.name,
-            resource.max_duration,
-            if input.reason.is_empty() { "<reason>" } else { "…" },
-        ));
-    }
+    let (resource, role, duration) = (target.resource, target.role, target.duration);
     let reason = input.reason.trim().to_string();
     if reason.is_empty() {
         return Err(format!(

@@ -21,6 +21,14 @@ pub fn slack_date(unix_ms: i64) -> String {
     format!("<!date^{secs}^{{date_short_pretty}} {{time}}|{fallback}>")
 }
 
+/// Unix milliseconds as an RFC 3339 UTC time with milliseconds, like
+/// `2025-03-01T09:30:00.000Z`; empty for a time chrono cannot represent.
+pub fn rfc3339_ms(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 /// Shortens `text` to at most `max` characters, marking the cut.
 pub fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
@@ -40,5 +48,11 @@ mod tests {
         let typed = "a <@U1> & <!channel> > b";
         assert_eq!(unescape(&escape(typed)), typed);
         assert!(!escape(typed).contains('<'));
+    }
+
+    #[test]
+    fn times_are_rfc3339_with_milliseconds() {
+        assert_eq!(rfc3339_ms(1_735_689_600_123), "2025-01-01T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -4,6 +4,8 @@
 //! nothing else that is trusted. The decision itself is one transaction whose conditional
 //! statements make double clicks and simultaneous clicks harmless.
 
+pub mod breakglass;
+pub mod explain;
 pub mod oncall;
 
 use serde_json::json;
@@ -11,7 +13,7 @@ use sqlx::SqliteConnection;
 
 use crate::app::AppState;
 use crate::audit;
-use crate::cards::{APPROVE, DENY, REVOKE};
+use crate::cards::{APPROVE, DENY, REVIEWED, REVOKE};
 use crate::config::Resource;
 use crate::grants::{self, RevokeRefusal};
 use crate::ids::label;
@@ -90,11 +92,10 @@ pub fn may_decide(
     if request.state != RequestState::Pending {
         return Err(Refusal::NotPending(request.state));
     }
-    if clicker == request.requester_id {
-        return Err(Refusal::SelfApproval);
-    }
-    if !(resource.approvers.iter().any(|a| a == clicker) || in_listed_group) {
-        return Err(Refusal::NotApprover);
+    match crate::policy::approver_eligibility(resource, &request.requester_id, clicker, in_listed_group) {
+        Ok(()) => {}
+        Err(crate::policy::Ineligible::SelfApproval) => return Err(Refusal::SelfApproval),
+        Err(crate::policy::Ineligible::NotApprover) => return Err(Refusal::NotApprover),
     }
     if let Some(d) = decisions.iter().find(|d| d.approver_id == clicker) {
         return Err(Refusal::AlreadyDecided(d.verdict));
@@ -132,6 +133,16 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
     let verdict = match click.action_id.as_str() {
         APPROVE => Verdict::Approve,
         DENY => Verdict::Deny,
+        REVIEWED => {
+            let text = match click.value.parse::<i64>() {
+                Ok(id) => breakglass::review(app, id, &click.user_id).await?,
+                Err(_) => "That button is not one of jitgate's; nothing changed.".into(),
+            };
+            return match &click.response_url {
+                Some(url) => app.send_now(Outgoing::ephemeral(url, text)).await,
+                None => Ok(()),
+            };
+        }
         REVOKE => {
             let text = match click.value.parse::<i64>() {
                 Ok(id) => revoke_as(app, id, &click.user_id, true).await?.unwrap_or_default(),
@@ -264,7 +275,18 @@ pub async fn revoke_as(
             request.requester_id, request.resource
         )));
     }
-    Ok(Some(match grants::revoke_early(app, request_id, actor).await? {
+    let revoked = grants::revoke_early(app, request_id, actor).await?;
+    if revoked.is_ok() && actor != request.requester_id {
+        // An approver's "Revoke now" on a break-glass use is its review, too.
+        let now = app.now_ms();
+        let mut tx = app.db.begin().await?;
+        if store::break_glass_of(&mut tx, request_id).await?.is_some() {
+            breakglass::record_review(&mut tx, &request, actor, "revoked", now).await?;
+        }
+        tx.commit().await?;
+        app.outbox.wake();
+    }
+    Ok(Some(match revoked {
         Ok(()) => format!(
             "Revoking {id} (`{}:{}` for <@{}>) now.",
             request.resource, request.role, request.requester_id
@@ -439,6 +461,7 @@ mod tests {
             adapter: "demo".into(),
             max_total_duration: crate::duration::HumanDuration::from_secs(3600),
             self_extend: false,
+            break_glass: None,
         }
     }
 

@@ -7,12 +7,18 @@
 
 use serde_json::json;
 
+use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
+
 use crate::app::AppState;
 use crate::config::oncall::Policy;
+use crate::config::Config;
 use crate::duration::HumanDuration;
 use crate::ids::label;
 use crate::oncall::http::SourceError;
-use crate::oncall::{ChannelCheck, Evidence, OnCallConfig, SourceAnswer};
+use crate::oncall::{ChannelCheck, Evidence, OnCall, OnCallConfig, SourceAnswer};
+use crate::policy::{self, OnCallPrecheck};
+use crate::slack::client::SlackApi;
 use crate::store::{self, JobRow, Outgoing, RequestRow, RequestState, Verdict};
 use crate::text::escape;
 use crate::{approvals, audit};
@@ -190,54 +196,83 @@ pub async fn run(app: &AppState, job: JobRow) -> anyhow::Result<()> {
 }
 
 /// Asks Slack and the on-call sources. Never approves on an error.
-pub async fn evaluate(app: &AppState, cfg: &OnCallConfig, request: &RequestRow) -> anyhow::Result<Decision> {
-    let now = app.clock.now();
+pub async fn evaluate(app: &AppState, _cfg: &OnCallConfig, request: &RequestRow) -> anyhow::Result<Decision> {
+    let ask = Ask {
+        requester: &request.requester_id,
+        resource: &request.resource,
+        role: &request.role,
+        duration: HumanDuration::from_secs(request.duration_secs.max(0) as u64),
+        channel: &request.origin_channel,
+        request_id: Some(request.id),
+    };
+    decide(
+        &app.config,
+        &app.oncall,
+        &app.slack,
+        &app.db.read,
+        &ask,
+        app.clock.now(),
+    )
+    .await
+}
+
+/// What the on-call decision looks at: who asks for what, for how long, from where.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub requester: &'a str,
+    pub resource: &'a str,
+    pub role: &'a str,
+    pub duration: HumanDuration,
+    pub channel: &'a str,
+    /// The stored request, for the logs (none when `policy explain` asks).
+    pub request_id: Option<i64>,
+}
+
+/// The on-call decision for `ask` at `now`: the auto-approve job and `policy explain`
+/// both come here. Asks Slack (the channel), the database (usage for the rate limits) and
+/// the on-call sources; never approves on an error.
+pub async fn decide(
+    config: &Config,
+    oncall: &OnCall,
+    slack: &SlackApi,
+    read: &SqlitePool,
+    ask: &Ask<'_>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Decision> {
     let now_ms = now.timestamp_millis();
-    let duration = HumanDuration::from_secs(request.duration_secs.max(0) as u64);
-    let allowlisted: Vec<&Policy> = cfg
-        .policies
-        .iter()
-        .filter(|p| p.allows(&request.resource, &request.role))
-        .collect();
-    if allowlisted.is_empty() {
-        return Ok(Decision::Decline(vec![Declined::NotAllowlisted]));
-    }
-    let within: Vec<&Policy> = allowlisted
-        .iter()
-        .copied()
-        .filter(|p| duration <= p.max_duration)
-        .collect();
-    if within.is_empty() {
-        let cap = allowlisted.iter().map(|p| p.max_duration).max().unwrap_or(duration);
-        return Ok(Decision::Decline(vec![Declined::TooLong { cap }]));
-    }
-    let channel_name = match app
-        .oncall
-        .check_channel(cfg, &app.slack, &request.origin_channel, now_ms)
-        .await
-    {
+    let request_id = ask.request_id.unwrap_or_default();
+    let Some(cfg) = config.oncall.as_ref() else {
+        return Ok(Decision::Decline(vec![Declined::NotConfigured]));
+    };
+    let within = match policy::oncall_candidates(config, ask.resource, ask.role, ask.duration) {
+        OnCallPrecheck::NotConfigured => return Ok(Decision::Decline(vec![Declined::NotConfigured])),
+        OnCallPrecheck::NotAllowlisted => return Ok(Decision::Decline(vec![Declined::NotAllowlisted])),
+        OnCallPrecheck::TooLong { cap } => return Ok(Decision::Decline(vec![Declined::TooLong { cap }])),
+        OnCallPrecheck::Candidates(p) => p,
+    };
+    let channel_name = match oncall.check_channel(cfg, slack, ask.channel, now_ms).await {
         ChannelCheck::Incident { name } => name,
         ChannelCheck::NotIncident { name } => {
             return Ok(Decision::Decline(vec![Declined::NotIncidentChannel { name }]))
         }
         ChannelCheck::Failed(e) => {
-            tracing::warn!(request = request.id, error = %e, "on-call: channel check failed; normal approval");
+            tracing::warn!(request = request_id, error = %e, "on-call: channel check failed; normal approval");
             return Ok(Decision::Decline(vec![Declined::ChannelCheckFailed(e)]));
         }
     };
     let mut reasons = Vec::new();
     for policy in within {
         let used = {
-            let mut conn = app.db.read.acquire().await?;
+            let mut conn = read.acquire().await?;
             store::count_policy_approvals(
                 &mut conn,
-                &request.requester_id,
+                ask.requester,
                 &policy.approver_id(),
                 now_ms - policy.rate_window.as_secs() as i64 * 1000,
             )
             .await?
         };
-        if used >= policy.rate_limit as i64 {
+        if policy::oncall_rate_limited(policy, used) {
             reasons.push(Declined::RateLimited {
                 policy: policy.name.clone(),
                 limit: policy.rate_limit,
@@ -248,10 +283,7 @@ pub async fn evaluate(app: &AppState, cfg: &OnCallConfig, request: &RequestRow) 
         let mut answers = Vec::new();
         let mut found = None;
         for source in &policy.sources {
-            let answer = app
-                .oncall
-                .check_source(cfg, source, &app.slack, &request.requester_id, now)
-                .await;
+            let answer = oncall.check_source(cfg, source, slack, ask.requester, now).await;
             match answer {
                 Ok(SourceAnswer::OnCall { entry, matched_by }) => {
                     found = Some((source.clone(), entry, matched_by));
@@ -259,7 +291,7 @@ pub async fn evaluate(app: &AppState, cfg: &OnCallConfig, request: &RequestRow) 
                 }
                 other => {
                     if let Err(e) = &other {
-                        tracing::warn!(request = request.id, source = %source, error = %e, "on-call source failed");
+                        tracing::warn!(request = request_id, source = %source, error = %e, "on-call source failed");
                     }
                     answers.push((source.clone(), other));
                 }
@@ -273,9 +305,8 @@ pub async fn evaluate(app: &AppState, cfg: &OnCallConfig, request: &RequestRow) 
             None => None,
             Some(pd) => {
                 let known = (*pd == source).then(|| entry.user.id.clone()).flatten();
-                match app
-                    .oncall
-                    .open_incident(cfg, pd, &app.slack, &request.requester_id, known.as_deref(), now_ms)
+                match oncall
+                    .open_incident(cfg, pd, slack, ask.requester, known.as_deref(), now_ms)
                     .await
                 {
                     Ok(Some(i)) => Some(i),
@@ -286,7 +317,7 @@ pub async fn evaluate(app: &AppState, cfg: &OnCallConfig, request: &RequestRow) 
                         continue;
                     }
                     Err(e) => {
-                        tracing::warn!(request = request.id, source = %pd, error = %e, "on-call incident check failed");
+                        tracing::warn!(request = request_id, source = %pd, error = %e, "on-call incident check failed");
                         reasons.push(Declined::SourceFailed {
                             policy: policy.name.clone(),
                             source: pd.clone(),
@@ -310,7 +341,7 @@ pub async fn evaluate(app: &AppState, cfg: &OnCallConfig, request: &RequestRow) 
             shift_end: entry.end.map(|t| t.timestamp_millis()),
             matched_by: matched_by.into(),
             incident,
-            channel: request.origin_channel.clone(),
+            channel: ask.channel.to_string(),
             channel_name: channel_name.clone(),
             checked_at: now_ms,
         };

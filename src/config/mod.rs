@@ -38,6 +38,9 @@ pub struct Config {
     pub adapters: BTreeMap<String, AdapterConfig>,
     /// `[oncall]`: auto-approval for people on call; `None` when absent.
     pub oncall: Option<oncall::OnCallConfig>,
+    /// `[break_glass]`: where break-glass uses are announced and how often one person may
+    /// use it.
+    pub break_glass: BreakGlassConfig,
 }
 
 /// `[server]`
@@ -119,6 +122,43 @@ pub struct Resource {
     pub max_total_duration: HumanDuration,
     /// The requester may extend their own grant without approval (up to the maximum).
     pub self_extend: bool,
+    /// Break-glass: `Some` when `break_glass = true`.
+    pub break_glass: Option<BreakGlass>,
+}
+
+/// A resource's break-glass settings: who may grant themselves access at once, with no
+/// approver, and for how long at most. Every use is announced and must be reviewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlass {
+    /// Longest break-glass grant (at most the resource's `max_duration`).
+    pub max_duration: HumanDuration,
+    /// Slack user IDs allowed to use it.
+    pub users: Vec<String>,
+    /// Slack user group IDs whose members may use it.
+    pub groups: Vec<String>,
+}
+
+/// The `[break_glass]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlassConfig {
+    /// Channel that hears of every use (with `@here`), besides the approval channel.
+    pub security_channel: Option<String>,
+    /// Uses per person within `rate_window`.
+    pub rate_limit: u32,
+    pub rate_window: HumanDuration,
+    /// First reminder of an unreviewed use; then 2×, 4× … until someone reviews it.
+    pub remind_after: HumanDuration,
+}
+
+impl Default for BreakGlassConfig {
+    fn default() -> Self {
+        Self {
+            security_channel: None,
+            rate_limit: 1,
+            rate_window: HumanDuration::from_secs(24 * 3600),
+            remind_after: HumanDuration::from_secs(3600),
+        }
+    }
 }
 
 impl Resource {
@@ -238,6 +278,8 @@ struct RawConfig {
     adapters: BTreeMap<String, toml::Table>,
     #[serde(default)]
     oncall: Option<crate::config::oncall::RawOnCall>,
+    #[serde(default)]
+    break_glass: RawBreakGlass,
 }
 
 #[derive(Deserialize)]
@@ -331,6 +373,22 @@ struct RawResource {
     max_total_duration: Option<HumanDuration>,
     #[serde(default)]
     self_extend: bool,
+    #[serde(default)]
+    break_glass: bool,
+    break_glass_max_duration: Option<HumanDuration>,
+    #[serde(default)]
+    break_glass_users: Vec<String>,
+    #[serde(default)]
+    break_glass_groups: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBreakGlass {
+    security_channel: Option<String>,
+    rate_limit: Option<u32>,
+    rate_window: Option<HumanDuration>,
+    remind_after: Option<HumanDuration>,
 }
 
 fn one() -> u32 {
@@ -631,7 +689,54 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 ));
             }
         }
+        let break_glass = if r.break_glass {
+            let max = r
+                .break_glass_max_duration
+                .unwrap_or(max_duration.min(HumanDuration::from_secs(3600)));
+            if max > max_duration {
+                problems.push(format!(
+                    "{key}.break_glass_max_duration ({max}) is longer than max_duration ({max_duration}); lower it"
+                ));
+            }
+            if r.break_glass_users.is_empty() && r.break_glass_groups.is_empty() {
+                problems.push(format!(
+                    "{key}: break_glass = true but nobody may use it; add break_glass_users = [\"U…\"] \
+                     or break_glass_groups = [\"S…\"]"
+                ));
+            }
+            for u in &r.break_glass_users {
+                if !is_slack_id(u, &['U', 'W']) {
+                    problems.push(format!(
+                        "{key}.break_glass_users: `{u}` is not a Slack user ID; use the member ID like \"U0123ABCD\""
+                    ));
+                }
+            }
+            for g in &r.break_glass_groups {
+                if !is_slack_id(g, &['S']) {
+                    problems.push(format!(
+                        "{key}.break_glass_groups: `{g}` is not a Slack user group ID; use the ID like \"S0123ABCD\""
+                    ));
+                }
+            }
+            Some(BreakGlass {
+                max_duration: max,
+                users: r.break_glass_users,
+                groups: r.break_glass_groups,
+            })
+        } else {
+            if r.break_glass_max_duration.is_some()
+                || !r.break_glass_users.is_empty()
+                || !r.break_glass_groups.is_empty()
+            {
+                problems.push(format!(
+                    "{key}: break_glass_* keys are set but break_glass is not; add break_glass = true \
+                     or remove them"
+                ));
+            }
+            None
+        };
         resources.push(Resource {
+            break_glass,
             name: r.name,
             description: r.description,
             roles,
@@ -651,6 +756,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         .oncall
         .and_then(|o| crate::config::oncall::validate(o, &resources, &mut problems));
 
+    let defaults = BreakGlassConfig::default();
+    let break_glass = BreakGlassConfig {
+        security_channel: raw.break_glass.security_channel,
+        rate_limit: raw.break_glass.rate_limit.unwrap_or(defaults.rate_limit),
+        rate_window: raw.break_glass.rate_window.unwrap_or(defaults.rate_window),
+        remind_after: raw.break_glass.remind_after.unwrap_or(defaults.remind_after),
+    };
+    if let Some(c) = &break_glass.security_channel {
+        if !is_slack_id(c, &['C', 'G']) {
+            problems.push(format!(
+                "break_glass.security_channel: `{c}` is not a Slack channel ID; use the ID like \"C0123ABCD\", not the #name"
+            ));
+        }
+    }
+    if break_glass.rate_limit == 0 {
+        problems.push("break_glass.rate_limit: must be at least 1 (turn break-glass off per resource instead)".into());
+    }
     // A key set aside for its type left a default behind; what the checks say about that
     // default is no news.
     problems.retain(|p| !crate::config::de::follows_from_dropped(p, &read.dropped));
@@ -660,6 +782,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(fail(all));
     }
     Ok(Config {
+        break_glass,
         path: path.to_path_buf(),
         server: ServerConfig {
             listen,

@@ -33,16 +33,11 @@ pub use crate::config::oncall::{OnCallConfig, Policy, SourceConfig, APPROVER_PRE
 /// network): some policy allows `resource:role` for `duration`, and the channel is an
 /// incident channel by ID or might be one by name. Cheap enough for the slash command.
 pub fn could_auto_approve(config: &Config, resource: &str, role: &str, duration: HumanDuration, channel: &str) -> bool {
-    let Some(oncall) = config.oncall.as_ref() else {
-        return false;
-    };
-    let channel_may_qualify = oncall.incident_channels.iter().any(|c| c == channel)
-        || (!oncall.incident_channel_prefixes.is_empty() && channel.starts_with(['C', 'G']));
-    channel_may_qualify
-        && oncall
-            .policies
-            .iter()
-            .any(|p| p.allows(resource, role) && duration <= p.max_duration)
+    crate::policy::channel_may_be_incident(config, channel)
+        && matches!(
+            crate::policy::oncall_candidates(config, resource, role, duration),
+            crate::policy::OnCallPrecheck::Candidates(_)
+        )
 }
 
 /// The longest duration on-call auto-approval would cover, when that is the only thing

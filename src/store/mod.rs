@@ -2,6 +2,7 @@
 //! compose one state change, its audit entry and its Slack messages into one commit.
 
 mod group_commit;
+pub mod report;
 
 pub use self::group_commit::{Creation, Creations};
 
@@ -326,6 +327,72 @@ pub async fn count_policy_approvals(
     .fetch_one(conn)
     .await?;
     Ok(row.0)
+}
+
+// ---- break-glass ---------------------------------------------------------------------
+
+/// How many times `user` broke the glass since `since_ms` (for the per-person rate limit).
+pub async fn count_break_glass_uses(conn: &mut SqliteConnection, user: &str, since_ms: i64) -> sqlx::Result<i64> {
+    let row: (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM break_glass b JOIN requests r ON r.id = b.request_id \
+         WHERE b.used_at >= ? AND r.requester_id = ?",
+    )
+    .bind(since_ms)
+    .bind(user)
+    .fetch_one(conn)
+    .await?;
+    Ok(row.0)
+}
+
+/// A break-glass use and its review.
+#[derive(Debug, Clone, FromRow, PartialEq, Eq)]
+pub struct BreakGlassRow {
+    pub request_id: i64,
+    pub used_at: i64,
+    pub reviewed_by: Option<String>,
+    pub reviewed_at: Option<i64>,
+    /// `ok` or `revoked`.
+    pub review: Option<String>,
+}
+
+/// Records that request `request_id` was a break-glass use.
+pub async fn insert_break_glass(conn: &mut SqliteConnection, request_id: i64, now: i64) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO break_glass (request_id, used_at) VALUES (?, ?)")
+        .bind(request_id)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The break-glass record of a request, if it was one.
+pub async fn break_glass_of(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<Option<BreakGlassRow>> {
+    sqlx::query_as("SELECT * FROM break_glass WHERE request_id = ?")
+        .bind(request_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Marks a break-glass use reviewed (`review` is `ok` or `revoked`), once: false if it
+/// was reviewed already (or is not a break-glass use).
+pub async fn review_break_glass(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+    by: &str,
+    review: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE break_glass SET reviewed_by = ?, reviewed_at = ?, review = ? \
+         WHERE request_id = ? AND reviewed_at IS NULL",
+    )
+    .bind(by)
+    .bind(now)
+    .bind(review)
+    .bind(request_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 // ---- grants --------------------------------------------------------------------------

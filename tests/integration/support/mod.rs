@@ -2,6 +2,7 @@
 //! an exec adapter script that records what it was asked to do, and requests signed
 //! exactly as Slack signs them.
 
+pub mod browser;
 pub mod fake_slack;
 
 use std::collections::BTreeMap;
