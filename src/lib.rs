@@ -130,6 +130,10 @@ impl Running {
         if tokio::time::timeout(self.grace, self.state.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "some work did not finish in time; it resumes at the next start");
         }
+        // Leave no erased secret in the WAL behind.
+        if let Err(e) = self.state.db.checkpoint().await {
+            tracing::error!(error = format!("{e:#}"), "shutdown: cannot checkpoint the database");
+        }
         self.state.db.close().await;
         tracing::info!("jitgate stopped");
         served.context("server task panicked")?.context("server error")?;
@@ -207,6 +211,8 @@ pub async fn start(
         &options.env_overrides,
     )
     .await?;
+    // A crash may have left an erased secret in the WAL: clear it before anything else.
+    state.db.checkpoint().await?;
     {
         let mut conn = state.db.write.acquire().await?;
         let resumed = store::recover_running_jobs(&mut conn).await?;

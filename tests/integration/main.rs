@@ -14,4 +14,5 @@ mod manifest;
 mod module_graph;
 mod oncall;
 mod reconcile;
+mod secrets_at_rest;
 mod security;
