@@ -40,6 +40,10 @@ pub struct AppState {
     pub(crate) seen_events: Arc<SeenEvents>,
     /// Requests waiting for their (group) commit.
     pub(crate) creations: Arc<Creations>,
+    /// Shutdown was asked for (a signal): the server stops taking requests and drains its
+    /// clients, bounded, while background work (revokes above all) goes on.
+    pub stop_requested: CancellationToken,
+    /// Background work stops: cancelled once the server has drained (or to stop at once).
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }

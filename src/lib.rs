@@ -121,11 +121,13 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops taking requests, lets running work finish (bounded), then closes the database.
-    /// Interrupted jobs are resumed at the next start.
+    /// Stops taking requests and lets open connections finish (at most the grace), while
+    /// the scheduler keeps revoking; then stops background work, lets running work finish
+    /// (bounded), and closes the database. Interrupted jobs are resumed at the next start.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.state.shutdown.cancel();
+        self.state.stop_requested.cancel();
         let served = self.server.await;
+        self.state.shutdown.cancel();
         self.state.tasks.close();
         if tokio::time::timeout(self.grace, self.state.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "some work did not finish in time; it resumes at the next start");
@@ -140,9 +142,13 @@ impl Running {
         Ok(())
     }
 
-    /// Waits until shutdown is requested through the state's token, then shuts down.
+    /// Waits until shutdown is requested through the state's `stop_requested` (or
+    /// `shutdown`) token, then shuts down.
     pub async fn until_shutdown(self) -> anyhow::Result<()> {
-        self.state.shutdown.cancelled().await;
+        tokio::select! {
+            _ = self.state.stop_requested.cancelled() => {}
+            _ = self.state.shutdown.cancelled() => {}
+        }
         self.shutdown().await
     }
 }
@@ -191,6 +197,7 @@ pub async fn build_with_env(
         access_locks: Arc::default(),
         seen_events: Arc::default(),
         creations: Arc::default(),
+        stop_requested: CancellationToken::new(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     })
@@ -271,12 +278,21 @@ pub async fn start(
 
     let addr = listener.local_addr()?;
     let app = http::router(state.clone());
-    let token = state.shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+    let limits = http::Limits {
+        header_timeout: state.config.server.header_timeout.to_std(),
+        max_connections: state.config.server.max_connections,
+        grace: options.shutdown_grace,
+    };
+    // The server stops on either token: `stop_requested` drains it while background work
+    // goes on; `shutdown` (cancelled after the drain, or by a test) ends everything.
+    let stop = state.stop_requested.child_token();
+    let shutdown = state.shutdown.clone();
+    let stop_on_shutdown = stop.clone();
+    state.tasks.spawn(async move {
+        shutdown.cancelled().await;
+        stop_on_shutdown.cancel();
     });
+    let server = tokio::spawn(http::serve(listener, app, limits, stop));
     tracing::info!(%addr, "jitgate listening");
     Ok(Running {
         addr,

@@ -125,7 +125,7 @@ async fn serve(config: config::Config, revoke_removed: bool) -> anyhow::Result<(
         ..jitgate::Options::default()
     };
     let running = jitgate::start(config, secrets, options, listener).await?;
-    let token = running.state.shutdown.clone();
+    let token = running.state.stop_requested.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");

@@ -45,6 +45,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// How long running adapter calls may take to finish at shutdown.
     pub shutdown_grace: HumanDuration,
+    /// A client must send a request's headers within this long of connecting (or of the
+    /// previous request on a kept-alive connection).
+    pub header_timeout: HumanDuration,
+    /// The whole request, body included, must be read and answered within this long.
+    pub request_timeout: HumanDuration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 /// `[database]`
@@ -61,6 +68,13 @@ pub struct SlackConfig {
     pub api_url: String,
     /// The slash command as installed, used in help texts.
     pub command: String,
+    /// The only workspace (`T…`) whose requests are served; any when unset.
+    pub team_id: Option<String>,
+    /// The only Slack app (`A…`) whose requests are served; any when unset.
+    pub api_app_id: Option<String>,
+    /// Hosts a `response_url` may point at (exact host names, https only unless the host
+    /// is this machine). Default: `hooks.slack.com`.
+    pub response_url_hosts: Vec<String>,
 }
 
 /// `[requests]`
@@ -73,6 +87,10 @@ pub struct RequestsConfig {
     /// First reminder to approvers after this long; then 2×, 4× … until the time-out.
     /// `None` turns reminders off.
     pub remind_after: Option<HumanDuration>,
+    /// Pending requests one person may have at once.
+    pub max_pending_per_user: usize,
+    /// `/jit` commands one person may send per minute.
+    pub commands_per_minute: u32,
 }
 
 /// `[jobs]`: how grant and revoke attempts are retried.
@@ -245,6 +263,9 @@ struct RawServer {
     #[serde(default = "default_listen")]
     listen: String,
     shutdown_grace: Option<HumanDuration>,
+    header_timeout: Option<HumanDuration>,
+    request_timeout: Option<HumanDuration>,
+    max_connections: Option<usize>,
 }
 
 impl Default for RawServer {
@@ -252,6 +273,9 @@ impl Default for RawServer {
         Self {
             listen: default_listen(),
             shutdown_grace: None,
+            header_timeout: None,
+            request_timeout: None,
+            max_connections: None,
         }
     }
 }
@@ -282,6 +306,9 @@ fn default_db_url() -> String {
 struct RawSlack {
     api_url: Option<String>,
     command: Option<String>,
+    team_id: Option<String>,
+    api_app_id: Option<String>,
+    response_url_hosts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,6 +317,8 @@ struct RawRequests {
     pending_timeout: Option<HumanDuration>,
     max_reason_length: Option<usize>,
     remind_after: Option<String>,
+    max_pending_per_user: Option<usize>,
+    commands_per_minute: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -425,12 +454,45 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ));
     }
 
+    let team_id = raw.slack.team_id.map(|t| t.trim().to_string());
+    if let Some(t) = &team_id {
+        if !(t.starts_with('T') || t.starts_with('E')) || t.len() < 2 || !t.chars().all(|c| c.is_ascii_alphanumeric()) {
+            problems.push(format!(
+                "slack.team_id: `{t}` is not a workspace ID; write it like \"T0123ABCD\" (Slack: workspace settings, or the `team_id` of any request)"
+            ));
+        }
+    }
+    let api_app_id = raw.slack.api_app_id.map(|a| a.trim().to_string());
+    if let Some(a) = &api_app_id {
+        if !a.starts_with('A') || a.len() < 2 || !a.chars().all(|c| c.is_ascii_alphanumeric()) {
+            problems.push(format!(
+                "slack.api_app_id: `{a}` is not an app ID; write it like \"A0123ABCD\" (Basic Information → App ID)"
+            ));
+        }
+    }
+    let response_url_hosts: Vec<String> = raw
+        .slack
+        .response_url_hosts
+        .unwrap_or_else(|| vec!["hooks.slack.com".into()])
+        .into_iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    for h in &response_url_hosts {
+        if h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+            problems.push(format!(
+                "slack.response_url_hosts: `{h}` is not a host name; write it like \"hooks.slack.com\""
+            ));
+        }
+    }
+
     let requests = RequestsConfig {
         pending_timeout: raw
             .requests
             .pending_timeout
             .unwrap_or(HumanDuration::from_secs(24 * 3600)),
         max_reason_length: raw.requests.max_reason_length.unwrap_or(500),
+        max_pending_per_user: raw.requests.max_pending_per_user.unwrap_or(10),
+        commands_per_minute: raw.requests.commands_per_minute.unwrap_or(30),
         remind_after: match raw.requests.remind_after.as_deref().map(str::trim) {
             None => Some(HumanDuration::from_secs(3600)),
             Some("off") | Some("never") => None,
@@ -445,6 +507,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     if !(10..=2000).contains(&requests.max_reason_length) {
         problems.push("requests.max_reason_length: must be between 10 and 2000".into());
+    }
+    if !(1..=1000).contains(&requests.max_pending_per_user) {
+        problems.push("requests.max_pending_per_user: must be between 1 and 1000".into());
+    }
+    if !(1..=10_000).contains(&requests.commands_per_minute) {
+        problems.push("requests.commands_per_minute: must be between 1 and 10000".into());
+    }
+    let header_timeout = raw.server.header_timeout.unwrap_or(HumanDuration::from_secs(5));
+    let request_timeout = raw.server.request_timeout.unwrap_or(HumanDuration::from_secs(10));
+    let max_connections = raw.server.max_connections.unwrap_or(1024);
+    if !(1..=3600).contains(&header_timeout.to_std().as_secs()) {
+        problems.push("server.header_timeout: must be between 1s and 1h".into());
+    }
+    if !(1..=3600).contains(&request_timeout.to_std().as_secs()) {
+        problems.push("server.request_timeout: must be between 1s and 1h".into());
+    }
+    if !(1..=100_000).contains(&max_connections) {
+        problems.push("server.max_connections: must be between 1 and 100000".into());
     }
 
     let jobs = JobsConfig {
@@ -653,9 +733,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         server: ServerConfig {
             listen,
             shutdown_grace: raw.server.shutdown_grace.unwrap_or(HumanDuration::from_secs(20)),
+            header_timeout,
+            request_timeout,
+            max_connections,
         },
         database,
-        slack: SlackConfig { api_url, command },
+        slack: SlackConfig {
+            api_url,
+            command,
+            team_id,
+            api_app_id,
+            response_url_hosts,
+        },
         requests,
         jobs,
         reconcile,

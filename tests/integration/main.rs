@@ -16,3 +16,4 @@ mod oncall;
 mod reconcile;
 mod secrets_at_rest;
 mod security;
+mod slow_clients;

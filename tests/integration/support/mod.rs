@@ -84,6 +84,8 @@ pub struct Setup {
     pub in_process: bool,
     /// Extra TOML appended to the generated configuration.
     pub extra_toml: String,
+    /// Extra keys in the `[server]` table.
+    pub server_toml: String,
     /// `[jobs]` table body.
     pub jobs_toml: String,
     /// Adapters to use instead of the configured ones, by name.
@@ -99,6 +101,7 @@ impl Default for Setup {
             clock: TestClock::Manual(ManualClock::new(chrono::Utc::now())),
             in_process: true,
             extra_toml: String::new(),
+            server_toml: String::new(),
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
             adapters: Vec::new(),
             env: BTreeMap::new(),
@@ -147,6 +150,7 @@ impl TestApp {
             r#"
 [server]
 listen = "127.0.0.1:0"
+{server}
 
 [database]
 url = "sqlite://{db}"
@@ -208,6 +212,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
                 "[reconcile]\ninterval = \"off\"\n"
             },
             extra = setup.extra_toml,
+            server = setup.server_toml,
         );
         let mut app = Self {
             dir,
