@@ -322,10 +322,11 @@ async fn extend(
             resource.max_total_duration
         ));
     }
-    let reason = if reason.trim().is_empty() {
-        format!("extend {}", label(id))
-    } else {
-        unescape(reason.trim())
+    // The command text was decoded once already (in `handle`); the same rule as requests.
+    let reason = match crate::text::check_typed("reason", &reason, app.config.requests.max_reason_length) {
+        Ok(r) if r.is_empty() => format!("extend {}", label(id)),
+        Ok(r) => r,
+        Err(message) => return Ok(message),
     };
     let who = Requester {
         user_id: cmd.user_id.clone(),

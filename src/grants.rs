@@ -180,7 +180,7 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         }
         Err(err) => {
             let attempts = job.attempts + 1;
-            let permanent = matches!(err, AdapterError::Permanent(_));
+            let permanent = err.is_permanent();
             let message = err.to_string();
             if permanent || attempts >= app.config.jobs.grant_attempts as i64 {
                 store::fail_grant(&mut tx, grant.id, &message).await?;
@@ -555,6 +555,22 @@ async fn record_revokes(
                 messages.push((Outgoing::update_card(request.id), now));
                 finished.push(job.id);
             }
+            RevokeOutcome::Failed(item, err @ AdapterError::NotApplied(_))
+                if item.grant.state == GrantState::Failed =>
+            {
+                // The clean-up of a grant that never became active, through an adapter that
+                // cannot even be called with this grant's details: nothing was ever applied,
+                // so there is nothing to clean. Retrying forever would only raise alarms.
+                events.push(audit::Event {
+                    at: now,
+                    actor: audit::SYSTEM_ACTOR,
+                    action: "grant.cleanup_skipped",
+                    request_id: Some(item.request.id),
+                    details: json!({ "grant_id": item.grant.id, "reason": "nothing to clean", "error": err.to_string() }),
+                });
+                messages.push((Outgoing::update_card(item.request.id), now));
+                finished.push(item.job.id);
+            }
             RevokeOutcome::Failed(item, err) => {
                 // A revoke never gives up: access that should have ended is the worst failure.
                 let (grant, request, job) = (&item.grant, &item.request, &item.job);
@@ -746,7 +762,7 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         Err(err) => {
             let attempts = job.attempts + 1;
             let message = err.to_string();
-            if matches!(err, AdapterError::Permanent(_)) || attempts >= app.config.jobs.grant_attempts as i64 {
+            if err.is_permanent() || attempts >= app.config.jobs.grant_attempts as i64 {
                 audit::append(
                     &mut tx,
                     now,

@@ -89,18 +89,11 @@ pub fn validate(config: &Config, input: &RequestInput) -> Result<ValidRequest, S
             if input.reason.is_empty() { "<reason>" } else { "…" },
         ));
     }
-    let reason = input.reason.trim().to_string();
+    let reason = crate::text::check_typed("reason", &input.reason, config.requests.max_reason_length)?;
     if reason.is_empty() {
         return Err(format!(
             "Please say why you need access, for example: `{cmd} request {}:{role} {duration} investigating INC-1234`",
             resource.name
-        ));
-    }
-    let len = reason.chars().count();
-    if len > config.requests.max_reason_length {
-        return Err(format!(
-            "Your reason is {len} characters long; please keep it under {} (link to a ticket instead).",
-            config.requests.max_reason_length
         ));
     }
     Ok(ValidRequest {

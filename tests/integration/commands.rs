@@ -77,7 +77,7 @@ async fn list_shows_pending_requests_and_active_grants() {
 }
 
 #[tokio::test]
-async fn user_text_is_stored_verbatim_and_escaped_on_the_card() {
+async fn user_text_is_stored_verbatim_and_shown_inert_on_the_card() {
     let app = TestApp::start().await;
     // Slack escapes &, < and > in command text.
     let id = app
@@ -89,9 +89,14 @@ async fn user_text_is_stored_verbatim_and_escaped_on_the_card() {
         .await
         .unwrap();
     assert_eq!(reason, "fix <!channel> & `rm -rf /`");
+    // Shown as typed, inert: only in a plain_text object, which Slack does not parse for
+    // mentions, links or formatting.
     let card = app.wait_card_containing(id, "Reason").await;
-    assert!(card.contains("&lt;!channel&gt; &amp;"), "{card}");
-    assert!(!card.contains("<!channel>"), "{card}");
+    assert!(
+        card.contains(r#"{"emoji":false,"text":"fix <!channel> & `rm -rf /`","type":"plain_text"}"#),
+        "{card}"
+    );
+    assert_eq!(card.matches("<!channel>").count(), 1, "{card}");
 }
 
 #[tokio::test]

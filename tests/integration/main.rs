@@ -17,3 +17,4 @@ mod reconcile;
 mod secrets_at_rest;
 mod security;
 mod slow_clients;
+mod user_text;
