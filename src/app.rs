@@ -36,6 +36,8 @@ pub struct AppState {
     pub outbox: OutboxHandle,
     /// Keeps adapter calls for one access from overlapping.
     pub(crate) access_locks: Arc<AccessLocks>,
+    /// `/jit` commands per person per minute.
+    pub(crate) command_rate: Arc<crate::throttle::RateLimiter>,
     /// Events API deliveries already handled.
     pub(crate) seen_events: Arc<SeenEvents>,
     /// Requests waiting for their (group) commit.
@@ -52,6 +54,21 @@ impl AppState {
     /// Now, in unix milliseconds, from the injected clock.
     pub fn now_ms(&self) -> i64 {
         self.clock.now().timestamp_millis()
+    }
+
+    /// Records a refusal (a click or command jitgate turned down: who tried what, and
+    /// why) in the audit log, on its own. A failure to record is logged, not raised: the
+    /// refusal itself already changed nothing.
+    pub async fn audit_refusal(&self, actor: &str, action: &str, request_id: Option<i64>, details: serde_json::Value) {
+        let recorded = async {
+            let mut tx = self.db.begin().await?;
+            crate::audit::append(&mut tx, self.now_ms(), actor, action, request_id, details).await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        };
+        if let Err(e) = recorded.await {
+            tracing::error!(error = format!("{e:#}"), action, "could not audit a refusal");
+        }
     }
 
     /// Queues one Slack message on its own (outside any other change).

@@ -29,6 +29,7 @@ pub mod scheduler;
 pub mod slack;
 pub mod store;
 pub mod text;
+pub mod throttle;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -185,7 +186,8 @@ pub async fn build_with_env(
     }
     let concurrency = config.jobs.concurrency;
     Ok(AppState {
-        slack: SlackApi::new(&config.slack.api_url, &secrets.bot_token),
+        slack: SlackApi::new(&config.slack.api_url, &secrets.bot_token)
+            .with_response_url_hosts(&config.slack.response_url_hosts),
         config: Arc::new(config),
         db,
         clock,
@@ -195,6 +197,7 @@ pub async fn build_with_env(
         scheduler: SchedulerHandle::new(concurrency),
         outbox: OutboxHandle::default(),
         access_locks: Arc::default(),
+        command_rate: Arc::default(),
         seen_events: Arc::default(),
         creations: Arc::default(),
         stop_requested: CancellationToken::new(),

@@ -79,6 +79,13 @@ url = "sqlite://{db}"
 
 [slack]
 api_url = "{api_url}"
+response_url_hosts = ["127.0.0.1"]
+
+# The load is many requests per simulated person: lift the per-person flood limits,
+# which would otherwise (rightly) refuse most of it.
+[requests]
+max_pending_per_user = 1000
+commands_per_minute = 10000
 
 [[resources]]
 name = "{RESOURCE}"

@@ -28,6 +28,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A short code for the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NotPending(_) => "not pending",
+            Refusal::SelfApproval => "own request",
+            Refusal::NotApprover => "not an approver",
+            Refusal::AlreadyDecided(_) => "already decided",
+        }
+    }
+
     /// The explanation the clicker sees.
     pub fn message(&self, request: &RequestRow, resource: Option<&Resource>) -> String {
         let id = label(request.id);
@@ -157,6 +167,22 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
             }
         }
     };
+    // A refused click is audited (who clicked what, and why it was refused), then
+    // explained to the clicker only.
+    let refuse = |request: &RequestRow, why: &'static str, text: String| {
+        let (request_id, user, action) = (request.id, click.user_id.clone(), click.action_id.clone());
+        let reply = reply(text);
+        async move {
+            app.audit_refusal(
+                &user,
+                "click.refused",
+                Some(request_id),
+                serde_json::json!({ "action_id": action, "why": why }),
+            )
+            .await;
+            reply.await
+        }
+    };
     let Some(request_id) = click.value.parse::<i64>().ok() else {
         return reply("That button is not one of jitgate's; nothing changed.".into()).await;
     };
@@ -178,7 +204,7 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
     };
     // Cheap checks first, so a refused click costs no Slack call.
     if let Err(refusal) = may_decide(&resource, &request, &decisions, &click.user_id, true) {
-        return reply(refusal.message(&request, Some(&resource))).await;
+        return refuse(&request, refusal.code(), refusal.message(&request, Some(&resource))).await;
     }
     let listed = resource.approvers.contains(&click.user_id);
     let in_group = if listed {
@@ -200,11 +226,11 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
         }
     };
     if let Err(refusal) = may_decide(&resource, &request, &decisions, &click.user_id, in_group) {
-        return reply(refusal.message(&request, Some(&resource))).await;
+        return refuse(&request, refusal.code(), refusal.message(&request, Some(&resource))).await;
     }
     match record(app, &request, &click.user_id, verdict).await? {
         Ok(_) => Ok(()),
-        Err(refusal) => reply(refusal.message(&request, Some(&resource))).await,
+        Err(refusal) => refuse(&request, refusal.code(), refusal.message(&request, Some(&resource))).await,
     }
 }
 

@@ -229,6 +229,15 @@ pub async fn set_card(conn: &mut SqliteConnection, id: i64, channel: &str, ts: &
 }
 
 /// The caller's requests still waiting for a decision, newest first.
+/// How many requests of `user` are pending.
+pub async fn count_pending_of(conn: &mut SqliteConnection, user: &str) -> sqlx::Result<i64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM requests WHERE requester_id = ? AND state = 'pending'")
+        .bind(user)
+        .fetch_one(conn)
+        .await?;
+    Ok(n)
+}
+
 pub async fn pending_requests_of(conn: &mut SqliteConnection, user: &str) -> sqlx::Result<Vec<RequestRow>> {
     sqlx::query_as("SELECT * FROM requests WHERE requester_id = ? AND state = 'pending' ORDER BY id DESC LIMIT 20")
         .bind(user)

@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod early_end;
 mod expiry_wave;
+mod floods;
 mod group_commit;
 mod lifecycle;
 mod manifest;

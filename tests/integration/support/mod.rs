@@ -86,6 +86,10 @@ pub struct Setup {
     pub extra_toml: String,
     /// Extra keys in the `[server]` table.
     pub server_toml: String,
+    /// Extra keys in the `[slack]` table.
+    pub slack_toml: String,
+    /// Extra keys in the `[requests]` table.
+    pub requests_toml: String,
     /// `[jobs]` table body.
     pub jobs_toml: String,
     /// Adapters to use instead of the configured ones, by name.
@@ -102,6 +106,8 @@ impl Default for Setup {
             in_process: true,
             extra_toml: String::new(),
             server_toml: String::new(),
+            slack_toml: String::new(),
+            requests_toml: String::new(),
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
             adapters: Vec::new(),
             env: BTreeMap::new(),
@@ -157,10 +163,14 @@ url = "sqlite://{db}"
 
 [slack]
 api_url = "{api}"
+# The fake Slack's response_urls are on this machine.
+response_url_hosts = ["127.0.0.1"]
+{slack}
 
 [requests]
 pending_timeout = "24h"
 remind_after = "off"
+{requests}
 
 [jobs]
 {jobs}
@@ -213,6 +223,8 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             },
             extra = setup.extra_toml,
             server = setup.server_toml,
+            slack = setup.slack_toml,
+            requests = setup.requests_toml,
         );
         let mut app = Self {
             dir,
