@@ -28,6 +28,8 @@ pub struct AppState {
     pub adapters: Arc<Adapters>,
     /// On-call lookups and their caches.
     pub oncall: Arc<OnCall>,
+    /// Keys the audit log's hash chain.
+    pub audit_key: crate::audit::AuditKey,
     /// Checks the signatures of Slack's requests.
     pub(crate) signing_secret: Arc<[u8]>,
     /// Wakes the scheduler for new jobs.
@@ -62,7 +64,16 @@ impl AppState {
     pub async fn audit_refusal(&self, actor: &str, action: &str, request_id: Option<i64>, details: serde_json::Value) {
         let recorded = async {
             let mut tx = self.db.begin().await?;
-            crate::audit::append(&mut tx, self.now_ms(), actor, action, request_id, details).await?;
+            crate::audit::append(
+                &self.audit_key,
+                &mut tx,
+                self.now_ms(),
+                actor,
+                action,
+                request_id,
+                details,
+            )
+            .await?;
             tx.commit().await?;
             anyhow::Ok(())
         };

@@ -151,6 +151,7 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                 }
                 store::insert_job(&mut tx, request.id, JobKind::Revoke, revoke_at, now).await?;
                 audit::append(
+                    &app.audit_key,
                     &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
@@ -188,6 +189,7 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                 // Clean up whatever a failed attempt may have left half-applied.
                 store::insert_job(&mut tx, request.id, JobKind::Revoke, now, now).await?;
                 audit::append(
+                    &app.audit_key,
                     &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
@@ -219,6 +221,7 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                 store::retry_job(&mut tx, job.id, retry_at, &message, None).await?;
                 store::set_grant_error(&mut tx, grant.id, &message).await?;
                 audit::append(
+                    &app.audit_key,
                     &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
@@ -611,7 +614,7 @@ async fn record_revokes(
             }
         }
     }
-    audit::append_all(tx, &events).await?;
+    audit::append_all(&app.audit_key, tx, &events).await?;
     store::enqueue_all(tx, &messages).await?;
     store::finish_jobs(tx, &finished, now).await?;
     Ok(())
@@ -643,6 +646,7 @@ pub async fn revoke_early(app: &AppState, request_id: i64, actor: &str) -> anyho
     }
     store::reschedule_job(&mut tx, request_id, JobKind::Revoke, now).await?;
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         actor,
@@ -695,6 +699,7 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         let now = app.now_ms();
         let mut tx = app.db.begin().await?;
         audit::append(
+            &app.audit_key,
             &mut tx,
             now,
             audit::SYSTEM_ACTOR,
@@ -732,8 +737,7 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         Ok(()) => {
             if store::extend_grant(&mut tx, grant.id, add).await? {
                 store::reschedule_job(&mut tx, original_id, JobKind::Revoke, new_expiry).await?;
-                audit::append(
-                    &mut tx,
+                audit::append(&app.audit_key, &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
                     "grant.extended",
@@ -764,6 +768,7 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
             let message = err.to_string();
             if err.is_permanent() || attempts >= app.config.jobs.grant_attempts as i64 {
                 audit::append(
+                    &app.audit_key,
                     &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
@@ -820,6 +825,7 @@ pub async fn expire_request(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     {
         if let Some(r) = store::get_request(&mut tx, job.request_id).await? {
             audit::append(
+                &app.audit_key,
                 &mut tx,
                 now,
                 audit::SYSTEM_ACTOR,

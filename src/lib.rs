@@ -133,6 +133,8 @@ impl Running {
         if tokio::time::timeout(self.grace, self.state.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "some work did not finish in time; it resumes at the next start");
         }
+        // The final head, outside the data directory.
+        anchor_once(&self.state, None).await;
         // Leave no erased secret in the WAL behind.
         if let Err(e) = self.state.db.checkpoint().await {
             tracing::error!(error = format!("{e:#}"), "shutdown: cannot checkpoint the database");
@@ -152,6 +154,50 @@ impl Running {
         }
         self.shutdown().await
     }
+}
+
+/// Records the audit chain's head in `[audit] anchor_file` and `channel` if it moved
+/// since `last`; failures are logged (the next anchor covers them).
+async fn anchor_once(state: &AppState, last: Option<i64>) -> Option<i64> {
+    let audit = &state.config.audit;
+    if audit.anchor_file.is_none() && audit.channel.is_none() {
+        return last;
+    }
+    match audit::anchor_head(
+        &state.audit_key,
+        &state.db,
+        audit.anchor_file.as_ref(),
+        audit.channel.as_deref(),
+        last,
+        state.now_ms(),
+    )
+    .await
+    {
+        Ok(seq) => {
+            if seq != last {
+                state.outbox.wake();
+            }
+            seq
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "could not anchor the audit log's head");
+            last
+        }
+    }
+}
+
+/// Anchors the audit chain's head every `[audit] anchor_interval` until shutdown.
+async fn anchor_periodically(state: AppState) {
+    let every = state.config.audit.anchor_interval.to_std();
+    let mut last = anchor_once(&state, None).await;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = state.shutdown.cancelled() => break,
+        }
+        last = anchor_once(&state, last).await;
+    }
+    tracing::info!("audit anchoring stopped");
 }
 
 /// Opens (and migrates) the database and builds the state, starting nothing. One-off
@@ -180,6 +226,7 @@ pub async fn build_with_env(
     let env = |name: &str| env_overrides.get(name).cloned().or_else(|| std::env::var(name).ok());
     let oncall = oncall::OnCall::new(config.oncall.as_ref(), &env)
         .with_context(|| format!("on-call sources in {}", config.path.display()))?;
+    let audit_key = audit::load_key(config.audit.key_file.as_deref(), &env)?;
     let db = Db::open(&config.database.url).await?;
     for (name, adapter) in adapter_overrides {
         adapters.insert(&name, adapter);
@@ -193,6 +240,7 @@ pub async fn build_with_env(
         clock,
         adapters: Arc::new(adapters),
         oncall: Arc::new(oncall),
+        audit_key,
         signing_secret: Arc::from(secrets.signing_secret.into_bytes()),
         scheduler: SchedulerHandle::new(concurrency),
         outbox: OutboxHandle::default(),
@@ -223,6 +271,17 @@ pub async fn start(
     .await?;
     // A crash may have left an erased secret in the WAL: clear it before anything else.
     state.db.checkpoint().await?;
+    {
+        // An older, unkeyed audit log is keyed from here on.
+        let mut tx = state.db.begin().await?;
+        if let Some(seq) = audit::key_the_log(&state.audit_key, &mut tx, state.now_ms()).await? {
+            tracing::warn!(
+                from_seq = seq,
+                "the audit log was unkeyed; it is keyed from this entry on"
+            );
+        }
+        tx.commit().await?;
+    }
     {
         let mut conn = state.db.write.acquire().await?;
         let resumed = store::recover_running_jobs(&mut conn).await?;
@@ -278,6 +337,7 @@ pub async fn start(
     state
         .tasks
         .spawn(reconcile::run_periodically(state.clone(), state.clock.now()));
+    state.tasks.spawn(anchor_periodically(state.clone()));
 
     let addr = listener.local_addr()?;
     let app = http::router(state.clone());

@@ -308,6 +308,7 @@ async fn try_write_pending(
         }
     }
     let entries = audit::chain(
+        &app.audit_key,
         heads.audit_seq,
         heads.audit_hash.as_deref().unwrap_or(audit::GENESIS),
         &events,
@@ -365,6 +366,7 @@ pub async fn create_extension(
     )
     .await?;
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         &who.user_id,
@@ -421,7 +423,16 @@ pub async fn cancel(app: &AppState, request_id: i64, user: &str) -> anyhow::Resu
     store::cancel_job(&mut tx, request_id, JobKind::Remind, now).await?;
     // Withdrawn while the on-call check was pending: no card exists, none will.
     store::cancel_job(&mut tx, request_id, JobKind::AutoApprove, now).await?;
-    audit::append(&mut tx, now, user, "request.cancelled", Some(request_id), json!({})).await?;
+    audit::append(
+        &app.audit_key,
+        &mut tx,
+        now,
+        user,
+        "request.cancelled",
+        Some(request_id),
+        json!({}),
+    )
+    .await?;
     if r.card_ts.is_some() || store::card_post_pending(&mut tx, request_id).await? {
         store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
     }

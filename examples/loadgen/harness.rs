@@ -11,6 +11,8 @@ use crate::fake_slack::{self, FakeSlack};
 
 /// The signing secret the server and the load generator share.
 pub const SIGNING_SECRET: &str = "loadgen-signing-secret";
+/// The audit key the load generator's jitgate runs with.
+pub const AUDIT_KEY: &str = "loadgen-audit-key-0123456789abcdef-0123";
 /// Where approval cards go.
 pub const APPROVAL_CHANNEL: &str = "C0APPROVALS";
 /// The resource every request asks for.
@@ -112,7 +114,11 @@ pub async fn start_server(dir: &Path, config_text: &str) -> anyhow::Result<jitga
         signing_secret: SIGNING_SECRET.into(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    jitgate::start(config, secrets, jitgate::Options::default(), listener).await
+    let options = jitgate::Options {
+        env_overrides: [("JITGATE_AUDIT_KEY".to_string(), AUDIT_KEY.to_string())].into(),
+        ..jitgate::Options::default()
+    };
+    jitgate::start(config, secrets, options, listener).await
 }
 
 /// The form body Slack posts for `/jit <text>` typed by `user`.

@@ -333,6 +333,7 @@ pub async fn record(
         "decision.deny"
     };
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         approver,
@@ -346,6 +347,7 @@ pub async fn record(
     match result {
         Outcome::Waiting { approvals, required } => {
             audit::append(
+                &app.audit_key,
                 &mut tx,
                 now,
                 audit::SYSTEM_ACTOR,
@@ -361,7 +363,16 @@ pub async fn record(
                 return Ok(Err(Refusal::NotPending(current.state)));
             }
             store::cancel_job(&mut tx, request.id, JobKind::ExpireRequest, now).await?;
-            audit::append(&mut tx, now, approver, "request.denied", Some(request.id), json!({})).await?;
+            audit::append(
+                &app.audit_key,
+                &mut tx,
+                now,
+                approver,
+                "request.denied",
+                Some(request.id),
+                json!({}),
+            )
+            .await?;
             store::enqueue(
                 &mut tx,
                 &Outgoing::message(
@@ -430,7 +441,16 @@ pub(crate) async fn apply_approval(
         return Ok(Applied::NotPending);
     }
     store::cancel_job(conn, request.id, JobKind::ExpireRequest, now).await?;
-    audit::append(conn, now, actor, "request.approved", Some(request.id), details).await?;
+    audit::append(
+        &app.audit_key,
+        conn,
+        now,
+        actor,
+        "request.approved",
+        Some(request.id),
+        details,
+    )
+    .await?;
     if let (RequestKind::Extension, Some(original)) = (request.kind, request.extends_request_id) {
         store::insert_job(conn, request.id, JobKind::Extend, now, now).await?;
         return Ok(Applied::Extension { original });

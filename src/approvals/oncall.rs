@@ -367,6 +367,7 @@ async fn approve(
     }
     let evidence_json = serde_json::to_value(&evidence)?;
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         &approver,
@@ -454,6 +455,7 @@ async fn decline(app: &AppState, job: &JobRow, request: &RequestRow, reasons: Ve
         .map(|r| json!({ "code": r.code(), "detail": r.message() }))
         .collect();
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         audit::SYSTEM_ACTOR,

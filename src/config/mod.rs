@@ -33,6 +33,7 @@ pub struct Config {
     pub requests: RequestsConfig,
     pub jobs: JobsConfig,
     pub reconcile: ReconcileConfig,
+    pub audit: AuditConfig,
     pub resources: Vec<Resource>,
     pub adapters: BTreeMap<String, AdapterConfig>,
     /// `[oncall]`: auto-approval for people on call; `None` when absent.
@@ -106,6 +107,20 @@ pub struct JobsConfig {
     pub revoke_alert_interval: HumanDuration,
     /// Adapter calls running at once.
     pub concurrency: usize,
+}
+
+/// `[audit]`: the audit key and where the chain's head is anchored, all outside the data
+/// directory.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// File holding the audit key, when `JITGATE_AUDIT_KEY` is not set.
+    pub key_file: Option<PathBuf>,
+    /// File the chain's head is appended to.
+    pub anchor_file: Option<PathBuf>,
+    /// Channel ID the chain's head is posted to.
+    pub channel: Option<String>,
+    /// How often the head is anchored (and always at shutdown).
+    pub anchor_interval: HumanDuration,
 }
 
 /// `[reconcile]`: comparing what adapters have granted with what the database says.
@@ -250,6 +265,8 @@ struct RawConfig {
     #[serde(default)]
     reconcile: RawReconcile,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     resources: Vec<RawResource>,
     #[serde(default)]
     adapters: BTreeMap<String, toml::Table>,
@@ -319,6 +336,15 @@ struct RawRequests {
     remind_after: Option<String>,
     max_pending_per_user: Option<usize>,
     commands_per_minute: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    key_file: Option<String>,
+    anchor_file: Option<String>,
+    channel: Option<String>,
+    anchor_interval: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -569,6 +595,45 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     }
 
+    // The audit key and anchor must live where an insider who can write the data
+    // directory cannot: refuse paths inside the database's directory.
+    let data_dir = {
+        let db_path = database.url.strip_prefix("sqlite://").unwrap_or(&database.url);
+        let db_path = db_path.split('?').next().unwrap_or_default();
+        std::path::absolute(Path::new(db_path))
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+    };
+    let mut audit_path = |key: &str, value: Option<String>| -> Option<PathBuf> {
+        let value = value?;
+        let path = base_dir.join(value.trim());
+        let inside = match (&data_dir, std::path::absolute(&path)) {
+            (Some(dir), Ok(abs)) => abs.starts_with(dir),
+            _ => false,
+        };
+        if inside {
+            problems.push(format!(
+                "audit.{key}: `{}` is inside the data directory ({}); put it where someone who can write the database cannot, like /etc/jitgate/",
+                path.display(),
+                data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
+            ));
+        }
+        Some(path)
+    };
+    let audit = AuditConfig {
+        key_file: audit_path("key_file", raw.audit.key_file),
+        anchor_file: audit_path("anchor_file", raw.audit.anchor_file),
+        channel: raw.audit.channel,
+        anchor_interval: raw.audit.anchor_interval.unwrap_or(HumanDuration::from_secs(300)),
+    };
+    if let Some(c) = &audit.channel {
+        if !is_slack_id(c, &['C', 'G']) {
+            problems.push(format!(
+                "audit.channel: `{c}` is not a Slack channel ID; use the ID like \"C0123ABCD\", not the #name"
+            ));
+        }
+    }
+
     let mut adapters = BTreeMap::new();
     // Adapters defined but invalid: their problems are already reported, so resources
     // using them are not also told the adapter is unknown.
@@ -748,6 +813,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         requests,
         jobs,
         reconcile,
+        audit,
         resources,
         adapters,
         oncall,

@@ -74,7 +74,7 @@ pub fn response_url_allowed(url: &url::Url, hosts: &[String]) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
     let loopback = matches!(host.as_str(), "127.0.0.1" | "::1" | "localhost");
     let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
-    scheme_ok && url.username().is_empty() && url.password().is_none() && hosts.iter().any(|h| *h == host)
+    scheme_ok && url.username().is_empty() && url.password().is_none() && hosts.contains(&host)
 }
 
 impl std::fmt::Debug for SlackApi {

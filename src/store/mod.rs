@@ -1285,9 +1285,17 @@ mod tests {
         let db = Db::open(&dir.path().join("t.db").display().to_string()).await.unwrap();
         let mut tx = db.begin().await.unwrap();
         let first = insert_request(&mut tx, &new_request(0)).await.unwrap();
-        crate::audit::append(&mut tx, 1, "U0", "request.created", Some(first), serde_json::json!({}))
-            .await
-            .unwrap();
+        crate::audit::append(
+            &crate::audit::AuditKey::new("store-test-audit-key-0123456789abcdef").unwrap(),
+            &mut tx,
+            1,
+            "U0",
+            "request.created",
+            Some(first),
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
 
         // More than one statement's worth, and not a multiple of it.

@@ -29,6 +29,7 @@ impl Bot {
             .args(["serve", "--config"])
             .arg(&config)
             .envs(env.iter().copied())
+            .env("JITGATE_AUDIT_KEY", AUDIT_KEY)
             .env("SLACK_BOT_TOKEN", fake_slack::BOT_TOKEN)
             .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
             .env("JITGATE_LOG", "info")
@@ -189,7 +190,7 @@ async fn sigkill_at_any_point_loses_nothing_and_never_fakes_a_revoke() {
             .await
             .unwrap();
         let mut conn = pool.acquire().await.unwrap();
-        (jitgate::audit::verify_chain(&mut conn).await.unwrap(),)
+        (jitgate::audit::verify_chain(&audit_key(), &mut conn).await.unwrap(),)
     };
     assert!(ok.is_ok(), "audit chain intact across crashes: {ok:?}");
 }

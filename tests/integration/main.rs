@@ -3,6 +3,7 @@
 mod support;
 
 mod approvals;
+mod audit_chain;
 mod commands;
 mod crash;
 mod delivery;

@@ -22,6 +22,13 @@ use jitgate::slack::signature::sign;
 pub use fake_slack::{Failure, FakeSlack};
 
 pub const SIGNING_SECRET: &str = "test-signing-secret";
+/// The audit key every test app runs with (as `JITGATE_AUDIT_KEY`).
+pub const AUDIT_KEY: &str = "test-audit-key-0123456789abcdef-0123456789";
+
+/// The audit key the test apps use, for checking their audit chains.
+pub fn audit_key() -> jitgate::audit::AuditKey {
+    jitgate::audit::AuditKey::new(AUDIT_KEY).unwrap()
+}
 pub const APPROVAL_CHANNEL: &str = "C0APPROVALS";
 pub const REQUESTER: &str = "UREQUESTER";
 pub const APPROVER1: &str = "UAPPROVER1";
@@ -235,7 +242,12 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             config_text,
             revoke_removed: false,
             adapters: setup.adapters,
-            env: setup.env,
+            env: {
+                let mut env = setup.env;
+                env.entry("JITGATE_AUDIT_KEY".into())
+                    .or_insert_with(|| AUDIT_KEY.into());
+                env
+            },
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
         if setup.in_process {
