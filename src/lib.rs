@@ -14,6 +14,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod duration;
+pub mod fuzzing;
 pub mod grants;
 pub mod home;
 pub mod http;

@@ -10,6 +10,7 @@ mod delivery;
 mod early_end;
 mod expiry_wave;
 mod floods;
+mod fuzz_corpus;
 mod group_commit;
 mod lifecycle;
 mod manifest;

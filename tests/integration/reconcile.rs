@@ -180,6 +180,7 @@ fn reconcile_command_line_runs_once() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
         .args(["reconcile", "--dry-run", "--config"])
         .arg(&path)
+        .env("JITGATE_AUDIT_KEY", AUDIT_KEY)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
