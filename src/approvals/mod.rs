@@ -593,5 +593,55 @@ mod tests {
             prop_assert_eq!(o == Outcome::Approved, !any_deny && approvals >= required);
             prop_assert_eq!(o == Outcome::Denied, any_deny);
         }
+
+        /// Any sequence of clicks, replayed through the decision functions as the click
+        /// handler applies them: ineligible clickers (the requester, people neither listed
+        /// nor in a group) never get a request approved; an approval needs
+        /// `approvals_required` distinct eligible approvers and no deny.
+        #[test]
+        fn no_click_sequence_by_ineligible_users_grants_and_n_distinct_approvers_are_needed(
+            required in 1i64..4,
+            clicks in proptest::collection::vec((0usize..7, proptest::bool::ANY), 0..40),
+        ) {
+            // UA, UB listed; UG, UH in a listed group; UR the requester; UX, UY outsiders.
+            let people = ["UA", "UB", "UG", "UH", "UR", "UX", "UY"];
+            let eligible = |u: &str| matches!(u, "UA" | "UB" | "UG" | "UH");
+            let mut res = resource();
+            res.approvals_required = required as u32;
+            let mut req = request(RequestState::Pending);
+            req.approvals_required = required;
+            let mut decisions: Vec<DecisionRow> = Vec::new();
+            let mut only_ineligible = true;
+            for (who, approve) in clicks {
+                let clicker = people[who];
+                let in_group = matches!(clicker, "UG" | "UH");
+                if may_decide(&res, &req, &decisions, clicker, in_group).is_err() {
+                    continue;
+                }
+                prop_assert!(eligible(clicker), "{} was allowed to decide", clicker);
+                only_ineligible = false;
+                decisions.push(d(clicker, if approve { Verdict::Approve } else { Verdict::Deny }));
+                match outcome(required, &decisions) {
+                    Outcome::Approved => req.state = RequestState::Approved,
+                    Outcome::Denied => req.state = RequestState::Denied,
+                    Outcome::Waiting { .. } => {}
+                }
+            }
+            if only_ineligible {
+                prop_assert_eq!(req.state, RequestState::Pending);
+            }
+            if req.state == RequestState::Approved {
+                let approvers: std::collections::HashSet<&str> = decisions
+                    .iter()
+                    .filter(|d| d.verdict == Verdict::Approve)
+                    .map(|d| d.approver_id.as_str())
+                    .collect();
+                prop_assert!(approvers.len() as i64 >= required);
+                prop_assert!(approvers.iter().all(|a| eligible(a)));
+                prop_assert!(decisions.iter().all(|d| d.verdict == Verdict::Approve));
+            }
+            let distinct: std::collections::HashSet<&str> = decisions.iter().map(|d| d.approver_id.as_str()).collect();
+            prop_assert_eq!(distinct.len(), decisions.len(), "one decision per approver");
+        }
     }
 }
