@@ -320,3 +320,37 @@ async fn a_restored_backup_verifies_up_to_the_head_it_reached() {
     assert_eq!(v.anchored, Some(at_backup));
     assert!(v.live_reached.unwrap() > at_backup);
 }
+
+#[tokio::test]
+async fn the_head_is_posted_to_the_audit_channel_at_intervals() {
+    let app = TestApp::start_with(Setup {
+        extra_toml: "\n[audit]\nchannel = \"C0AUDIT\"\nanchor_interval = \"1s\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let id = app.request("prod-db:read 1h anchored").await;
+    let (seq, hash): (i64, String) = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_one(&app.state().db.read)
+        .await
+        .unwrap();
+    let posted = app
+        .wait_calls("the head in the audit channel", 1, |c| {
+            c.method == "chat.postMessage" && c.channel() == "C0AUDIT"
+        })
+        .await;
+    let text = posted.last().unwrap().text().to_string();
+    assert!(
+        text.contains("audit log head") && text.contains(&format!("--head {seq}:{hash}")),
+        "{text}"
+    );
+    // The posted head verifies the log.
+    let mut conn = app.state().db.read.acquire().await.unwrap();
+    let against = VerifyAgainst {
+        anchor_file: None,
+        head: Some((seq, hash)),
+        restored: false,
+    };
+    let v = verify_all(&audit_key(), &mut conn, &against).await.unwrap().unwrap();
+    assert_eq!(v.anchored, Some(seq));
+    let _ = id;
+}
