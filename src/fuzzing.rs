@@ -173,8 +173,11 @@ pub fn card(data: &[u8]) {
     }
 }
 
+/// One fuzzing entry point: arbitrary bytes in, a panic on a broken invariant.
+pub type Entry = fn(&[u8]);
+
 /// Every entry point, by the name of its fuzz target and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("signature_headers", signature_headers),
     ("command_form", command_form),
     ("command_text", command_text),
