@@ -28,6 +28,8 @@ pub struct AppState {
     pub adapters: Arc<Adapters>,
     /// On-call lookups and their caches.
     pub oncall: Arc<OnCall>,
+    /// Keys the audit log's hash chain.
+    pub audit_key: crate::audit::AuditKey,
     /// Checks the signatures of Slack's requests.
     pub(crate) signing_secret: Arc<[u8]>,
     /// Wakes the scheduler for new jobs.
@@ -36,10 +38,16 @@ pub struct AppState {
     pub outbox: OutboxHandle,
     /// Keeps adapter calls for one access from overlapping.
     pub(crate) access_locks: Arc<AccessLocks>,
+    /// `/jit` commands per person per minute.
+    pub(crate) command_rate: Arc<crate::throttle::RateLimiter>,
     /// Events API deliveries already handled.
     pub(crate) seen_events: Arc<SeenEvents>,
     /// Requests waiting for their (group) commit.
     pub(crate) creations: Arc<Creations>,
+    /// Shutdown was asked for (a signal): the server stops taking requests and drains its
+    /// clients, bounded, while background work (revokes above all) goes on.
+    pub stop_requested: CancellationToken,
+    /// Background work stops: cancelled once the server has drained (or to stop at once).
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -48,6 +56,30 @@ impl AppState {
     /// Now, in unix milliseconds, from the injected clock.
     pub fn now_ms(&self) -> i64 {
         self.clock.now().timestamp_millis()
+    }
+
+    /// Records a refusal (a click or command jitgate turned down: who tried what, and
+    /// why) in the audit log, on its own. A failure to record is logged, not raised: the
+    /// refusal itself already changed nothing.
+    pub async fn audit_refusal(&self, actor: &str, action: &str, request_id: Option<i64>, details: serde_json::Value) {
+        let recorded = async {
+            let mut tx = self.db.begin().await?;
+            crate::audit::append(
+                &self.audit_key,
+                &mut tx,
+                self.now_ms(),
+                actor,
+                action,
+                request_id,
+                details,
+            )
+            .await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        };
+        if let Err(e) = recorded.await {
+            tracing::error!(error = format!("{e:#}"), action, "could not audit a refusal");
+        }
     }
 
     /// Queues one Slack message on its own (outside any other change).

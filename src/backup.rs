@@ -63,6 +63,9 @@ impl fmt::Display for Backup {
 pub async fn run(config: &Config, dest: &Path, force: bool) -> anyhow::Result<Backup> {
     let started = Instant::now();
     let source = Db::existing_file(config)?;
+    // The copy is verified with the audit key: without it there is no point copying.
+    let key = crate::audit::load_key(config.audit.key_file.as_deref(), &|n| std::env::var(n).ok())
+        .context("`jitgate backup` verifies the copy's audit log")?;
     let dest = std::path::absolute(dest).with_context(|| format!("the path {}", dest.display()))?;
     let Some(name) = dest.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         bail!(
@@ -114,7 +117,7 @@ pub async fn run(config: &Config, dest: &Path, force: bool) -> anyhow::Result<Ba
         .with_context(|| format!("copying {} to {}", source.display(), partial.0.display()))?;
     live.close().await?;
 
-    let audit_entries = check_copy(&partial.0).await?;
+    let audit_entries = check_copy(&partial.0, &key).await?;
     std::fs::File::open(&partial.0)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing {}", partial.0.display()))?;
@@ -135,7 +138,7 @@ pub async fn run(config: &Config, dest: &Path, force: bool) -> anyhow::Result<Ba
 
 /// Checks a copy: SQLite's integrity check and the audit hash chain. Returns the number of
 /// audit entries verified. Leaves the copy as one file in rollback-journal mode.
-pub async fn check_copy(path: &Path) -> anyhow::Result<i64> {
+pub async fn check_copy(path: &Path, key: &crate::audit::AuditKey) -> anyhow::Result<i64> {
     let mut conn = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(false)
@@ -154,7 +157,7 @@ pub async fn check_copy(path: &Path) -> anyhow::Result<i64> {
             list.join("; ")
         );
     }
-    let verified = crate::audit::verify_chain(&mut conn)
+    let verified = crate::audit::verify_chain(key, &mut conn)
         .await
         .context("reading the copy's audit log")?;
     conn.close().await?;

@@ -11,7 +11,7 @@ use crate::oncall::{Evidence, APPROVER_PREFIX};
 use crate::store::{
     BreakGlassRow, DecisionRow, GrantRow, GrantState, JobRow, RequestKind, RequestRow, RequestState, Verdict,
 };
-use crate::text::{escape, slack_date, truncate};
+use crate::text::{escape, inert, slack_date, truncate};
 
 /// `action_id` of the Approve button.
 pub const APPROVE: &str = "jit_approve";
@@ -36,18 +36,6 @@ pub struct CardModel<'a> {
     pub job: Option<&'a JobRow>,
     /// Set when the request was a break-glass use.
     pub break_glass: Option<&'a BreakGlassRow>,
-}
-
-/// User text, escaped for mrkdwn and short enough for one section.
-fn user_text(text: &str, budget: usize) -> String {
-    let mut max = budget;
-    loop {
-        let escaped = escape(&truncate(text, max));
-        if escaped.len() <= budget || max < 16 {
-            return escaped;
-        }
-        max = max * 3 / 4;
-    }
 }
 
 fn mention_list(users: &[&str]) -> String {
@@ -227,8 +215,13 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
                 md!(format!("*Request*\n{}", label(r.id))),
             ])
             .into(),
+        SlackSectionBlock::new().with_text(md!("*Reason*")).into(),
+        // What the requester typed, in a plain_text object: Slack parses no mention, link
+        // or formatting there, so it shows as typed and pings nobody.
         SlackSectionBlock::new()
-            .with_text(md!(format!("*Reason*\n{}", user_text(&r.reason, MAX_SECTION - 20))))
+            .with_text(SlackBlockText::Plain(
+                SlackBlockPlainText::new(truncate(&inert(&r.reason), MAX_SECTION)).with_emoji(false),
+            ))
             .into(),
     ];
     let mut context = format!("Requested {}", slack_date(r.created_at));
@@ -353,8 +346,11 @@ mod tests {
         assert!(j.contains("JIT-42"));
         assert!(j.contains("prod-db:read"));
         assert!(j.contains("2h"));
-        // The reason cannot ping the channel.
-        assert!(j.contains("&lt;!channel&gt; &amp; INC-1234"), "{j}");
+        // The reason is shown as typed, in plain_text, where it cannot ping the channel.
+        assert!(
+            j.contains(r#"{"type":"plain_text","text":"investigating <!channel> & INC-1234","emoji":false}"#),
+            "{j}"
+        );
     }
 
     #[test]
@@ -486,6 +482,32 @@ mod tests {
             break_glass: None,
         };
         assert!(status_text(&m).contains("(1 of 2)"), "{}", status_text(&m));
+    }
+
+    #[test]
+    fn user_text_is_inert_on_the_card_and_only_in_plain_text() {
+        let mut r = request(RequestState::Pending);
+        r.reason = "@channel <!here> *bold* <https://evil.example|click> \u{202E}gnp.exe".into();
+        let m = CardModel {
+            request: &r,
+            description: "",
+            decisions: &[],
+            grant: None,
+            job: None,
+            break_glass: None,
+        };
+        let blocks = serde_json::to_value(render_card(&m).blocks.unwrap()).unwrap();
+        let mut shown_in = Vec::new();
+        for b in blocks.as_array().unwrap() {
+            let text = b.pointer("/text");
+            if let Some(t) = text.filter(|t| t["text"].as_str().is_some_and(|s| s.contains("evil.example"))) {
+                shown_in.push(t["type"].as_str().unwrap().to_string());
+                assert!(!t["text"].as_str().unwrap().contains('\u{202E}'), "{t}");
+            }
+        }
+        assert_eq!(shown_in, vec!["plain_text"], "{blocks}");
+        let all = blocks.to_string();
+        assert!(!all.contains('\u{202E}'));
     }
 
     #[test]

@@ -216,6 +216,20 @@ pub fn ephemeral(text: String) -> SlackCommandEventResponse {
 
 /// Runs a command and returns what the user sees. Touches only the database.
 pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String> {
+    let per_minute = app.config.requests.commands_per_minute;
+    if let Err(wait) = app.command_rate.check(&cmd.user_id, per_minute, app.now_ms()) {
+        return Ok(refuse(
+            app,
+            cmd,
+            "rate limited",
+            format!(
+                "You sent more than {per_minute} `{}` commands in the last minute; nothing was done. \
+                 Please try again in {wait} s.",
+                app.config.slack.command
+            ),
+        )
+        .await);
+    }
     let text = unescape(&cmd.text);
     let command = match parse(&text, &app.config) {
         Ok(c) => c,
@@ -259,7 +273,12 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
                 ))
             }
         }
-        Command::Extend { id, duration, reason } => extend(app, cmd, id, duration, reason).await,
+        Command::Extend { id, duration, reason } => {
+            let Some(_slot) = pending_slot(app, cmd).await? else {
+                return Ok(too_many_pending(app, cmd).await);
+            };
+            extend(app, cmd, id, duration, reason).await
+        }
         Command::BreakGlass(input) => {
             let who = Requester {
                 user_id: cmd.user_id.clone(),
@@ -329,7 +348,11 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
         Command::Request(input) => {
             let valid = match requests::validate(&app.config, &input) {
                 Ok(v) => v,
-                Err(message) => return Ok(message),
+                Err(message) => return Ok(refuse(app, cmd, "invalid request", message).await),
+            };
+            // Held until the request is stored, so parallel requests cannot pass the cap.
+            let Some(_slot) = pending_slot(app, cmd).await? else {
+                return Ok(too_many_pending(app, cmd).await);
             };
             let who = Requester {
                 user_id: cmd.user_id.clone(),
@@ -388,6 +411,41 @@ async fn reply_later(app: &AppState, response_url: Option<String>, reply: String
     }
 }
 
+/// Audits a refused command (who sent what, why it was refused) and returns the reply.
+async fn refuse(app: &AppState, cmd: &SlashCommand, why: &str, reply: String) -> String {
+    app.audit_refusal(
+        &cmd.user_id,
+        "command.refused",
+        None,
+        serde_json::json!({ "why": why, "text": crate::text::truncate(&cmd.text, 200) }),
+    )
+    .await;
+    reply
+}
+
+/// The right to add one pending request for the sender: `None` when they have
+/// `[requests] max_pending_per_user` already. The guard serialises one person's new
+/// requests (only theirs) until the caller has stored its request.
+async fn pending_slot(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<Option<tokio::sync::OwnedMutexGuard<()>>> {
+    let guard = app
+        .access_locks
+        .lock_key(format!("pending-cap\u{1f}{}", cmd.user_id))
+        .await;
+    let mut conn = app.db.read.acquire().await?;
+    let pending = store::count_pending_of(&mut conn, &cmd.user_id).await?;
+    Ok((pending < app.config.requests.max_pending_per_user as i64).then_some(guard))
+}
+
+async fn too_many_pending(app: &AppState, cmd: &SlashCommand) -> String {
+    let max = app.config.requests.max_pending_per_user;
+    let reply = format!(
+        "You have {max} requests waiting for approval already, the most allowed; nothing was done. \
+         Withdraw one with `{cmd} cancel <id>` (`{cmd} list` shows them) or wait for a decision.",
+        cmd = app.config.slack.command
+    );
+    refuse(app, cmd, "too many pending requests", reply).await
+}
+
 async fn extend(
     app: &AppState,
     cmd: &SlashCommand,
@@ -410,7 +468,8 @@ async fn extend(
         ));
     };
     if request.requester_id != cmd.user_id {
-        return Ok(format!("Only <@{}> can extend {}.", request.requester_id, label(id)));
+        let reply = format!("Only <@{}> can extend {}.", request.requester_id, label(id));
+        return Ok(refuse(app, cmd, "not the requester", reply).await);
     }
     if grant.state != GrantState::Active || grant.revoke_requested_by.is_some() {
         return Ok(format!(
@@ -444,10 +503,11 @@ async fn extend(
             resource.max_total_duration
         ));
     }
-    let reason = if reason.trim().is_empty() {
-        format!("extend {}", label(id))
-    } else {
-        unescape(reason.trim())
+    // The command text was decoded once already (in `handle`); the same rule as requests.
+    let reason = match crate::text::check_typed("reason", &reason, app.config.requests.max_reason_length) {
+        Ok(r) if r.is_empty() => format!("extend {}", label(id)),
+        Ok(r) => r,
+        Err(message) => return Ok(refuse(app, cmd, "invalid reason", message).await),
     };
     let who = Requester {
         user_id: cmd.user_id.clone(),

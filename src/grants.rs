@@ -151,6 +151,7 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                 }
                 store::insert_job(&mut tx, request.id, JobKind::Revoke, revoke_at, now).await?;
                 audit::append(
+                    &app.audit_key,
                     &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
@@ -180,7 +181,7 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         }
         Err(err) => {
             let attempts = job.attempts + 1;
-            let permanent = matches!(err, AdapterError::Permanent(_));
+            let permanent = err.is_permanent();
             let message = err.to_string();
             if permanent || attempts >= app.config.jobs.grant_attempts as i64 {
                 store::fail_grant(&mut tx, grant.id, &message).await?;
@@ -188,6 +189,7 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                 // Clean up whatever a failed attempt may have left half-applied.
                 store::insert_job(&mut tx, request.id, JobKind::Revoke, now, now).await?;
                 audit::append(
+                    &app.audit_key,
                     &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
@@ -219,6 +221,7 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                 store::retry_job(&mut tx, job.id, retry_at, &message, None).await?;
                 store::set_grant_error(&mut tx, grant.id, &message).await?;
                 audit::append(
+                    &app.audit_key,
                     &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
@@ -555,6 +558,22 @@ async fn record_revokes(
                 messages.push((Outgoing::update_card(request.id), now));
                 finished.push(job.id);
             }
+            RevokeOutcome::Failed(item, err @ AdapterError::NotApplied(_))
+                if item.grant.state == GrantState::Failed =>
+            {
+                // The clean-up of a grant that never became active, through an adapter that
+                // cannot even be called with this grant's details: nothing was ever applied,
+                // so there is nothing to clean. Retrying forever would only raise alarms.
+                events.push(audit::Event {
+                    at: now,
+                    actor: audit::SYSTEM_ACTOR,
+                    action: "grant.cleanup_skipped",
+                    request_id: Some(item.request.id),
+                    details: json!({ "grant_id": item.grant.id, "reason": "nothing to clean", "error": err.to_string() }),
+                });
+                messages.push((Outgoing::update_card(item.request.id), now));
+                finished.push(item.job.id);
+            }
             RevokeOutcome::Failed(item, err) => {
                 // A revoke never gives up: access that should have ended is the worst failure.
                 let (grant, request, job) = (&item.grant, &item.request, &item.job);
@@ -595,7 +614,7 @@ async fn record_revokes(
             }
         }
     }
-    audit::append_all(tx, &events).await?;
+    audit::append_all(&app.audit_key, tx, &events).await?;
     store::enqueue_all(tx, &messages).await?;
     store::finish_jobs(tx, &finished, now).await?;
     Ok(())
@@ -627,6 +646,7 @@ pub async fn revoke_early(app: &AppState, request_id: i64, actor: &str) -> anyho
     }
     store::reschedule_job(&mut tx, request_id, JobKind::Revoke, now).await?;
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         actor,
@@ -679,6 +699,7 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         let now = app.now_ms();
         let mut tx = app.db.begin().await?;
         audit::append(
+            &app.audit_key,
             &mut tx,
             now,
             audit::SYSTEM_ACTOR,
@@ -716,8 +737,7 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         Ok(()) => {
             if store::extend_grant(&mut tx, grant.id, add).await? {
                 store::reschedule_job(&mut tx, original_id, JobKind::Revoke, new_expiry).await?;
-                audit::append(
-                    &mut tx,
+                audit::append(&app.audit_key, &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
                     "grant.extended",
@@ -746,8 +766,9 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         Err(err) => {
             let attempts = job.attempts + 1;
             let message = err.to_string();
-            if matches!(err, AdapterError::Permanent(_)) || attempts >= app.config.jobs.grant_attempts as i64 {
+            if err.is_permanent() || attempts >= app.config.jobs.grant_attempts as i64 {
                 audit::append(
+                    &app.audit_key,
                     &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
@@ -804,6 +825,7 @@ pub async fn expire_request(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     {
         if let Some(r) = store::get_request(&mut tx, job.request_id).await? {
             audit::append(
+                &app.audit_key,
                 &mut tx,
                 now,
                 audit::SYSTEM_ACTOR,

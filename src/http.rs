@@ -1,6 +1,15 @@
 //! HTTP: the three Slack endpoints and a health check. Every Slack endpoint checks the
 //! signature on the raw body before reading anything, decodes Slack's wire format and
 //! hands the input to its entry point in `inputs`, which answers at once.
+//!
+//! [`serve`] is the server itself: its own accept loop over hyper, so that a client that
+//! is slow to send its headers or body, or never finishes, holds nothing for long — a
+//! header read time-out, a body and a whole-request time-out, a cap on connections — and
+//! so that shutdown waits for clients only up to a bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
@@ -8,6 +17,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::app::AppState;
 use crate::inputs::{self, EventReply};
@@ -17,15 +33,103 @@ use crate::slack::signature;
 /// Slack's payloads are small; anything bigger is refused before it is read in full.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// All routes.
+/// All routes, with the body-size limit and the request time-outs of `[server]`.
 pub fn router(state: AppState) -> Router {
+    let request_timeout = state.config.server.request_timeout.to_std();
     Router::new()
         .route("/slack/commands", post(slash_command))
         .route("/slack/interactions", post(interaction))
         .route("/slack/events", post(event))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A body that stops arriving, and a request (body and answer) that takes too long.
+        .layer(RequestBodyTimeoutLayer::new(request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .with_state(state)
+}
+
+/// What bounds the server's clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request's headers must arrive within this long.
+    pub header_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// At shutdown, how long open connections may take to finish before they are cut.
+    pub grace: Duration,
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled; then stops accepting, lets open
+/// connections finish their current request for at most `limits.grace`, and cuts the
+/// rest. Never waits longer than that for any client.
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: CancellationToken) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_BODY_BYTES.max(8192) * 2);
+    loop {
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    // Finish the request in progress, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = connections.len();
+    if tokio::time::timeout(limits.grace, async { while connections.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            grace = ?limits.grace,
+            "clients did not finish within the shutdown grace; cutting them off"
+        );
+        connections.shutdown().await;
+    } else if open > 0 {
+        tracing::info!(connections = open, "open connections finished");
+    }
+    Ok(())
 }
 
 /// A request body whose Slack signature has been checked.

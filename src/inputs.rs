@@ -14,8 +14,34 @@ use crate::commands;
 use crate::home;
 use crate::slack::payloads::{BlockActions, EventEnvelope, Interaction, SlashCommand};
 
+/// Why an input from outside the configured workspace and app is refused, if it is.
+/// `[slack] team_id` and `api_app_id` are optional; when set, an input must name them.
+fn foreign(app: &AppState, team: Option<&str>, api_app: Option<&str>) -> Option<&'static str> {
+    let slack = &app.config.slack;
+    if slack.team_id.as_deref().is_some_and(|t| team != Some(t)) {
+        return Some("another workspace");
+    }
+    if slack.api_app_id.as_deref().is_some_and(|a| api_app != Some(a)) {
+        return Some("another Slack app");
+    }
+    None
+}
+
 /// A slash command: runs it and returns the ephemeral reply for the invoker.
 pub async fn command(app: &AppState, cmd: &SlashCommand) -> SlackCommandEventResponse {
+    if let Some(why) = foreign(app, Some(&cmd.team_id), cmd.api_app_id.as_deref()) {
+        app.audit_refusal(
+            &cmd.user_id,
+            "command.refused",
+            None,
+            serde_json::json!({ "why": format!("sent from {why}"), "team_id": cmd.team_id,
+                                "api_app_id": cmd.api_app_id }),
+        )
+        .await;
+        return commands::ephemeral(format!(
+            "This jitgate serves a different Slack workspace or app ({why}); nothing was done."
+        ));
+    }
     match commands::handle(app, cmd).await {
         Ok(text) => commands::ephemeral(text),
         Err(e) => {
@@ -35,18 +61,40 @@ pub fn interaction(app: &AppState, interaction: Interaction) {
     match interaction {
         Interaction::BlockActions(BlockActions {
             user,
+            team,
+            api_app_id,
             response_url,
             actions,
             ..
         }) => {
-            for action in actions {
+            if let Some(why) = foreign(app, team.as_ref().map(|t| t.id.as_str()), api_app_id.as_deref()) {
+                let task_app = app.clone();
+                app.tasks.spawn(async move {
+                    task_app
+                        .audit_refusal(
+                            &user.id,
+                            "click.refused",
+                            None,
+                            serde_json::json!({ "why": format!("sent from {why}"),
+                                                "team_id": team.map(|t| t.id), "api_app_id": api_app_id }),
+                        )
+                        .await;
+                });
+                return;
+            }
+            // One action per payload: jitgate's buttons send one each; a payload listing
+            // more is not from a real click, and acting on each would multiply the work.
+            if actions.len() > 1 {
+                tracing::warn!(user = %user.id, actions = actions.len(), "interaction with several actions; acting on the first only");
+            }
+            if let Some(action) = actions.into_iter().next() {
                 click(
                     app,
                     Click {
-                        user_id: user.id.clone(),
+                        user_id: user.id,
                         action_id: action.action_id,
                         value: action.value.unwrap_or_default(),
-                        response_url: response_url.clone(),
+                        response_url,
                     },
                 );
             }
@@ -79,7 +127,16 @@ pub enum EventReply {
 pub fn event(app: &AppState, envelope: EventEnvelope) -> EventReply {
     match envelope {
         EventEnvelope::UrlVerification { challenge } => EventReply::Challenge(challenge),
-        EventEnvelope::EventCallback { event_id, event } => {
+        EventEnvelope::EventCallback {
+            event_id,
+            event,
+            team_id,
+            api_app_id,
+        } => {
+            if let Some(why) = foreign(app, team_id.as_deref(), api_app_id.as_deref()) {
+                tracing::warn!(why, "ignoring an event from outside the configured workspace or app");
+                return EventReply::Ack;
+            }
             if event_id.as_deref().is_some_and(|id| !app.seen_events.first_time(id)) {
                 return EventReply::Ack;
             }

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod duration;
+pub mod fuzzing;
 pub mod grants;
 pub mod healthcheck;
 pub mod home;
@@ -33,6 +34,7 @@ pub mod scheduler;
 pub mod slack;
 pub mod store;
 pub mod text;
+pub mod throttle;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -125,14 +127,22 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops taking requests, lets running work finish (bounded), then closes the database.
-    /// Interrupted jobs are resumed at the next start.
+    /// Stops taking requests and lets open connections finish (at most the grace), while
+    /// the scheduler keeps revoking; then stops background work, lets running work finish
+    /// (bounded), and closes the database. Interrupted jobs are resumed at the next start.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.state.shutdown.cancel();
+        self.state.stop_requested.cancel();
         let served = self.server.await;
+        self.state.shutdown.cancel();
         self.state.tasks.close();
         if tokio::time::timeout(self.grace, self.state.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "some work did not finish in time; it resumes at the next start");
+        }
+        // The final head, outside the data directory.
+        anchor_once(&self.state, None).await;
+        // Leave no erased secret in the WAL behind.
+        if let Err(e) = self.state.db.checkpoint().await {
+            tracing::error!(error = format!("{e:#}"), "shutdown: cannot checkpoint the database");
         }
         self.state.db.close().await;
         tracing::info!("jitgate stopped");
@@ -140,11 +150,59 @@ impl Running {
         Ok(())
     }
 
-    /// Waits until shutdown is requested through the state's token, then shuts down.
+    /// Waits until shutdown is requested through the state's `stop_requested` (or
+    /// `shutdown`) token, then shuts down.
     pub async fn until_shutdown(self) -> anyhow::Result<()> {
-        self.state.shutdown.cancelled().await;
+        tokio::select! {
+            _ = self.state.stop_requested.cancelled() => {}
+            _ = self.state.shutdown.cancelled() => {}
+        }
         self.shutdown().await
     }
+}
+
+/// Records the audit chain's head in `[audit] anchor_file` and `channel` if it moved
+/// since `last`; failures are logged (the next anchor covers them).
+async fn anchor_once(state: &AppState, last: Option<i64>) -> Option<i64> {
+    let audit = &state.config.audit;
+    if audit.anchor_file.is_none() && audit.channel.is_none() {
+        return last;
+    }
+    match audit::anchor_head(
+        &state.audit_key,
+        &state.db,
+        audit.anchor_file.as_ref(),
+        audit.channel.as_deref(),
+        last,
+        state.now_ms(),
+    )
+    .await
+    {
+        Ok(seq) => {
+            if seq != last {
+                state.outbox.wake();
+            }
+            seq
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "could not anchor the audit log's head");
+            last
+        }
+    }
+}
+
+/// Anchors the audit chain's head every `[audit] anchor_interval` until shutdown.
+async fn anchor_periodically(state: AppState) {
+    let every = state.config.audit.anchor_interval.to_std();
+    let mut last = anchor_once(&state, None).await;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = state.shutdown.cancelled() => break,
+        }
+        last = anchor_once(&state, last).await;
+    }
+    tracing::info!("audit anchoring stopped");
 }
 
 /// Opens (and migrates) the database and builds the state, starting nothing. One-off
@@ -173,24 +231,29 @@ pub async fn build_with_env(
     let env = |name: &str| env_overrides.get(name).cloned().or_else(|| std::env::var(name).ok());
     let oncall = oncall::OnCall::new(config.oncall.as_ref(), &env)
         .with_context(|| format!("on-call sources in {}", config.path.display()))?;
+    let audit_key = audit::load_key(config.audit.key_file.as_deref(), &env)?;
     let db = Db::open(&config.database.url).await?;
     for (name, adapter) in adapter_overrides {
         adapters.insert(&name, adapter);
     }
     let concurrency = config.jobs.concurrency;
     Ok(AppState {
-        slack: SlackApi::new(&config.slack.api_url, &secrets.bot_token),
+        slack: SlackApi::new(&config.slack.api_url, &secrets.bot_token)
+            .with_response_url_hosts(&config.slack.response_url_hosts),
         config: Arc::new(config),
         db,
         clock,
         adapters: Arc::new(adapters),
         oncall: Arc::new(oncall),
+        audit_key,
         signing_secret: Arc::from(secrets.signing_secret.into_bytes()),
         scheduler: SchedulerHandle::new(concurrency),
         outbox: OutboxHandle::default(),
         access_locks: Arc::default(),
+        command_rate: Arc::default(),
         seen_events: Arc::default(),
         creations: Arc::default(),
+        stop_requested: CancellationToken::new(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     })
@@ -211,6 +274,19 @@ pub async fn start(
         &options.env_overrides,
     )
     .await?;
+    // A crash may have left an erased secret in the WAL: clear it before anything else.
+    state.db.checkpoint().await?;
+    {
+        // An older, unkeyed audit log is keyed from here on.
+        let mut tx = state.db.begin().await?;
+        if let Some(seq) = audit::key_the_log(&state.audit_key, &mut tx, state.now_ms()).await? {
+            tracing::warn!(
+                from_seq = seq,
+                "the audit log was unkeyed; it is keyed from this entry on"
+            );
+        }
+        tx.commit().await?;
+    }
     {
         let mut conn = state.db.write.acquire().await?;
         let resumed = store::recover_running_jobs(&mut conn).await?;
@@ -266,15 +342,25 @@ pub async fn start(
     state
         .tasks
         .spawn(reconcile::run_periodically(state.clone(), state.clock.now()));
+    state.tasks.spawn(anchor_periodically(state.clone()));
 
     let addr = listener.local_addr()?;
     let app = http::router(state.clone());
-    let token = state.shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+    let limits = http::Limits {
+        header_timeout: state.config.server.header_timeout.to_std(),
+        max_connections: state.config.server.max_connections,
+        grace: options.shutdown_grace,
+    };
+    // The server stops on either token: `stop_requested` drains it while background work
+    // goes on; `shutdown` (cancelled after the drain, or by a test) ends everything.
+    let stop = state.stop_requested.child_token();
+    let shutdown = state.shutdown.clone();
+    let stop_on_shutdown = stop.clone();
+    state.tasks.spawn(async move {
+        shutdown.cancelled().await;
+        stop_on_shutdown.cancel();
     });
+    let server = tokio::spawn(http::serve(listener, app, limits, stop));
     tracing::info!(%addr, "jitgate listening");
     Ok(Running {
         addr,

@@ -112,8 +112,17 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check that no audit entry was edited, inserted or deleted.
-    Verify,
+    /// Check that no audit entry was edited, inserted, moved or deleted: the keyed chain,
+    /// and its end against the newest anchored head.
+    Verify {
+        /// Also check against this head, as posted in the audit channel: `SEQ:HASH`.
+        #[arg(long)]
+        head: Option<String>,
+        /// The database is a restored backup: check it up to the newest anchored head it
+        /// reaches, and say how much newer the live log was.
+        #[arg(long)]
+        restored: bool,
+    },
     /// Print the audit log as JSON lines.
     Export {
         /// Only entries after this sequence number.
@@ -240,7 +249,7 @@ async fn serve(config: config::Config, revoke_removed: bool) -> anyhow::Result<(
         ..jitgate::Options::default()
     };
     let running = jitgate::start(config, secrets, options, listener).await?;
-    let token = running.state.shutdown.clone();
+    let token = running.state.stop_requested.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
@@ -398,10 +407,38 @@ async fn audit(config: config::Config, command: AuditCommand) -> anyhow::Result<
     let db = jitgate::store::Db::open(&config.database.url).await?;
     let mut conn = db.read.acquire().await?;
     match command {
-        AuditCommand::Verify => match jitgate::audit::verify_chain(&mut conn).await? {
-            Ok(n) => println!("audit log intact: {n} entries verified"),
-            Err(e) => anyhow::bail!("audit log damaged: {e}"),
-        },
+        AuditCommand::Verify { head, restored } => {
+            let key = jitgate::audit::load_key(config.audit.key_file.as_deref(), &|n| std::env::var(n).ok())?;
+            let head = match head {
+                None => None,
+                Some(h) => {
+                    let (seq, hash) = h
+                        .split_once(':')
+                        .and_then(|(s, h)| Some((s.trim().parse::<i64>().ok()?, h.trim().to_string())))
+                        .ok_or_else(|| anyhow::anyhow!("--head: write it as SEQ:HASH, like 1200:3fa9…"))?;
+                    Some((seq, hash))
+                }
+            };
+            let against = jitgate::audit::VerifyAgainst {
+                anchor_file: config.audit.anchor_file.clone(),
+                head,
+                restored,
+            };
+            match jitgate::audit::verify_all(&key, &mut conn, &against).await? {
+                Ok(v) => {
+                    print!("audit log intact: {} entries verified", v.entries);
+                    match v.anchored {
+                        Some(seq) => print!("; its end matches the anchored head (entry {seq})"),
+                        None => print!("; no anchored head to check its end against (set [audit] anchor_file)"),
+                    }
+                    if let Some(live) = v.live_reached {
+                        print!("; restored copy: the live log had reached entry {live}");
+                    }
+                    println!();
+                }
+                Err(e) => anyhow::bail!("audit log damaged: {e}"),
+            }
+        }
         AuditCommand::Export { after } => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

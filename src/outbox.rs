@@ -182,25 +182,40 @@ async fn record_all(app: &Outbox, outcomes: Vec<Outcome>) {
     }
     let recorded = async {
         let mut tx = app.db.begin().await?;
+        let mut erased = false;
         for o in &outcomes {
-            record(&mut tx, o).await?;
+            erased |= record(&mut tx, o).await?;
         }
         tx.commit().await?;
-        anyhow::Ok(())
+        anyhow::Ok(erased)
     };
-    if let Err(e) = recorded.await {
-        tracing::error!(
-            entries = outcomes.len(),
-            error = format!("{e:#}"),
-            "outbox: cannot record deliveries; they will be sent again"
-        );
+    match recorded.await {
+        Ok(true) => {
+            // The erased credential is still in the WAL until it is checkpointed.
+            if let Err(e) = app.db.checkpoint().await {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "outbox: cannot clear an erased secret from the WAL"
+                );
+            }
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(
+                entries = outcomes.len(),
+                error = format!("{e:#}"),
+                "outbox: cannot record deliveries; they will be sent again"
+            );
+        }
     }
 }
 
-async fn record(conn: &mut sqlx::SqliteConnection, o: &Outcome) -> anyhow::Result<()> {
+/// Writes down one outcome; true when a secret was erased.
+async fn record(conn: &mut sqlx::SqliteConnection, o: &Outcome) -> anyhow::Result<bool> {
     let (id, kind, now) = (o.id, o.kind, o.at);
+    let mut erased = false;
     match &o.result {
-        Delivery::Sent | Delivery::Moot => store::outbox_sent(conn, id, now).await?,
+        Delivery::Sent | Delivery::Moot => erased = store::outbox_sent(conn, id, now).await?,
         Delivery::Failed(SlackCallError::RateLimited(_)) => {
             let after = o.pause().unwrap_or(Duration::from_secs(1));
             tracing::warn!(outbox = id, ?kind, retry_after = ?after, "Slack rate limit; pausing deliveries");
@@ -213,10 +228,10 @@ async fn record(conn: &mut sqlx::SqliteConnection, o: &Outcome) -> anyhow::Resul
         }
         Delivery::Failed(SlackCallError::Permanent(e)) => {
             tracing::error!(outbox = id, ?kind, error = %e, "Slack refused a message; giving up on it");
-            store::outbox_failed(conn, id, e).await?;
+            erased = store::outbox_failed(conn, id, e).await?;
         }
     }
-    Ok(())
+    Ok(erased)
 }
 
 async fn send(app: &Outbox, row: &OutboxRow) -> anyhow::Result<Delivery> {

@@ -215,6 +215,7 @@ async fn record(app: &AppState, report: &Report, dry_run: bool) -> anyhow::Resul
     let now = app.now_ms();
     let mut tx = app.db.begin().await?;
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         audit::SYSTEM_ACTOR,
@@ -232,6 +233,7 @@ async fn record(app: &AppState, report: &Report, dry_run: bool) -> anyhow::Resul
             Finding::Unreachable { .. } => ("reconcile.adapter_unreachable", None),
         };
         audit::append(
+            &app.audit_key,
             &mut tx,
             now,
             audit::SYSTEM_ACTOR,

@@ -94,18 +94,11 @@ pub fn validate(config: &Config, input: &RequestInput) -> Result<ValidRequest, S
         }
     };
     let (resource, role, duration) = (target.resource, target.role, target.duration);
-    let reason = input.reason.trim().to_string();
+    let reason = crate::text::check_typed("reason", &input.reason, config.requests.max_reason_length)?;
     if reason.is_empty() {
         return Err(format!(
             "Please say why you need access, for example: `{cmd} request {}:{role} {duration} investigating INC-1234`",
             resource.name
-        ));
-    }
-    let len = reason.chars().count();
-    if len > config.requests.max_reason_length {
-        return Err(format!(
-            "Your reason is {len} characters long; please keep it under {} (link to a ticket instead).",
-            config.requests.max_reason_length
         ));
     }
     Ok(ValidRequest {
@@ -320,6 +313,7 @@ async fn try_write_pending(
         }
     }
     let entries = audit::chain(
+        &app.audit_key,
         heads.audit_seq,
         heads.audit_hash.as_deref().unwrap_or(audit::GENESIS),
         &events,
@@ -377,6 +371,7 @@ pub async fn create_extension(
     )
     .await?;
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         &who.user_id,
@@ -433,7 +428,16 @@ pub async fn cancel(app: &AppState, request_id: i64, user: &str) -> anyhow::Resu
     store::cancel_job(&mut tx, request_id, JobKind::Remind, now).await?;
     // Withdrawn while the on-call check was pending: no card exists, none will.
     store::cancel_job(&mut tx, request_id, JobKind::AutoApprove, now).await?;
-    audit::append(&mut tx, now, user, "request.cancelled", Some(request_id), json!({})).await?;
+    audit::append(
+        &app.audit_key,
+        &mut tx,
+        now,
+        user,
+        "request.cancelled",
+        Some(request_id),
+        json!({}),
+    )
+    .await?;
     if r.card_ts.is_some() || store::card_post_pending(&mut tx, request_id).await? {
         store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
     }

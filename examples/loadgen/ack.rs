@@ -41,7 +41,7 @@ fn new_histogram() -> Histogram<u64> {
 
 /// The server under load: in this process, or the real binary as a child process.
 enum Server {
-    InProcess(jitgate::Running),
+    InProcess(Box<jitgate::Running>),
     Child(harness::ChildServer),
 }
 
@@ -197,7 +197,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let config = harness::config_text(&db_path, &api_url);
     let started = Instant::now();
     let server = match &args.server_bin {
-        None => Server::InProcess(rt.server.block_on(harness::start_server(dir.path(), &config))?),
+        None => Server::InProcess(Box::new(
+            rt.server.block_on(harness::start_server(dir.path(), &config))?,
+        )),
         Some(bin) => Server::Child(harness::spawn_server(bin, dir.path(), &config)?),
     };
     let addr = server.addr();
@@ -325,7 +327,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM requests").fetch_all(&read).await?;
         let stored: HashSet<i64> = ids.into_iter().map(|r| r.0).collect();
         let mut conn = read.acquire().await?;
-        let chain = jitgate::audit::verify_chain(&mut conn).await?;
+        let chain = jitgate::audit::verify_chain(
+            &jitgate::audit::AuditKey::new(harness::AUDIT_KEY).map_err(anyhow::Error::msg)?,
+            &mut conn,
+        )
+        .await?;
         anyhow::Ok((pending, stored, chain))
     })?;
     let drain = drain_started.elapsed();

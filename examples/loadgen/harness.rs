@@ -11,6 +11,8 @@ use crate::fake_slack::{self, FakeSlack};
 
 /// The signing secret the server and the load generator share.
 pub const SIGNING_SECRET: &str = "loadgen-signing-secret";
+/// The audit key the load generator's jitgate runs with.
+pub const AUDIT_KEY: &str = "loadgen-audit-key-0123456789abcdef-0123";
 /// Where approval cards go.
 pub const APPROVAL_CHANNEL: &str = "C0APPROVALS";
 /// The resource every request asks for.
@@ -79,6 +81,13 @@ url = "sqlite://{db}"
 
 [slack]
 api_url = "{api_url}"
+response_url_hosts = ["127.0.0.1"]
+
+# The load is many requests per simulated person: lift the per-person flood limits,
+# which would otherwise (rightly) refuse most of it.
+[requests]
+max_pending_per_user = 1000
+commands_per_minute = 10000
 
 [[resources]]
 name = "{RESOURCE}"
@@ -107,7 +116,11 @@ pub async fn start_server(dir: &Path, config_text: &str) -> anyhow::Result<jitga
         signing_secret: SIGNING_SECRET.into(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    jitgate::start(config, secrets, jitgate::Options::default(), listener).await
+    let options = jitgate::Options {
+        env_overrides: [("JITGATE_AUDIT_KEY".to_string(), AUDIT_KEY.to_string())].into(),
+        ..jitgate::Options::default()
+    };
+    jitgate::start(config, secrets, options, listener).await
 }
 
 /// The form body Slack posts for `/jit <text>` typed by `user`.

@@ -44,7 +44,9 @@ struct Chain {
 
 impl Chain {
     fn push(&mut self, at: i64, actor: &str, action: &str, request_id: i64, details: serde_json::Value) {
+        let key = audit::AuditKey::new(crate::harness::AUDIT_KEY).expect("a long enough key");
         let e = audit::next_entry(
+            &key,
             self.seq,
             &self.hash,
             at,

@@ -68,9 +68,23 @@ impl ExecAdapter {
         if action == "revoke" {
             cmd.env("JIT_GRANT_STATE", ctx.state.as_deref().unwrap_or_default());
         }
+        // Messages go to Slack and the audit log: they name the adapter, never the
+        // program's path (that goes to the process log).
+        let name = &self.name;
         let mut child = cmd.spawn().map_err(|e| {
             tracing::error!(adapter = %self.name, program = %program, error = %e, "cannot start the adapter program");
-            AdapterError::Temporary(format!("could not start {program}: {}", e.kind()))
+            if e.kind() == std::io::ErrorKind::InvalidInput {
+                // A NUL byte in an argument or a variable: the program never ran.
+                AdapterError::NotApplied(format!(
+                    "the `{name}` adapter cannot pass this grant's details to its program \
+                     (they contain a character a program cannot receive, like a NUL byte); nothing was changed"
+                ))
+            } else {
+                AdapterError::Temporary(format!(
+                    "the `{name}` adapter could not start its program ({})",
+                    e.kind()
+                ))
+            }
         })?;
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr = child.stderr.take().expect("stderr is piped");
@@ -99,12 +113,14 @@ impl ExecAdapter {
                 // Dropping the child kills it (kill_on_drop).
                 tracing::warn!(adapter = %self.name, action, grant = ctx.grant_id, "adapter program timed out; killed");
                 return Err(AdapterError::Temporary(format!(
-                    "{program} did not finish within {}",
+                    "the `{name}` adapter's program did not finish within {}",
                     self.config.timeout
                 )));
             }
         };
-        let status = status.map_err(|e| AdapterError::Temporary(format!("waiting for {program}: {}", e.kind())))?;
+        let status = status.map_err(|e| {
+            AdapterError::Temporary(format!("waiting for the `{name}` adapter's program: {}", e.kind()))
+        })?;
         if !status.success() {
             // stderr can say anything; it goes to the process log only.
             tracing::warn!(
@@ -116,11 +132,13 @@ impl ExecAdapter {
                 .code()
                 .map(|c| format!("exit status {c}"))
                 .unwrap_or_else(|| "killed by a signal".into());
-            return Err(AdapterError::Temporary(format!("{program} failed with {code}")));
+            return Err(AdapterError::Temporary(format!(
+                "the `{name}` adapter's program failed with {code}"
+            )));
         }
         if out.len() > MAX_STATE_BYTES {
             return Err(AdapterError::Permanent(format!(
-                "{program} printed more than 64 KiB of state"
+                "the `{name}` adapter's program printed more than 64 KiB of state"
             )));
         }
         Ok(String::from_utf8_lossy(&out).trim().to_string())

@@ -49,6 +49,19 @@ pub enum AdapterError {
     /// Retrying cannot help (refused, misconfigured).
     #[error("{0}")]
     Permanent(String),
+    /// The call could not be made at all — a value cannot be passed to the target (like a
+    /// NUL byte in an environment variable) — so nothing was started and nothing changed.
+    /// Retrying cannot help; a clean-up revoke of a grant that failed this way has
+    /// nothing to clean.
+    #[error("{0}")]
+    NotApplied(String),
+}
+
+impl AdapterError {
+    /// True when retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Permanent(_) | Self::NotApplied(_))
+    }
 }
 
 /// What a successful grant hands back.

@@ -264,6 +264,7 @@ impl PostgresAdapter {
         match self.classify(what, &e) {
             AdapterError::Temporary(m) => AdapterError::Temporary(self.scrub(&m, secrets)),
             AdapterError::Permanent(m) => AdapterError::Permanent(self.scrub(&m, secrets)),
+            AdapterError::NotApplied(m) => AdapterError::NotApplied(self.scrub(&m, secrets)),
         }
     }
 

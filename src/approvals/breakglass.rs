@@ -100,8 +100,18 @@ pub async fn use_as(
         "resource": new.resource, "role": new.role, "duration_secs": new.duration_secs,
         "reason": new.reason, "break_glass": true,
     });
-    audit::append(&mut tx, now, &who.user_id, "request.created", Some(id), details).await?;
     audit::append(
+        &app.audit_key,
+        &mut tx,
+        now,
+        &who.user_id,
+        "request.created",
+        Some(id),
+        details,
+    )
+    .await?;
+    audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         &who.user_id,
@@ -302,7 +312,7 @@ pub async fn review(app: &AppState, request_id: i64, actor: &str) -> anyhow::Res
     }
     let now = app.now_ms();
     let mut tx = app.db.begin().await?;
-    if !record_review(&mut tx, &request, actor, "ok", now).await? {
+    if !record_review(&app.audit_key, &mut tx, &request, actor, "ok", now).await? {
         return Ok(format!("{id} was already reviewed; nothing changed."));
     }
     store::enqueue(
@@ -326,6 +336,7 @@ pub async fn review(app: &AppState, request_id: i64, actor: &str) -> anyhow::Res
 /// Marks the review in the caller's transaction: the row, its audit entry, no more
 /// reminders, and the card updated. False if someone reviewed it first.
 pub(crate) async fn record_review(
+    key: &audit::AuditKey,
     conn: &mut sqlx::SqliteConnection,
     request: &store::RequestRow,
     actor: &str,
@@ -336,6 +347,7 @@ pub(crate) async fn record_review(
         return Ok(false);
     }
     audit::append(
+        key,
         conn,
         now,
         actor,

@@ -30,6 +30,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A short code for the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NotPending(_) => "not pending",
+            Refusal::SelfApproval => "own request",
+            Refusal::NotApprover => "not an approver",
+            Refusal::AlreadyDecided(_) => "already decided",
+        }
+    }
+
     /// The explanation the clicker sees.
     pub fn message(&self, request: &RequestRow, resource: Option<&Resource>) -> String {
         let id = label(request.id);
@@ -168,6 +178,22 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
             }
         }
     };
+    // A refused click is audited (who clicked what, and why it was refused), then
+    // explained to the clicker only.
+    let refuse = |request: &RequestRow, why: &'static str, text: String| {
+        let (request_id, user, action) = (request.id, click.user_id.clone(), click.action_id.clone());
+        let reply = reply(text);
+        async move {
+            app.audit_refusal(
+                &user,
+                "click.refused",
+                Some(request_id),
+                serde_json::json!({ "action_id": action, "why": why }),
+            )
+            .await;
+            reply.await
+        }
+    };
     let Some(request_id) = click.value.parse::<i64>().ok() else {
         return reply("That button is not one of jitgate's; nothing changed.".into()).await;
     };
@@ -189,7 +215,7 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
     };
     // Cheap checks first, so a refused click costs no Slack call.
     if let Err(refusal) = may_decide(&resource, &request, &decisions, &click.user_id, true) {
-        return reply(refusal.message(&request, Some(&resource))).await;
+        return refuse(&request, refusal.code(), refusal.message(&request, Some(&resource))).await;
     }
     let listed = resource.approvers.contains(&click.user_id);
     let in_group = if listed {
@@ -211,11 +237,11 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
         }
     };
     if let Err(refusal) = may_decide(&resource, &request, &decisions, &click.user_id, in_group) {
-        return reply(refusal.message(&request, Some(&resource))).await;
+        return refuse(&request, refusal.code(), refusal.message(&request, Some(&resource))).await;
     }
     match record(app, &request, &click.user_id, verdict).await? {
         Ok(_) => Ok(()),
-        Err(refusal) => reply(refusal.message(&request, Some(&resource))).await,
+        Err(refusal) => refuse(&request, refusal.code(), refusal.message(&request, Some(&resource))).await,
     }
 }
 
@@ -281,7 +307,7 @@ pub async fn revoke_as(
         let now = app.now_ms();
         let mut tx = app.db.begin().await?;
         if store::break_glass_of(&mut tx, request_id).await?.is_some() {
-            breakglass::record_review(&mut tx, &request, actor, "revoked", now).await?;
+            breakglass::record_review(&app.audit_key, &mut tx, &request, actor, "revoked", now).await?;
         }
         tx.commit().await?;
         app.outbox.wake();
@@ -329,6 +355,7 @@ pub async fn record(
         "decision.deny"
     };
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         approver,
@@ -342,6 +369,7 @@ pub async fn record(
     match result {
         Outcome::Waiting { approvals, required } => {
             audit::append(
+                &app.audit_key,
                 &mut tx,
                 now,
                 audit::SYSTEM_ACTOR,
@@ -357,7 +385,16 @@ pub async fn record(
                 return Ok(Err(Refusal::NotPending(current.state)));
             }
             store::cancel_job(&mut tx, request.id, JobKind::ExpireRequest, now).await?;
-            audit::append(&mut tx, now, approver, "request.denied", Some(request.id), json!({})).await?;
+            audit::append(
+                &app.audit_key,
+                &mut tx,
+                now,
+                approver,
+                "request.denied",
+                Some(request.id),
+                json!({}),
+            )
+            .await?;
             store::enqueue(
                 &mut tx,
                 &Outgoing::message(
@@ -426,7 +463,16 @@ pub(crate) async fn apply_approval(
         return Ok(Applied::NotPending);
     }
     store::cancel_job(conn, request.id, JobKind::ExpireRequest, now).await?;
-    audit::append(conn, now, actor, "request.approved", Some(request.id), details).await?;
+    audit::append(
+        &app.audit_key,
+        conn,
+        now,
+        actor,
+        "request.approved",
+        Some(request.id),
+        details,
+    )
+    .await?;
     if let (RequestKind::Extension, Some(original)) = (request.kind, request.extends_request_id) {
         store::insert_job(conn, request.id, JobKind::Extend, now, now).await?;
         return Ok(Applied::Extension { original });
@@ -569,6 +615,56 @@ mod tests {
             let o = outcome(required, &ds);
             prop_assert_eq!(o == Outcome::Approved, !any_deny && approvals >= required);
             prop_assert_eq!(o == Outcome::Denied, any_deny);
+        }
+
+        /// Any sequence of clicks, replayed through the decision functions as the click
+        /// handler applies them: ineligible clickers (the requester, people neither listed
+        /// nor in a group) never get a request approved; an approval needs
+        /// `approvals_required` distinct eligible approvers and no deny.
+        #[test]
+        fn no_click_sequence_by_ineligible_users_grants_and_n_distinct_approvers_are_needed(
+            required in 1i64..4,
+            clicks in proptest::collection::vec((0usize..7, proptest::bool::ANY), 0..40),
+        ) {
+            // UA, UB listed; UG, UH in a listed group; UR the requester; UX, UY outsiders.
+            let people = ["UA", "UB", "UG", "UH", "UR", "UX", "UY"];
+            let eligible = |u: &str| matches!(u, "UA" | "UB" | "UG" | "UH");
+            let mut res = resource();
+            res.approvals_required = required as u32;
+            let mut req = request(RequestState::Pending);
+            req.approvals_required = required;
+            let mut decisions: Vec<DecisionRow> = Vec::new();
+            let mut only_ineligible = true;
+            for (who, approve) in clicks {
+                let clicker = people[who];
+                let in_group = matches!(clicker, "UG" | "UH");
+                if may_decide(&res, &req, &decisions, clicker, in_group).is_err() {
+                    continue;
+                }
+                prop_assert!(eligible(clicker), "{} was allowed to decide", clicker);
+                only_ineligible = false;
+                decisions.push(d(clicker, if approve { Verdict::Approve } else { Verdict::Deny }));
+                match outcome(required, &decisions) {
+                    Outcome::Approved => req.state = RequestState::Approved,
+                    Outcome::Denied => req.state = RequestState::Denied,
+                    Outcome::Waiting { .. } => {}
+                }
+            }
+            if only_ineligible {
+                prop_assert_eq!(req.state, RequestState::Pending);
+            }
+            if req.state == RequestState::Approved {
+                let approvers: std::collections::HashSet<&str> = decisions
+                    .iter()
+                    .filter(|d| d.verdict == Verdict::Approve)
+                    .map(|d| d.approver_id.as_str())
+                    .collect();
+                prop_assert!(approvers.len() as i64 >= required);
+                prop_assert!(approvers.iter().all(|a| eligible(a)));
+                prop_assert!(decisions.iter().all(|d| d.verdict == Verdict::Approve));
+            }
+            let distinct: std::collections::HashSet<&str> = decisions.iter().map(|d| d.approver_id.as_str()).collect();
+            prop_assert_eq!(distinct.len(), decisions.len(), "one decision per approver");
         }
     }
 }

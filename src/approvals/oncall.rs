@@ -398,6 +398,7 @@ async fn approve(
     }
     let evidence_json = serde_json::to_value(&evidence)?;
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         &approver,
@@ -485,6 +486,7 @@ async fn decline(app: &AppState, job: &JobRow, request: &RequestRow, reasons: Ve
         .map(|r| json!({ "code": r.code(), "detail": r.message() }))
         .collect();
     audit::append(
+        &app.audit_key,
         &mut tx,
         now,
         audit::SYSTEM_ACTOR,

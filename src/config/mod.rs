@@ -34,6 +34,7 @@ pub struct Config {
     pub requests: RequestsConfig,
     pub jobs: JobsConfig,
     pub reconcile: ReconcileConfig,
+    pub audit: AuditConfig,
     pub resources: Vec<Resource>,
     pub adapters: BTreeMap<String, AdapterConfig>,
     /// `[oncall]`: auto-approval for people on call; `None` when absent.
@@ -49,6 +50,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// How long running adapter calls may take to finish at shutdown.
     pub shutdown_grace: HumanDuration,
+    /// A client must send a request's headers within this long of connecting (or of the
+    /// previous request on a kept-alive connection).
+    pub header_timeout: HumanDuration,
+    /// The whole request, body included, must be read and answered within this long.
+    pub request_timeout: HumanDuration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 /// `[database]`
@@ -65,6 +73,13 @@ pub struct SlackConfig {
     pub api_url: String,
     /// The slash command as installed, used in help texts.
     pub command: String,
+    /// The only workspace (`T…`) whose requests are served; any when unset.
+    pub team_id: Option<String>,
+    /// The only Slack app (`A…`) whose requests are served; any when unset.
+    pub api_app_id: Option<String>,
+    /// Hosts a `response_url` may point at (exact host names, https only unless the host
+    /// is this machine). Default: `hooks.slack.com`.
+    pub response_url_hosts: Vec<String>,
 }
 
 /// `[requests]`
@@ -77,6 +92,10 @@ pub struct RequestsConfig {
     /// First reminder to approvers after this long; then 2×, 4× … until the time-out.
     /// `None` turns reminders off.
     pub remind_after: Option<HumanDuration>,
+    /// Pending requests one person may have at once.
+    pub max_pending_per_user: usize,
+    /// `/jit` commands one person may send per minute.
+    pub commands_per_minute: u32,
 }
 
 /// `[jobs]`: how grant and revoke attempts are retried.
@@ -92,6 +111,20 @@ pub struct JobsConfig {
     pub revoke_alert_interval: HumanDuration,
     /// Adapter calls running at once.
     pub concurrency: usize,
+}
+
+/// `[audit]`: the audit key and where the chain's head is anchored, all outside the data
+/// directory.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// File holding the audit key, when `JITGATE_AUDIT_KEY` is not set.
+    pub key_file: Option<PathBuf>,
+    /// File the chain's head is appended to.
+    pub anchor_file: Option<PathBuf>,
+    /// Channel ID the chain's head is posted to.
+    pub channel: Option<String>,
+    /// How often the head is anchored (and always at shutdown).
+    pub anchor_interval: HumanDuration,
 }
 
 /// `[reconcile]`: comparing what adapters have granted with what the database says.
@@ -273,6 +306,8 @@ struct RawConfig {
     #[serde(default)]
     reconcile: RawReconcile,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     resources: Vec<RawResource>,
     #[serde(default)]
     adapters: BTreeMap<String, toml::Table>,
@@ -288,6 +323,9 @@ struct RawServer {
     #[serde(default = "default_listen")]
     listen: String,
     shutdown_grace: Option<HumanDuration>,
+    header_timeout: Option<HumanDuration>,
+    request_timeout: Option<HumanDuration>,
+    max_connections: Option<usize>,
 }
 
 impl Default for RawServer {
@@ -295,6 +333,9 @@ impl Default for RawServer {
         Self {
             listen: default_listen(),
             shutdown_grace: None,
+            header_timeout: None,
+            request_timeout: None,
+            max_connections: None,
         }
     }
 }
@@ -325,6 +366,9 @@ fn default_db_url() -> String {
 struct RawSlack {
     api_url: Option<String>,
     command: Option<String>,
+    team_id: Option<String>,
+    api_app_id: Option<String>,
+    response_url_hosts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -333,6 +377,17 @@ struct RawRequests {
     pending_timeout: Option<HumanDuration>,
     max_reason_length: Option<usize>,
     remind_after: Option<String>,
+    max_pending_per_user: Option<usize>,
+    commands_per_minute: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    key_file: Option<String>,
+    anchor_file: Option<String>,
+    channel: Option<String>,
+    anchor_interval: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -489,12 +544,45 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         ));
     }
 
+    let team_id = raw.slack.team_id.map(|t| t.trim().to_string());
+    if let Some(t) = &team_id {
+        if !(t.starts_with('T') || t.starts_with('E')) || t.len() < 2 || !t.chars().all(|c| c.is_ascii_alphanumeric()) {
+            problems.push(format!(
+                "slack.team_id: `{t}` is not a workspace ID; write it like \"T0123ABCD\" (Slack: workspace settings, or the `team_id` of any request)"
+            ));
+        }
+    }
+    let api_app_id = raw.slack.api_app_id.map(|a| a.trim().to_string());
+    if let Some(a) = &api_app_id {
+        if !a.starts_with('A') || a.len() < 2 || !a.chars().all(|c| c.is_ascii_alphanumeric()) {
+            problems.push(format!(
+                "slack.api_app_id: `{a}` is not an app ID; write it like \"A0123ABCD\" (Basic Information → App ID)"
+            ));
+        }
+    }
+    let response_url_hosts: Vec<String> = raw
+        .slack
+        .response_url_hosts
+        .unwrap_or_else(|| vec!["hooks.slack.com".into()])
+        .into_iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    for h in &response_url_hosts {
+        if h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+            problems.push(format!(
+                "slack.response_url_hosts: `{h}` is not a host name; write it like \"hooks.slack.com\""
+            ));
+        }
+    }
+
     let requests = RequestsConfig {
         pending_timeout: raw
             .requests
             .pending_timeout
             .unwrap_or(HumanDuration::from_secs(24 * 3600)),
         max_reason_length: raw.requests.max_reason_length.unwrap_or(500),
+        max_pending_per_user: raw.requests.max_pending_per_user.unwrap_or(10),
+        commands_per_minute: raw.requests.commands_per_minute.unwrap_or(30),
         remind_after: match raw.requests.remind_after.as_deref().map(str::trim) {
             None => Some(HumanDuration::from_secs(3600)),
             Some("off") | Some("never") => None,
@@ -509,6 +597,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     if !(10..=2000).contains(&requests.max_reason_length) {
         problems.push("requests.max_reason_length: must be between 10 and 2000".into());
+    }
+    if !(1..=1000).contains(&requests.max_pending_per_user) {
+        problems.push("requests.max_pending_per_user: must be between 1 and 1000".into());
+    }
+    if !(1..=10_000).contains(&requests.commands_per_minute) {
+        problems.push("requests.commands_per_minute: must be between 1 and 10000".into());
+    }
+    let header_timeout = raw.server.header_timeout.unwrap_or(HumanDuration::from_secs(5));
+    let request_timeout = raw.server.request_timeout.unwrap_or(HumanDuration::from_secs(10));
+    let max_connections = raw.server.max_connections.unwrap_or(1024);
+    if !(1..=3600).contains(&header_timeout.to_std().as_secs()) {
+        problems.push("server.header_timeout: must be between 1s and 1h".into());
+    }
+    if !(1..=3600).contains(&request_timeout.to_std().as_secs()) {
+        problems.push("server.request_timeout: must be between 1s and 1h".into());
+    }
+    if !(1..=100_000).contains(&max_connections) {
+        problems.push("server.max_connections: must be between 1 and 100000".into());
     }
 
     let jobs = JobsConfig {
@@ -549,6 +655,45 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         if !is_slack_id(c, &['C', 'G']) {
             problems.push(format!(
                 "reconcile.channel: `{c}` is not a Slack channel ID; use the ID like \"C0123ABCD\", not the #name"
+            ));
+        }
+    }
+
+    // The audit key and anchor must live where an insider who can write the data
+    // directory cannot: refuse paths inside the database's directory.
+    let data_dir = {
+        let db_path = database.url.strip_prefix("sqlite://").unwrap_or(&database.url);
+        let db_path = db_path.split('?').next().unwrap_or_default();
+        std::path::absolute(Path::new(db_path))
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+    };
+    let mut audit_path = |key: &str, value: Option<String>| -> Option<PathBuf> {
+        let value = value?;
+        let path = base_dir.join(value.trim());
+        let inside = match (&data_dir, std::path::absolute(&path)) {
+            (Some(dir), Ok(abs)) => abs.starts_with(dir),
+            _ => false,
+        };
+        if inside {
+            problems.push(format!(
+                "audit.{key}: `{}` is inside the data directory ({}); put it where someone who can write the database cannot, like /etc/jitgate/",
+                path.display(),
+                data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
+            ));
+        }
+        Some(path)
+    };
+    let audit = AuditConfig {
+        key_file: audit_path("key_file", raw.audit.key_file),
+        anchor_file: audit_path("anchor_file", raw.audit.anchor_file),
+        channel: raw.audit.channel,
+        anchor_interval: raw.audit.anchor_interval.unwrap_or(HumanDuration::from_secs(300)),
+    };
+    if let Some(c) = &audit.channel {
+        if !is_slack_id(c, &['C', 'G']) {
+            problems.push(format!(
+                "audit.channel: `{c}` is not a Slack channel ID; use the ID like \"C0123ABCD\", not the #name"
             ));
         }
     }
@@ -787,12 +932,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         server: ServerConfig {
             listen,
             shutdown_grace: raw.server.shutdown_grace.unwrap_or(HumanDuration::from_secs(20)),
+            header_timeout,
+            request_timeout,
+            max_connections,
         },
         database,
-        slack: SlackConfig { api_url, command },
+        slack: SlackConfig {
+            api_url,
+            command,
+            team_id,
+            api_app_id,
+            response_url_hosts,
+        },
         requests,
         jobs,
         reconcile,
+        audit,
         resources,
         adapters,
         oncall,

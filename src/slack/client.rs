@@ -60,6 +60,21 @@ pub struct ChannelInfo {
 pub struct SlackApi {
     client: Arc<SlackHyperClient>,
     token: Arc<SlackApiToken>,
+    /// Hosts a response_url may point at (`[slack] response_url_hosts`).
+    response_url_hosts: Arc<[String]>,
+}
+
+/// Whether jitgate may call `url` as a response_url: its host is one of `hosts` exactly,
+/// over https (plain http only to this machine), with no user name or password. Anything
+/// else in a payload's `response_url` could make jitgate call an arbitrary server.
+pub fn response_url_allowed(url: &url::Url, hosts: &[String]) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let loopback = matches!(host.as_str(), "127.0.0.1" | "::1" | "localhost");
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    scheme_ok && url.username().is_empty() && url.password().is_none() && hosts.contains(&host)
 }
 
 impl std::fmt::Debug for SlackApi {
@@ -102,7 +117,14 @@ impl SlackApi {
         Self {
             client: Arc::new(SlackClient::new(connector)),
             token: Arc::new(SlackApiToken::new(SlackApiTokenValue::new(bot_token.to_string()))),
+            response_url_hosts: Arc::from(vec!["hooks.slack.com".to_string()]),
         }
+    }
+
+    /// Allows response_urls on these hosts only (default `hooks.slack.com`).
+    pub fn with_response_url_hosts(mut self, hosts: &[String]) -> Self {
+        self.response_url_hosts = Arc::from(hosts.to_vec());
+        self
     }
 
     /// Posts a message; returns its channel and `ts`. A user ID as channel sends a DM.
@@ -135,6 +157,14 @@ impl SlackApi {
         let url: url::Url = response_url
             .parse()
             .map_err(|_| SlackCallError::Permanent("response_url is not a URL".into()))?;
+        if !response_url_allowed(&url, &self.response_url_hosts) {
+            tracing::warn!(host = ?url.host_str(), "refusing a response_url outside [slack] response_url_hosts");
+            return Err(SlackCallError::Permanent(
+                "response_url is not on an allowed host ([slack] response_url_hosts)".into(),
+            ));
+        }
+        // The hyper client never follows redirects, so an allowed host cannot send the
+        // call elsewhere.
         let req = SlackApiPostWebhookMessageRequest::new(SlackMessageContent::new().with_text(text.to_string()))
             .with_replace_original(false);
         // response_type is not a field of the request type; ephemeral is Slack's default.
@@ -196,5 +226,23 @@ impl SlackApi {
             }
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_urls_are_allowed_on_listed_hosts_only() {
+        let hosts = vec!["hooks.slack.com".to_string(), "127.0.0.1".to_string()];
+        let ok = |u: &str| response_url_allowed(&u.parse().unwrap(), &hosts);
+        assert!(ok("https://hooks.slack.com/actions/T1/2/x"));
+        assert!(ok("http://127.0.0.1:8080/response/x"));
+        assert!(!ok("http://hooks.slack.com/actions/x"), "plain http off this machine");
+        assert!(!ok("https://evil.example/actions/x"));
+        assert!(!ok("https://hooks.slack.com.evil.example/x"));
+        assert!(!ok("https://user:pw@hooks.slack.com/x"));
+        assert!(!ok("https://localhost/x"), "not listed");
     }
 }

@@ -10,6 +10,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 pub struct SlashCommand {
     pub team_id: String,
+    /// The Slack app the command was sent to (absent in old payloads).
+    #[serde(default)]
+    pub api_app_id: Option<String>,
     pub channel_id: String,
     #[serde(default)]
     pub channel_name: Option<String>,
@@ -50,6 +53,8 @@ pub struct BlockActions {
     #[serde(default)]
     pub team: Option<IdOnly>,
     #[serde(default)]
+    pub api_app_id: Option<String>,
+    #[serde(default)]
     pub channel: Option<IdOnly>,
     #[serde(default)]
     pub response_url: Option<String>,
@@ -83,6 +88,10 @@ pub enum EventEnvelope {
     EventCallback {
         #[serde(default)]
         event_id: Option<String>,
+        #[serde(default)]
+        team_id: Option<String>,
+        #[serde(default)]
+        api_app_id: Option<String>,
         event: serde_json::Value,
     },
     #[serde(other)]

@@ -53,7 +53,8 @@ pub fn verify(
         return Err(SignatureError::MissingHeaders);
     };
     let ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
-    if (now - ts).abs() > MAX_SKEW_SECS {
+    // `abs_diff` cannot overflow, whatever the header says.
+    if now.abs_diff(ts) > MAX_SKEW_SECS as u64 {
         return Err(SignatureError::Stale);
     }
     let hex_sig = signature.strip_prefix("v0=").ok_or(SignatureError::Malformed)?;
@@ -139,5 +140,30 @@ mod tests {
             verify(SECRET, Some(TS), Some("v0=zz"), b"", ts),
             Err(SignatureError::Malformed)
         );
+    }
+
+    proptest::proptest! {
+        /// No timestamp header and no clock, however far apart, can overflow the skew
+        /// check; only timestamps within the window get past it.
+        #[test]
+        fn any_timestamp_and_clock_are_handled_without_overflow(ts in proptest::num::i64::ANY, now in proptest::num::i64::ANY) {
+            let header = ts.to_string();
+            let result = verify(SECRET, Some(&header), Some(EXPECTED), b"", now);
+            if now.abs_diff(ts) > MAX_SKEW_SECS as u64 {
+                proptest::prop_assert_eq!(result, Err(SignatureError::Stale));
+            } else {
+                proptest::prop_assert_eq!(result, Err(SignatureError::Mismatch));
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        for (ts, now) in [(i64::MIN, i64::MAX), (i64::MAX, i64::MIN), (i64::MIN, 0), (0, i64::MIN)] {
+            assert_eq!(
+                verify(SECRET, Some(&ts.to_string()), Some(EXPECTED), b"", now),
+                Err(SignatureError::Stale)
+            );
+        }
     }
 }

@@ -42,7 +42,10 @@ pub fn connect_options(url: &str) -> anyhow::Result<SqliteConnectOptions> {
         // An acknowledged request must survive a power cut, not only a crash.
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
-        .foreign_keys(true);
+        .foreign_keys(true)
+        // Deleted and overwritten content (an erased credential) is zeroed on the page
+        // rather than left in free space; `Db::checkpoint` then clears the WAL.
+        .pragma("secure_delete", "ON");
     Ok(opts)
 }
 
@@ -108,6 +111,24 @@ impl Db {
     /// read-then-write transaction cannot fail half-way with "database is locked".
     pub async fn begin(&self) -> sqlx::Result<Tx> {
         self.write.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// Copies the WAL into the database file and truncates it to zero bytes, so content
+    /// overwritten since (an erased credential) is left in no file. Called after a
+    /// credential is erased, at start-up and at shutdown.
+    pub async fn checkpoint(&self) -> anyhow::Result<()> {
+        for attempt in 0..50 {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.write)
+                .await
+                .context("checkpointing the database's write-ahead log")?;
+            if busy == 0 {
+                return Ok(());
+            }
+            // A reader still holds an older snapshot; it finishes within milliseconds.
+            tokio::time::sleep(Duration::from_millis(10 * (attempt + 1).min(10))).await;
+        }
+        anyhow::bail!("checkpointing the database's write-ahead log: readers kept it busy")
     }
 
     /// Closes both pools, waiting for connections to be returned.
@@ -237,6 +258,15 @@ pub async fn set_card(conn: &mut SqliteConnection, id: i64, channel: &str, ts: &
 }
 
 /// The caller's requests still waiting for a decision, newest first.
+/// How many requests of `user` are pending.
+pub async fn count_pending_of(conn: &mut SqliteConnection, user: &str) -> sqlx::Result<i64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM requests WHERE requester_id = ? AND state = 'pending'")
+        .bind(user)
+        .fetch_one(conn)
+        .await?;
+    Ok(n)
+}
+
 pub async fn pending_requests_of(conn: &mut SqliteConnection, user: &str) -> sqlx::Result<Vec<RequestRow>> {
     sqlx::query_as("SELECT * FROM requests WHERE requester_id = ? AND state = 'pending' ORDER BY id DESC LIMIT 20")
         .bind(user)
@@ -998,29 +1028,33 @@ pub async fn card_post_pending(conn: &mut SqliteConnection, request_id: i64) -> 
     Ok(row.0 > 0)
 }
 
-pub async fn outbox_sent(conn: &mut SqliteConnection, id: i64, now: i64) -> sqlx::Result<()> {
+/// Marks an entry sent. True when it held a secret, now erased: the caller checkpoints
+/// the WAL after committing ([`Db::checkpoint`]) so no file keeps a copy.
+pub async fn outbox_sent(conn: &mut SqliteConnection, id: i64, now: i64) -> sqlx::Result<bool> {
     // A sensitive body (generated credentials) is erased once Slack has it.
-    sqlx::query(
+    let row: Option<(bool,)> = sqlx::query_as(
         "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, \
-         body = CASE WHEN sensitive = 1 THEN NULL ELSE body END WHERE id = ?",
+         body = CASE WHEN sensitive = 1 THEN NULL ELSE body END WHERE id = ? RETURNING sensitive",
     )
     .bind(now)
     .bind(id)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(row.is_some_and(|r| r.0))
 }
 
-pub async fn outbox_failed(conn: &mut SqliteConnection, id: i64, error: &str) -> sqlx::Result<()> {
-    sqlx::query(
+/// Marks an entry failed for good. True when it held a secret, now erased (see
+/// [`outbox_sent`]).
+pub async fn outbox_failed(conn: &mut SqliteConnection, id: i64, error: &str) -> sqlx::Result<bool> {
+    let row: Option<(bool,)> = sqlx::query_as(
         "UPDATE outbox SET state = 'failed', last_error = ?, attempts = attempts + 1, \
-         body = CASE WHEN sensitive = 1 THEN NULL ELSE body END WHERE id = ?",
+         body = CASE WHEN sensitive = 1 THEN NULL ELSE body END WHERE id = ? RETURNING sensitive",
     )
     .bind(error)
     .bind(id)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    Ok(row.is_some_and(|r| r.0))
 }
 
 pub async fn outbox_retry(conn: &mut SqliteConnection, id: i64, at: i64, error: &str) -> sqlx::Result<()> {
@@ -1346,9 +1380,17 @@ mod tests {
         let db = Db::open(&dir.path().join("t.db").display().to_string()).await.unwrap();
         let mut tx = db.begin().await.unwrap();
         let first = insert_request(&mut tx, &new_request(0)).await.unwrap();
-        crate::audit::append(&mut tx, 1, "U0", "request.created", Some(first), serde_json::json!({}))
-            .await
-            .unwrap();
+        crate::audit::append(
+            &crate::audit::AuditKey::new("store-test-audit-key-0123456789abcdef").unwrap(),
+            &mut tx,
+            1,
+            "U0",
+            "request.created",
+            Some(first),
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
 
         // More than one statement's worth, and not a multiple of it.

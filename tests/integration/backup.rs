@@ -27,6 +27,7 @@ fn config_file(app: &TestApp) -> std::path::PathBuf {
 /// `jitgate <args> --config <config>`, without the caller's environment overrides.
 fn jitgate(config: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
+    cmd.env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY);
     cmd.args(args)
         .arg("--config")
         .arg(config)

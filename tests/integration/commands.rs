@@ -41,7 +41,12 @@ async fn bad_requests_are_explained_and_store_nothing() {
         assert!(reply.contains(expected), "{text:?} → {reply}");
     }
     assert_eq!(app.count("SELECT COUNT(*) FROM requests").await, 0);
-    assert_eq!(app.count("SELECT COUNT(*) FROM audit_log").await, 0);
+    // Refused requests are audited (who asked for what, and why it was refused); nothing else.
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM audit_log WHERE action <> 'command.refused'")
+            .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -77,7 +82,7 @@ async fn list_shows_pending_requests_and_active_grants() {
 }
 
 #[tokio::test]
-async fn user_text_is_stored_verbatim_and_escaped_on_the_card() {
+async fn user_text_is_stored_verbatim_and_shown_inert_on_the_card() {
     let app = TestApp::start().await;
     // Slack escapes &, < and > in command text.
     let id = app
@@ -89,9 +94,14 @@ async fn user_text_is_stored_verbatim_and_escaped_on_the_card() {
         .await
         .unwrap();
     assert_eq!(reason, "fix <!channel> & `rm -rf /`");
+    // Shown as typed, inert: only in a plain_text object, which Slack does not parse for
+    // mentions, links or formatting.
     let card = app.wait_card_containing(id, "Reason").await;
-    assert!(card.contains("&lt;!channel&gt; &amp;"), "{card}");
-    assert!(!card.contains("<!channel>"), "{card}");
+    assert!(
+        card.contains(r#"{"emoji":false,"text":"fix <!channel> & `rm -rf /`","type":"plain_text"}"#),
+        "{card}"
+    );
+    assert_eq!(card.matches("<!channel>").count(), 1, "{card}");
 }
 
 #[tokio::test]

@@ -11,18 +11,26 @@ use sqlx::sqlite::SqlitePoolOptions;
 use crate::support::*;
 
 /// `jitgate serve` as a child process.
-struct Bot {
+pub struct Bot {
     child: Child,
 }
 
 impl Bot {
     /// Starts the binary on `app`'s configuration and points `app` at its address.
-    async fn start(app: &mut TestApp) -> Self {
+    pub async fn start(app: &mut TestApp) -> Self {
+        Self::start_with_env(app, &[]).await
+    }
+
+    /// [`Bot::start`] with extra environment variables.
+    pub async fn start_with_env(app: &mut TestApp, env: &[(&str, &str)]) -> Self {
         let config = app.dir.path().join("jitgate.toml");
         std::fs::write(&config, &app.config_text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+            .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
             .args(["serve", "--config"])
             .arg(&config)
+            .envs(env.iter().copied())
+            .env("JITGATE_AUDIT_KEY", AUDIT_KEY)
             .env("SLACK_BOT_TOKEN", fake_slack::BOT_TOKEN)
             .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
             .env("JITGATE_LOG", "info")
@@ -49,12 +57,12 @@ impl Bot {
         bot
     }
 
-    fn kill(mut self) {
+    pub fn kill(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
     }
 
-    fn terminate(&self) {
+    pub fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -62,7 +70,7 @@ impl Bot {
         assert!(status.success());
     }
 
-    async fn wait_exit(mut self) -> std::process::ExitStatus {
+    pub async fn wait_exit(mut self) -> std::process::ExitStatus {
         wait_for("jitgate to exit", || {
             let status = self.child.try_wait().unwrap();
             async move { status }
@@ -78,7 +86,7 @@ impl Drop for Bot {
     }
 }
 
-async fn scalar(app: &TestApp, sql: &str) -> Option<String> {
+pub async fn scalar(app: &TestApp, sql: &str) -> Option<String> {
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(
@@ -183,7 +191,7 @@ async fn sigkill_at_any_point_loses_nothing_and_never_fakes_a_revoke() {
             .await
             .unwrap();
         let mut conn = pool.acquire().await.unwrap();
-        (jitgate::audit::verify_chain(&mut conn).await.unwrap(),)
+        (jitgate::audit::verify_chain(&audit_key(), &mut conn).await.unwrap(),)
     };
     assert!(ok.is_ok(), "audit chain intact across crashes: {ok:?}");
 }

@@ -240,6 +240,7 @@ async fn start_up_refuses_while_grants_depend_on_a_removed_resource() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let options = jitgate::Options {
         clock: app.clock.shared(),
+        env_overrides: app.env.clone(),
         ..jitgate::Options::default()
     };
     let err = jitgate::start(config, secrets, options, listener)

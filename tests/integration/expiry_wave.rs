@@ -67,7 +67,10 @@ async fn a_wave_of_expiries_revokes_each_grant_once_with_its_record_and_messages
     }
     let mut conn = app.state().db.read.acquire().await.unwrap();
     let entries = app.count("SELECT COUNT(*) FROM audit_log").await;
-    assert_eq!(jitgate::audit::verify_chain(&mut conn).await.unwrap(), Ok(entries));
+    assert_eq!(
+        jitgate::audit::verify_chain(&audit_key(), &mut conn).await.unwrap(),
+        Ok(entries)
+    );
 }
 
 #[tokio::test]

@@ -46,6 +46,7 @@ async fn app() -> (TestApp, PathBuf) {
 
 fn explain(config: &PathBuf, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(["policy", "explain"])
         .args(args)
         .arg("--config")

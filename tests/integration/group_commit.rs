@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::support::{wait_for, TestApp};
+use crate::support::{audit_key, wait_for, TestApp};
 
 #[tokio::test]
 async fn simultaneous_requests_are_each_stored_once_with_an_intact_audit_chain() {
@@ -59,7 +59,7 @@ async fn simultaneous_requests_are_each_stored_once_with_an_intact_audit_chain()
         n as i64
     );
     let mut conn = db.acquire().await.unwrap();
-    let verified = jitgate::audit::verify_chain(&mut conn).await.unwrap();
+    let verified = jitgate::audit::verify_chain(&audit_key(), &mut conn).await.unwrap();
     assert_eq!(verified, Ok(n as i64), "the audit chain is intact");
     drop(conn);
 

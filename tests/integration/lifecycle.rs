@@ -78,7 +78,10 @@ async fn approved_request_is_granted_then_revoked_when_it_expires() {
         ]
     );
     let mut conn = app.state().db.read.acquire().await.unwrap();
-    assert_eq!(jitgate::audit::verify_chain(&mut conn).await.unwrap(), Ok(5));
+    assert_eq!(
+        jitgate::audit::verify_chain(&audit_key(), &mut conn).await.unwrap(),
+        Ok(5)
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 mod support;
 
 mod approvals;
+mod audit_chain;
 mod backup;
 mod breakglass;
 mod commands;
@@ -11,6 +12,8 @@ mod delivery;
 mod early_end;
 mod expiry_wave;
 mod explain;
+mod floods;
+mod fuzz_corpus;
 mod group_commit;
 mod lifecycle;
 mod manifest;
@@ -19,4 +22,7 @@ mod oncall;
 mod packaging;
 mod reconcile;
 mod report;
+mod secrets_at_rest;
 mod security;
+mod slow_clients;
+mod user_text;

@@ -98,6 +98,7 @@ fn the_readme_copy_step_gives_a_configuration_that_passes_check_config() {
         .split_whitespace()
         .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(&args)
         .current_dir(dir.path())
         .env_remove("JITGATE_CONFIG")
@@ -127,6 +128,7 @@ fn relative_paths_are_resolved_against_the_configuration_files_directory() {
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(["check-config", "--config"])
         .arg(dir.path().join("jitgate.toml"))
         .current_dir(elsewhere.path())
@@ -143,6 +145,7 @@ fn relative_paths_are_resolved_against_the_configuration_files_directory() {
     // Used in place, the example's script path points nowhere: the message shows where it
     // looked and what to do.
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(["check-config", "--config"])
         .arg(dir.path().join("manifest/jitgate.example.toml"))
         .output()
@@ -193,6 +196,7 @@ timeout = "5s"
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(["check-config", "--config"])
         .arg(&path)
         .output()
@@ -222,6 +226,7 @@ fn check_config_names_the_file_the_key_and_the_fix() {
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(["check-config", "--config"])
         .arg(&path)
         .output()
@@ -244,6 +249,7 @@ fn serve_refuses_to_start_without_secrets() {
     let path = dir.path().join("jitgate.toml");
     std::fs::copy(dir.path().join("manifest/jitgate.example.toml"), &path).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(["serve", "--config"])
         .arg(&path)
         .env_remove("SLACK_BOT_TOKEN")
@@ -271,6 +277,7 @@ fn example_config_on_call_block_is_valid_when_uncommented() {
     let path = dir.path().join("jitgate.toml");
     std::fs::write(&path, config).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(["check-config", "--config"])
         .arg(&path)
         .env("PAGERDUTY_TOKEN", "example")

@@ -195,12 +195,14 @@ async fn dockerfile_runtime_stage_runs_unprivileged_with_the_paths_and_health_ch
     };
     let health = || {
         let mut cmd = Command::new(BIN);
+        cmd.env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY);
         cmd.args(&check[1..]);
         image_env(&mut cmd);
         cmd.output().unwrap()
     };
 
     let mut serve = Command::new(BIN);
+    serve.env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY);
     serve
         .args(&cmd)
         .env("SLACK_BOT_TOKEN", "xoxb-test")

@@ -185,8 +185,10 @@ fn reconcile_command_line_runs_once() {
         db.close().await;
     });
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(["reconcile", "--dry-run", "--config"])
         .arg(&path)
+        .env("JITGATE_AUDIT_KEY", AUDIT_KEY)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -80,6 +80,7 @@ async fn a_week_of_requests() -> (TestApp, PathBuf, String, String) {
 
 fn jitgate(args: &[&str], config: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(args)
         .arg("--config")
         .arg(config)
@@ -163,6 +164,7 @@ async fn report_refuses_a_period_it_cannot_read() {
     let path = app.dir.path().join("jitgate.toml");
     std::fs::write(&path, &app.config_text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(["report", "--since", "last tuesday", "--config"])
         .arg(&path)
         .output()

@@ -23,6 +23,13 @@ use jitgate::slack::signature::sign;
 pub use fake_slack::{Failure, FakeSlack};
 
 pub const SIGNING_SECRET: &str = "test-signing-secret";
+/// The audit key every test app runs with (as `JITGATE_AUDIT_KEY`).
+pub const AUDIT_KEY: &str = "test-audit-key-0123456789abcdef-0123456789";
+
+/// The audit key the test apps use, for checking their audit chains.
+pub fn audit_key() -> jitgate::audit::AuditKey {
+    jitgate::audit::AuditKey::new(AUDIT_KEY).unwrap()
+}
 pub const APPROVAL_CHANNEL: &str = "C0APPROVALS";
 pub const REQUESTER: &str = "UREQUESTER";
 pub const APPROVER1: &str = "UAPPROVER1";
@@ -85,6 +92,12 @@ pub struct Setup {
     pub in_process: bool,
     /// Extra TOML appended to the generated configuration.
     pub extra_toml: String,
+    /// Extra keys in the `[server]` table.
+    pub server_toml: String,
+    /// Extra keys in the `[slack]` table.
+    pub slack_toml: String,
+    /// Extra keys in the `[requests]` table.
+    pub requests_toml: String,
     /// `[jobs]` table body.
     pub jobs_toml: String,
     /// Adapters to use instead of the configured ones, by name.
@@ -100,6 +113,9 @@ impl Default for Setup {
             clock: TestClock::Manual(ManualClock::new(chrono::Utc::now())),
             in_process: true,
             extra_toml: String::new(),
+            server_toml: String::new(),
+            slack_toml: String::new(),
+            requests_toml: String::new(),
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
             adapters: Vec::new(),
             env: BTreeMap::new(),
@@ -148,16 +164,21 @@ impl TestApp {
             r#"
 [server]
 listen = "127.0.0.1:0"
+{server}
 
 [database]
 url = "sqlite://{db}"
 
 [slack]
 api_url = "{api}"
+# The fake Slack's response_urls are on this machine.
+response_url_hosts = ["127.0.0.1"]
+{slack}
 
 [requests]
 pending_timeout = "24h"
 remind_after = "off"
+{requests}
 
 [jobs]
 {jobs}
@@ -209,6 +230,9 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
                 "[reconcile]\ninterval = \"off\"\n"
             },
             extra = setup.extra_toml,
+            server = setup.server_toml,
+            slack = setup.slack_toml,
+            requests = setup.requests_toml,
         );
         let mut app = Self {
             dir,
@@ -219,7 +243,12 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             config_text,
             revoke_removed: false,
             adapters: setup.adapters,
-            env: setup.env,
+            env: {
+                let mut env = setup.env;
+                env.entry("JITGATE_AUDIT_KEY".into())
+                    .or_insert_with(|| AUDIT_KEY.into());
+                env
+            },
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
         if setup.in_process {
