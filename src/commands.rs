@@ -216,7 +216,16 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
         Command::Request(input) => {
             let valid = match requests::validate(&app.config, &input) {
                 Ok(v) => v,
-                Err(message) => return Ok(message),
+                Err(message) => {
+                    app.metrics.request("refused");
+                    tracing::info!(
+                        actor = %cmd.user_id,
+                        resource = %input.resource,
+                        role = input.role.as_deref().unwrap_or_default(),
+                        "request refused: not valid"
+                    );
+                    return Ok(message);
+                }
             };
             let who = Requester {
                 user_id: cmd.user_id.clone(),

@@ -4,7 +4,8 @@
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,6 +14,7 @@ use crate::app::AppState;
 use crate::inputs::{self, EventReply};
 use crate::slack::payloads::{EventEnvelope, Interaction, InteractionForm, SlashCommand};
 use crate::slack::signature;
+use crate::store;
 
 /// Slack's payloads are small; anything bigger is refused before it is read in full.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -24,8 +26,28 @@ pub fn router(state: AppState) -> Router {
         .route("/slack/interactions", post(interaction))
         .route("/slack/events", post(event))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), timed))
         .with_state(state)
+}
+
+/// The routes `/metrics` names; any other path counts as `other`, so a scan of random
+/// paths cannot create new series.
+const ROUTES: &[&str] = &["/slack/commands", "/slack/interactions", "/slack/events", "/healthz", "/metrics"];
+
+/// Counts every HTTP request by route and status, with its duration.
+async fn timed(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let path = ROUTES
+        .iter()
+        .find(|r| **r == req.uri().path())
+        .copied()
+        .unwrap_or("other");
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    app.metrics
+        .http_request(path, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
 }
 
 /// A request body whose Slack signature has been checked.
@@ -63,6 +85,30 @@ async fn healthz(State(app): State<AppState>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
         }
     }
+}
+
+/// Prometheus' scrape: counters and histograms as they stand, and the stored state read now.
+async fn metrics(State(app): State<AppState>) -> Response {
+    let observed = match app.db.read.acquire().await {
+        Ok(mut conn) => store::observed(&mut conn).await,
+        Err(e) => Err(e),
+    };
+    match observed {
+        Ok(o) => {
+            // Every configured resource is reported, with 0 when nothing is in force.
+            let mut active: Vec<(String, i64)> = app.config.resources.iter().map(|r| (r.name.clone(), 0)).collect();
+            for (resource, n) in o.active_by_resource {
+                match active.iter_mut().find(|(r, _)| *r == resource) {
+                    Some(entry) => entry.1 = n,
+                    None => active.push((resource, n)),
+                }
+            }
+            let oldest_age = o.outbox_oldest_at.map(|at| app.now_ms() - at);
+            app.metrics.set_state(&active, o.outbox_backlog, oldest_age);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the database; stored-state gauges are stale"),
+    }
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], app.metrics.encode()).into_response()
 }
 
 #[derive(serde::Deserialize)]

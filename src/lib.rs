@@ -20,6 +20,7 @@ pub mod http;
 pub mod ids;
 pub mod inputs;
 pub mod jobs;
+pub mod metrics;
 pub mod oncall;
 pub mod outbox;
 pub mod reconcile;
@@ -174,8 +175,10 @@ pub async fn build_with_env(
         adapters.insert(&name, adapter);
     }
     let concurrency = config.jobs.concurrency;
+    let metrics = metrics::Metrics::new();
     Ok(AppState {
-        slack: SlackApi::new(&config.slack.api_url, &secrets.bot_token),
+        slack: SlackApi::new(&config.slack.api_url, &secrets.bot_token).with_metrics(metrics.clone()),
+        metrics,
         config: Arc::new(config),
         db,
         clock,

@@ -252,6 +252,12 @@ pub async fn evaluate(app: &AppState, cfg: &OnCallConfig, request: &RequestRow) 
                 .oncall
                 .check_source(cfg, source, &app.slack, &request.requester_id, now)
                 .await;
+            let result = match &answer {
+                Ok(SourceAnswer::OnCall { .. }) => "on_call",
+                Ok(_) => "not_on_call",
+                Err(_) => "error",
+            };
+            app.metrics.oncall_lookup(source, result);
             match answer {
                 Ok(SourceAnswer::OnCall { entry, matched_by }) => {
                     found = Some((source.clone(), entry, matched_by));
@@ -430,7 +436,8 @@ async fn approve(
     .await?;
     store::finish_job(&mut tx, job.id, false, now).await?;
     tx.commit().await?;
-    tracing::info!(request = current.id, policy = %policy.name, "auto-approved on call");
+    app.metrics.decision("approve", "oncall_policy");
+    super::note_decided(app, &current, &policy.approver_id(), "approved", now);
     app.outbox.wake();
     app.scheduler.wake();
     Ok(())

@@ -7,6 +7,8 @@ use std::time::Duration;
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
+use crate::metrics::Metrics;
+
 /// How a Slack call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SlackCallError {
@@ -60,6 +62,7 @@ pub struct ChannelInfo {
 pub struct SlackApi {
     client: Arc<SlackHyperClient>,
     token: Arc<SlackApiToken>,
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for SlackApi {
@@ -102,7 +105,33 @@ impl SlackApi {
         Self {
             client: Arc::new(SlackClient::new(connector)),
             token: Arc::new(SlackApiToken::new(SlackApiTokenValue::new(bot_token.to_string()))),
+            metrics: None,
         }
+    }
+
+    /// Counts every call by method and outcome in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Runs one Web API call, sorting its error and counting it.
+    async fn call<T>(
+        &self,
+        method: &str,
+        call: impl std::future::Future<Output = Result<T, SlackClientError>>,
+    ) -> Result<T, SlackCallError> {
+        let result = call.await.map_err(SlackCallError::from);
+        if let Some(m) = &self.metrics {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(SlackCallError::RateLimited(_)) => "rate_limited",
+                Err(SlackCallError::Transient(_)) => "transient",
+                Err(SlackCallError::Permanent(_)) => "refused",
+            };
+            m.slack_call(method, outcome);
+        }
+        result
     }
 
     /// Posts a message; returns its channel and `ts`. A user ID as channel sends a DM.
@@ -113,7 +142,7 @@ impl SlackApi {
     ) -> Result<(String, String), SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiChatPostMessageRequest::new(channel.into(), content).with_unfurl_links(false);
-        let resp = session.chat_post_message(&req).await?;
+        let resp = self.call("chat.postMessage", session.chat_post_message(&req)).await?;
         Ok((resp.channel.to_string(), resp.ts.to_string()))
     }
 
@@ -126,7 +155,7 @@ impl SlackApi {
     ) -> Result<(), SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiChatUpdateRequest::new(channel.into(), content, ts.into());
-        session.chat_update(&req).await?;
+        self.call("chat.update", session.chat_update(&req)).await?;
         Ok(())
     }
 
@@ -138,16 +167,16 @@ impl SlackApi {
         let req = SlackApiPostWebhookMessageRequest::new(SlackMessageContent::new().with_text(text.to_string()))
             .with_replace_original(false);
         // response_type is not a field of the request type; ephemeral is Slack's default.
-        self.client.respond_to_event(&SlackResponseUrl(url), &req).await?;
+        self.call("response_url", self.client.respond_to_event(&SlackResponseUrl(url), &req))
+            .await?;
         Ok(())
     }
 
     /// Replaces a person's Home tab.
     pub async fn publish_home(&self, user: &str, view: SlackHomeView) -> Result<(), SlackCallError> {
         let session = self.client.open_session(&self.token);
-        session
-            .views_publish(&SlackApiViewsPublishRequest::new(user.into(), SlackView::Home(view)))
-            .await?;
+        let req = SlackApiViewsPublishRequest::new(user.into(), SlackView::Home(view));
+        self.call("views.publish", session.views_publish(&req)).await?;
         Ok(())
     }
 
@@ -155,7 +184,7 @@ impl SlackApi {
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiUserGroupsUsersListRequest::new(group.into());
-        let resp = session.usergroups_users_list(&req).await?;
+        let resp = self.call("usergroups.users.list", session.usergroups_users_list(&req)).await?;
         Ok(resp.users.into_iter().map(|u| u.to_string()).collect())
     }
 
@@ -165,7 +194,7 @@ impl SlackApi {
     pub async fn conversations_info(&self, channel: &str) -> Result<ChannelInfo, SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiConversationsInfoRequest::new(channel.into());
-        let resp = session.conversations_info(&req).await?;
+        let resp = self.call("conversations.info", session.conversations_info(&req)).await?;
         Ok(ChannelInfo {
             id: resp.channel.id.to_string(),
             name: resp.channel.name.or(resp.channel.name_normalized),
@@ -179,7 +208,7 @@ impl SlackApi {
     pub async fn users_info_email(&self, user: &str) -> Result<Option<String>, SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiUsersInfoRequest::new(user.into());
-        let resp = session.users_info(&req).await?;
+        let resp = self.call("users.info", session.users_info(&req)).await?;
         Ok(resp
             .user
             .profile
