@@ -6,9 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use jitgate::config::{self, DEFAULT_CONFIG_PATH};
+use jitgate::duration::HumanDuration;
+
+/// `jitgate --version`: the package version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("JITGATE_COMMIT"), ")");
 
 #[derive(Parser)]
-#[command(name = "jitgate", version, about = "Just-in-time access through Slack")]
+#[command(name = "jitgate", version = VERSION, about = "Just-in-time access through Slack")]
 struct Cli {
     /// The configuration file.
     #[arg(long, global = true, env = "JITGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
@@ -40,6 +44,27 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Copy the database to PATH, safely while `serve` runs, and verify the copy
+    /// (integrity check and audit hash chain).
+    Backup {
+        /// Where the copy goes.
+        path: PathBuf,
+        /// Replace PATH if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Ask a running jitgate whether it is healthy (GET /healthz); exit 0 if it is, 1 if
+    /// not. For container and supervisor health checks.
+    Healthcheck {
+        /// The URL to ask. Default: /healthz at `[server] listen` of the configuration.
+        #[arg(long)]
+        url: Option<String>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s")]
+        timeout: HumanDuration,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -76,6 +101,28 @@ fn init_tracing() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These two need no configuration (the health check reads it only for the address).
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "jitgate", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Healthcheck { url, timeout } => {
+            // Exit status 1 for every failure: container runtimes reserve 2.
+            return match jitgate::healthcheck::run(&cli.config, url.clone(), timeout.to_std()).await {
+                Ok(said) => {
+                    println!("{said}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     init_tracing();
     let config = match config::load(&cli.config).and_then(config::apply_env) {
         Ok(c) => c,
@@ -94,6 +141,12 @@ async fn main() -> ExitCode {
                 config.adapters.len(),
                 if config.adapters.len() == 1 { "" } else { "s" }
             );
+            if let Some(db) = config.database.file() {
+                println!("database: {}", db.display());
+                if db.parent().is_some_and(|d| !d.is_dir()) {
+                    println!("note: the database's directory does not exist; `jitgate serve` needs it");
+                }
+            }
             let mut vars: Vec<&str> = vec!["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"];
             if let Some(oncall) = &config.oncall {
                 vars.extend(oncall.sources.values().filter_map(|s| s.credential_env()));
@@ -108,6 +161,10 @@ async fn main() -> ExitCode {
         Command::Serve { revoke_removed } => serve(config, revoke_removed).await,
         Command::Audit { command } => audit(config, command).await,
         Command::Reconcile { dry_run } => reconcile(config, dry_run).await,
+        Command::Backup { path, force } => jitgate::backup::run(&config, &path, force)
+            .await
+            .map(|done| println!("{done}")),
+        Command::Healthcheck { .. } | Command::Completions { .. } => Ok(()), // answered above
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,6 +198,7 @@ async fn serve(config: config::Config, revoke_removed: bool) -> anyhow::Result<(
 }
 
 async fn reconcile(config: config::Config, dry_run: bool) -> anyhow::Result<()> {
+    jitgate::store::Db::existing_file(&config)?;
     // Reconciling makes no Slack call (reports are queued for the running bot to send).
     let secrets = jitgate::Secrets::from_env().unwrap_or(jitgate::Secrets {
         bot_token: String::new(),
@@ -181,6 +239,7 @@ async fn wait_for_signal() {
 }
 
 async fn audit(config: config::Config, command: AuditCommand) -> anyhow::Result<()> {
+    jitgate::store::Db::existing_file(&config)?;
     let db = jitgate::store::Db::open(&config.database.url).await?;
     let mut conn = db.read.acquire().await?;
     match command {

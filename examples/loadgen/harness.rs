@@ -93,7 +93,9 @@ adapter = "{ADAPTER}"
 [adapters.{ADAPTER}]
 type = "noop"
 "#,
-        db = db.display()
+        // Relative paths in a configuration follow the file's directory (a temporary one
+        // here); `--db` is given relative to the working directory.
+        db = std::path::absolute(db).unwrap_or_else(|_| db.to_path_buf()).display()
     )
 }
 

@@ -906,7 +906,7 @@ secret_env = "JITGATE_WEBHOOK_SECRET"
     fn unknown_keys_and_reserved_headers_are_named() {
         let p = one_problem(&format!("{FILE}retries = 3\n"));
         assert!(
-            p.starts_with("adapters.hooks:") && p.contains("unknown field `retries`"),
+            p.starts_with("adapters.hooks.retries: unknown key; the keys here are `url`"),
             "{p}"
         );
         let p = one_problem(&format!("{FILE}headers = {{ \"X-Jitgate-Signature\" = \"x\" }}\n"));

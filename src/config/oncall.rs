@@ -454,11 +454,10 @@ fn source_from_table(key: &str, mut table: toml::Table) -> Result<SourceConfig, 
     };
     let kind = kind.as_str().unwrap_or_default().to_string();
     let value = toml::Value::Table(table);
-    let shape = |e: toml::de::Error| vec![format!("{key}: {}", e.message().trim())];
     let mut problems = Vec::new();
     let source = match kind.as_str() {
         "pagerduty" => {
-            let raw: RawPagerDuty = value.try_into().map_err(shape)?;
+            let raw: RawPagerDuty = crate::config::de::from_value(key, value)?;
             let base_url = base_url(key, raw.base_url.as_deref(), DEFAULT_PAGERDUTY_URL, &mut problems);
             env_name(&format!("{key}.token_env"), &raw.token_env, &mut problems);
             if raw.schedule_ids.is_empty() {
@@ -499,7 +498,7 @@ fn source_from_table(key: &str, mut table: toml::Table) -> Result<SourceConfig, 
             })
         }
         "opsgenie" => {
-            let raw: RawOpsgenie = value.try_into().map_err(shape)?;
+            let raw: RawOpsgenie = crate::config::de::from_value(key, value)?;
             let base_url = base_url(key, raw.base_url.as_deref(), DEFAULT_OPSGENIE_URL, &mut problems);
             env_name(&format!("{key}.key_env"), &raw.key_env, &mut problems);
             if raw.schedule_ids.is_empty() {
@@ -531,7 +530,7 @@ fn source_from_table(key: &str, mut table: toml::Table) -> Result<SourceConfig, 
             })
         }
         "static" => {
-            let raw: RawStatic = value.try_into().map_err(shape)?;
+            let raw: RawStatic = crate::config::de::from_value(key, value)?;
             static_rotation(key, raw, &mut problems).map(SourceConfig::Static)
         }
         other => {
@@ -849,7 +848,11 @@ end = "2025-12-27T09:00"
             "{p:?}"
         );
         let p = problems(&ONCALL.replace("token_env = \"PD_TOKEN\"", "token_env = \"PD_TOKEN\"\ntoken = \"x\""));
-        assert!(p.iter().any(|m| m.contains("unknown field `token`")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("oncall.sources.pd.token: unknown key; did you mean `token_env`?")),
+            "{p:?}"
+        );
     }
 
     #[test]

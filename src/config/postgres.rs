@@ -185,9 +185,7 @@ pub(crate) fn parse_config_with_env(
     value: toml::Value,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PostgresAdapterConfig, Vec<String>> {
-    let raw: RawPostgres = value
-        .try_into()
-        .map_err(|e: toml::de::Error| vec![format!("{key}: {}", e.message())])?;
+    let raw: RawPostgres = crate::config::de::from_value(key, value)?;
     let mut problems = Vec::new();
     let example_url = "\"postgres://jitgate@db.example.com:5432/app\"";
 

@@ -75,6 +75,34 @@ impl Db {
         Ok(Self { write, read })
     }
 
+    /// The database file of `config`, for commands that only read what `serve` stored
+    /// (`audit`, `reconcile`, `backup`): opening a missing file would create an empty
+    /// database and report on nothing, so a missing one is an error naming it.
+    pub fn existing_file(config: &crate::config::Config) -> anyhow::Result<std::path::PathBuf> {
+        let source = if std::env::var("JITGATE_DATABASE_URL").is_ok_and(|v| !v.trim().is_empty()) {
+            "JITGATE_DATABASE_URL".to_string()
+        } else {
+            format!(
+                "database.url in {}; a relative path there is resolved against the file's directory",
+                config.path.display()
+            )
+        };
+        let Some(file) = config.database.file() else {
+            anyhow::bail!(
+                "`{}` is an in-memory database ({source}); there is nothing stored to read",
+                config.database.url
+            );
+        };
+        if !file.exists() {
+            anyhow::bail!(
+                "the database {} does not exist ({source}); point it at the file `jitgate serve` uses \
+                 (serve creates it when it first starts)",
+                file.display()
+            );
+        }
+        Ok(file)
+    }
+
     /// Starts a write transaction. `BEGIN IMMEDIATE` takes the write lock up front, so a
     /// read-then-write transaction cannot fail half-way with "database is locked".
     pub async fn begin(&self) -> sqlx::Result<Tx> {

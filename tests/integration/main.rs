@@ -3,6 +3,7 @@
 mod support;
 
 mod approvals;
+mod backup;
 mod commands;
 mod crash;
 mod delivery;
@@ -13,5 +14,6 @@ mod lifecycle;
 mod manifest;
 mod module_graph;
 mod oncall;
+mod packaging;
 mod reconcile;
 mod security;

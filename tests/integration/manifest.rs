@@ -51,22 +51,165 @@ fn slack_app_manifest_matches_the_public_schema() {
         .ends_with("/slack/interactions"));
 }
 
-#[test]
-fn example_config_passes_check_config() {
+/// A copy of the repository's `manifest/` directory in `dir`, as in a checkout.
+fn checkout(dir: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.join("manifest")).unwrap();
+    for entry in std::fs::read_dir(root.join("manifest")).unwrap() {
+        let entry = entry.unwrap();
+        // fs::copy keeps the permissions: the example script stays executable.
+        std::fs::copy(entry.path(), dir.join("manifest").join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn the_readme_copy_step_gives_a_configuration_that_passes_check_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    // Step 3 of the set-up, exactly as written.
+    let step = readme
+        .split("3. **Write the configuration.**")
+        .nth(1)
+        .and_then(|rest| rest.split("4. **").next())
+        .expect("set-up step 3 in README.md");
+    let commands: Vec<&str> = step
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cp ") || l.starts_with("cargo run"))
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "cp manifest/jitgate.example.toml jitgate.toml",
+            "cargo run --release -- check-config --config jitgate.toml"
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    checkout(dir.path());
+    let cp = Command::new("sh")
+        .args(["-c", commands[0]])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let args: Vec<&str> = commands[1]
+        .strip_prefix("cargo run --release -- ")
+        .unwrap()
+        .split_whitespace()
+        .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
-        .args(["check-config", "--config"])
-        .arg(root.join("manifest/jitgate.example.toml"))
+        .args(&args)
+        .current_dir(dir.path())
         .env_remove("JITGATE_CONFIG")
+        .env_remove("JITGATE_DATABASE_URL")
         .output()
         .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("jitgate.toml: OK ("), "{stdout}");
+    // The database is next to the file, as the file's comment says.
+    let dir = dir.path().canonicalize().unwrap();
     assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        stdout.contains(&format!("database: {}", dir.join("jitgate.db").display())),
+        "{stdout}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(": OK ("));
+}
+
+#[test]
+fn relative_paths_are_resolved_against_the_configuration_files_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    checkout(dir.path());
+    let elsewhere = tempfile::tempdir().unwrap();
+    // The file is used from another working directory: the same paths are found.
+    std::fs::copy(
+        dir.path().join("manifest/jitgate.example.toml"),
+        dir.path().join("jitgate.toml"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("jitgate.toml"))
+        .current_dir(elsewhere.path())
+        .env_remove("JITGATE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains(&format!("database: {}", dir.path().join("jitgate.db").display())),
+        "{stdout}"
+    );
+
+    // Used in place, the example's script path points nowhere: the message shows where it
+    // looked and what to do.
+    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("manifest/jitgate.example.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let manifest = dir.path().join("manifest");
+    assert!(
+        err.contains(&format!(
+            "adapters.demo.command: `{}` does not exist or is not a file; relative paths are resolved \
+             against the configuration file's directory ({}); write the program's path from there, or an \
+             absolute path",
+            manifest.join("manifest/jit-grant.example.sh").display(),
+            manifest.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn type_errors_and_unknown_keys_name_the_key_path_the_type_and_the_nearest_key_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jitgate.toml");
+    std::fs::write(
+        &path,
+        r##"
+[requests]
+max_reason_length = "500"
+
+[[resources]]
+name = "a"
+approval_channel = "#ops"
+approvers = ["U0APPROVER"]
+adapter = "demo"
+
+[[resources]]
+name = "b"
+approval_channel = "C0B"
+approvers = ["U0APPROVER"]
+aprover_groups = ["S0DBAS"]
+max_duration = 4
+adapter = "demo"
+
+[adapters.demo]
+type = "noop"
+timeout = "5s"
+"##,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("5 problems"), "{err}");
+    for line in [
+        "requests.max_reason_length: expected a whole number (0 or more), found the string \"500\"; \
+         write it without quotes: max_reason_length = 500",
+        "resources[1].aprover_groups: unknown key; did you mean `approver_groups`?",
+        "resources[1].max_duration: expected a duration in quotes, like \"2h\", found the number 4",
+        "adapters.demo.timeout: unknown key; this table takes no other keys",
+        "resources[0] (a).approval_channel: `#ops` is not a Slack channel ID",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in:\n{err}");
+    }
 }
 
 #[test]
@@ -96,24 +239,18 @@ fn check_config_names_the_file_the_key_and_the_fix() {
 
 #[test]
 fn serve_refuses_to_start_without_secrets() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    let config = std::fs::read_to_string(root.join("manifest/jitgate.example.toml"))
-        .unwrap()
-        .replace(
-            "sqlite://jitgate.db",
-            &format!("sqlite://{}/x.db", dir.path().display()),
-        );
-    let path = root.join("manifest").join(format!("test-{}.toml", std::process::id()));
-    std::fs::write(&path, config).unwrap();
+    checkout(dir.path());
+    let path = dir.path().join("jitgate.toml");
+    std::fs::copy(dir.path().join("manifest/jitgate.example.toml"), &path).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))
         .args(["serve", "--config"])
         .arg(&path)
         .env_remove("SLACK_BOT_TOKEN")
         .env_remove("SLACK_SIGNING_SECRET")
+        .env_remove("JITGATE_DATABASE_URL")
         .output()
         .unwrap();
-    std::fs::remove_file(&path).unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SLACK_BOT_TOKEN is not set"));
 }
@@ -130,7 +267,7 @@ fn example_config_on_call_block_is_valid_when_uncommented() {
     let dir = tempfile::tempdir().unwrap();
     let script = root.join("manifest/jit-grant.example.sh");
     let config = format!("{}{}\n", &text[..start], block.join("\n"))
-        .replace("./jit-grant.example.sh", &script.display().to_string());
+        .replace("manifest/jit-grant.example.sh", &script.display().to_string());
     let path = dir.path().join("jitgate.toml");
     std::fs::write(&path, config).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_jitgate"))

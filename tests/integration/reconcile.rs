@@ -172,11 +172,18 @@ fn reconcile_command_line_runs_once() {
             &format!("sqlite://{}/r.db", dir.path().display()),
         )
         .replace(
-            "./jit-grant.example.sh",
+            "manifest/jit-grant.example.sh",
             &root.join("manifest/jit-grant.example.sh").display().to_string(),
         );
     let path = dir.path().join("jitgate.toml");
     std::fs::write(&path, config).unwrap();
+    // reconcile reads what serve stored: the database must exist (serve creates it).
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let db = jitgate::store::Db::open(&format!("sqlite://{}/r.db", dir.path().display()))
+            .await
+            .unwrap();
+        db.close().await;
+    });
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
         .args(["reconcile", "--dry-run", "--config"])
         .arg(&path)
