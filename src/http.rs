@@ -1,4 +1,4 @@
-//! HTTP: the three Slack endpoints and a health check. Every Slack endpoint checks the
+//! HTTP: the three Slack endpoints, and health, readiness and metrics for operators. Every Slack endpoint checks the
 //! signature on the raw body before reading anything, decodes Slack's wire format and
 //! hands the input to its entry point in `inputs`, which answers at once.
 
@@ -25,16 +25,49 @@ pub fn router(state: AppState) -> Router {
         .route("/slack/commands", post(slash_command))
         .route("/slack/interactions", post(interaction))
         .route("/slack/events", post(event))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .merge(operations())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), timed))
         .with_state(state)
 }
 
+/// `/healthz`, `/readyz` and `/metrics`: served on `[server] listen`, and on
+/// `[metrics] listen` when it is set (see [`operations_router`]).
+fn operations() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The operations routes alone, for a separate listener (`[metrics] listen`), so that they
+/// can stay on a loopback or internal address.
+pub fn operations_router(state: AppState) -> Router {
+    operations()
+        .layer(middleware::from_fn_with_state(state.clone(), timed))
+        .with_state(state)
+}
+
+/// Ready (200) or not (503, with one line per problem).
+async fn readyz(State(app): State<AppState>) -> Response {
+    let problems = crate::readiness::check(&app).await;
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", problems.join("\n"))).into_response()
+    }
+}
+
 /// The routes `/metrics` names; any other path counts as `other`, so a scan of random
 /// paths cannot create new series.
-const ROUTES: &[&str] = &["/slack/commands", "/slack/interactions", "/slack/events", "/healthz", "/metrics"];
+const ROUTES: &[&str] = &[
+    "/slack/commands",
+    "/slack/interactions",
+    "/slack/events",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
 
 /// Counts every HTTP request by route and status, with its duration.
 async fn timed(State(app): State<AppState>, req: Request, next: Next) -> Response {

@@ -63,7 +63,13 @@ pub struct SlackApi {
     client: Arc<SlackHyperClient>,
     token: Arc<SlackApiToken>,
     metrics: Option<Metrics>,
+    /// What went wrong with the last call that failed for a reason that concerns every
+    /// call (Slack unreachable, the token refused), until a call succeeds again.
+    trouble: Arc<std::sync::Mutex<Option<String>>>,
 }
+
+/// Slack error codes that mean the token itself is refused: no call can succeed.
+const TOKEN_REFUSED: &[&str] = &["invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"];
 
 impl std::fmt::Debug for SlackApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,7 +112,14 @@ impl SlackApi {
             client: Arc::new(SlackClient::new(connector)),
             token: Arc::new(SlackApiToken::new(SlackApiTokenValue::new(bot_token.to_string()))),
             metrics: None,
+            trouble: Arc::default(),
         }
+    }
+
+    /// Why Slack cannot be used now, as the latest calls saw it (`None` while calls
+    /// succeed, and before the first).
+    pub fn trouble(&self) -> Option<String> {
+        self.trouble.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Counts every call by method and outcome in `metrics`.
@@ -122,6 +135,18 @@ impl SlackApi {
         call: impl std::future::Future<Output = Result<T, SlackClientError>>,
     ) -> Result<T, SlackCallError> {
         let result = call.await.map_err(SlackCallError::from);
+        let trouble = match &result {
+            Ok(_) => Some(None),
+            Err(SlackCallError::Transient(e)) => Some(Some(format!("Slack unreachable ({method}: {e})"))),
+            Err(SlackCallError::Permanent(code)) if TOKEN_REFUSED.contains(&code.as_str()) => {
+                Some(Some(format!("Slack refuses the bot token ({method}: {code})")))
+            }
+            // Rate limits and refusals of one message say nothing about the others.
+            Err(_) => None,
+        };
+        if let Some(t) = trouble {
+            *self.trouble.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        }
         if let Some(m) = &self.metrics {
             let outcome = match &result {
                 Ok(_) => "ok",

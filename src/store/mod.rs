@@ -760,6 +760,26 @@ pub async fn live_accesses(conn: &mut SqliteConnection) -> sqlx::Result<Vec<(Str
     .await
 }
 
+/// Writes the scheduler's heartbeat and checkpoints the WAL into the database file
+/// (passively: it waits for no reader), so a database that can no longer take writes in
+/// either file fails here. Run it on the writer connection.
+pub async fn heartbeat(conn: &mut SqliteConnection, now: i64) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Whether every migration this build knows has been applied.
+pub async fn migrations_applied(conn: &mut SqliteConnection) -> sqlx::Result<bool> {
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(applied as usize >= MIGRATOR.iter().count())
+}
+
 /// What `/metrics` reports of the stored state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {

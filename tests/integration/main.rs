@@ -13,6 +13,7 @@ mod group_commit;
 mod lifecycle;
 mod manifest;
 mod module_graph;
+mod observe;
 mod oncall;
 mod packaging;
 mod reconcile;
