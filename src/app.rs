@@ -11,6 +11,7 @@ use crate::access_locks::AccessLocks;
 use crate::adapters::Adapters;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::oncall::OnCall;
 use crate::outbox::OutboxHandle;
 use crate::scheduler::SchedulerHandle;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub oncall: Arc<OnCall>,
     /// Keys the audit log's hash chain.
     pub audit_key: crate::audit::AuditKey,
+    /// What `/metrics` shows.
+    pub metrics: Metrics,
     /// Checks the signatures of Slack's requests.
     pub(crate) signing_secret: Arc<[u8]>,
     /// Wakes the scheduler for new jobs.

@@ -348,7 +348,16 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
         Command::Request(input) => {
             let valid = match requests::validate(&app.config, &input) {
                 Ok(v) => v,
-                Err(message) => return Ok(refuse(app, cmd, "invalid request", message).await),
+                Err(message) => {
+                    app.metrics.request("refused");
+                    tracing::info!(
+                        actor = %cmd.user_id,
+                        resource = %input.resource,
+                        role = input.role.as_deref().unwrap_or_default(),
+                        "request refused: not valid"
+                    );
+                    return Ok(refuse(app, cmd, "invalid request", message).await);
+                }
             };
             // Held until the request is stored, so parallel requests cannot pass the cap.
             let Some(_slot) = pending_slot(app, cmd).await? else {

@@ -130,6 +130,9 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     };
     let now = app.now_ms();
     let what = format!("`{}:{}`", grant.resource, grant.role);
+    app.metrics.grant_attempt(&grant.adapter, result.is_ok());
+    // What to log once the transaction is committed.
+    let mut logged: Option<(bool, Option<i64>, String)> = None;
     let mut tx = app.db.begin().await?;
     match result {
         Ok(granted) => {
@@ -176,6 +179,7 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                 )
                 .await?;
                 store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
+                logged = Some((true, Some(expires_at), String::new()));
             }
             store::finish_job(&mut tx, job.id, false, now).await?;
         }
@@ -216,7 +220,9 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                     now,
                 )
                 .await?;
+                logged = Some((false, None, message.clone()));
             } else {
+                app.metrics.job_retry("grant");
                 let retry_at = now + jittered(app, attempts).as_millis() as i64;
                 store::retry_job(&mut tx, job.id, retry_at, &message, None).await?;
                 store::set_grant_error(&mut tx, grant.id, &message).await?;
@@ -235,6 +241,36 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         }
     }
     tx.commit().await?;
+    match logged {
+        Some((true, expires_at, _)) => {
+            if let Some(decided) = request.decided_at {
+                app.metrics.granted_after(now - decided);
+            }
+            tracing::info!(
+                request_id = %label(request.id),
+                grant_id = grant.id,
+                actor = audit::SYSTEM_ACTOR,
+                user = %grant.user_id,
+                resource = %grant.resource,
+                role = %grant.role,
+                adapter = %grant.adapter,
+                expires_at = expires_at.unwrap_or_default(),
+                "granted"
+            );
+        }
+        Some((false, _, error)) => tracing::warn!(
+            request_id = %label(request.id),
+            grant_id = grant.id,
+            actor = audit::SYSTEM_ACTOR,
+            user = %grant.user_id,
+            resource = %grant.resource,
+            role = %grant.role,
+            adapter = %grant.adapter,
+            error = %error,
+            "grant failed"
+        ),
+        None => {}
+    }
     app.outbox.wake();
     app.scheduler.wake();
     Ok(())
@@ -415,6 +451,7 @@ async fn revoke_batch(
                     item.grant.adapter
                 ))),
             };
+            app.metrics.revoke_attempt(&item.grant.adapter, result.is_ok());
             match result {
                 Ok(()) => RevokeOutcome::Revoked(item),
                 Err(e) => RevokeOutcome::Failed(item, e),
@@ -427,22 +464,77 @@ async fn revoke_batch(
 
     let now = app.now_ms();
     let mut tx = app.db.begin().await?;
-    record_revokes(app, &mut tx, outcomes, now).await?;
+    let ended = record_revokes(app, &mut tx, outcomes, now).await?;
     tx.commit().await?;
     drop(guards);
+    for e in ended {
+        if e.expired && !e.superseded {
+            app.metrics.revoked_late_by(e.late_ms);
+        }
+        tracing::info!(
+            request_id = %label(e.request_id),
+            grant_id = e.grant_id,
+            actor = %e.actor,
+            user = %e.user,
+            resource = %e.resource,
+            role = %e.role,
+            adapter = %e.adapter,
+            late_ms = e.late_ms,
+            "{}",
+            if e.superseded { "revoked (access kept under another grant)" } else { "revoked" }
+        );
+    }
     app.outbox.wake();
     app.scheduler.wake();
     Ok(deferred)
 }
 
+/// A grant a batch ended, for the log once the batch is committed.
+struct Ended {
+    request_id: i64,
+    grant_id: i64,
+    actor: String,
+    user: String,
+    resource: String,
+    role: String,
+    adapter: String,
+    /// It ended at its end time rather than early.
+    expired: bool,
+    /// The access itself stays, under another grant.
+    superseded: bool,
+    late_ms: i64,
+}
+
+impl Ended {
+    fn of(item: &RevokeItem, superseded: bool, now: i64) -> Self {
+        let g = &item.grant;
+        Self {
+            request_id: item.request.id,
+            grant_id: g.id,
+            actor: g
+                .revoke_requested_by
+                .clone()
+                .unwrap_or_else(|| audit::SYSTEM_ACTOR.into()),
+            user: g.user_id.clone(),
+            resource: g.resource.clone(),
+            role: g.role.clone(),
+            adapter: g.adapter.clone(),
+            expired: g.revoke_requested_by.is_none(),
+            superseded,
+            late_ms: now - item.due,
+        }
+    }
+}
+
 /// Writes what a batch of revoke jobs led to: grant states, audit entries, messages, and
 /// the jobs' own state, with one multi-row statement per table for the common case.
+/// Returns the grants it ended.
 async fn record_revokes(
     app: &AppState,
     tx: &mut sqlx::SqliteConnection,
     mut outcomes: Vec<RevokeOutcome>,
     now: i64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Ended>> {
     // The audit log and messages follow the order the jobs were due.
     outcomes.sort_by_key(|o| match o {
         RevokeOutcome::Finish(job) | RevokeOutcome::NotDue(job, _) => (job.run_at, job.id),
@@ -463,6 +555,7 @@ async fn record_revokes(
     let mut events: Vec<audit::Event> = Vec::new();
     let mut messages: Vec<(Outgoing, i64)> = Vec::new();
     let mut finished: Vec<i64> = Vec::new();
+    let mut ended: Vec<Ended> = Vec::new();
     for outcome in &outcomes {
         match outcome {
             RevokeOutcome::Finish(job) => finished.push(job.id),
@@ -483,6 +576,7 @@ async fn record_revokes(
                 } else {
                     let by = grant.revoke_requested_by.as_deref().unwrap_or("expiry");
                     if store::supersede_grant(tx, grant.id, now, by).await? {
+                        ended.push(Ended::of(item, true, now));
                         events.push(audit::Event {
                             at: now,
                             actor: grant.revoke_requested_by.as_deref().unwrap_or(audit::SYSTEM_ACTOR),
@@ -521,6 +615,7 @@ async fn record_revokes(
                         details: json!({ "grant_id": grant.id }),
                     });
                 } else if revoked.contains(&grant.id) {
+                    ended.push(Ended::of(item, false, now));
                     let by = grant.revoke_requested_by.as_deref().unwrap_or("expiry");
                     events.push(audit::Event {
                         at: now,
@@ -580,6 +675,7 @@ async fn record_revokes(
                 let attempts = job.attempts + 1;
                 let message = err.to_string();
                 let retry_at = now + jittered(app, attempts).as_millis() as i64;
+                app.metrics.job_retry("revoke");
                 let alert_every = app.config.jobs.revoke_alert_interval.as_secs() as i64 * 1000;
                 let alert = job.last_alert_at.is_none_or(|at| now - at >= alert_every);
                 store::retry_job(tx, job.id, retry_at, &message, alert.then_some(now)).await?;
@@ -617,7 +713,7 @@ async fn record_revokes(
     audit::append_all(&app.audit_key, tx, &events).await?;
     store::enqueue_all(tx, &messages).await?;
     store::finish_jobs(tx, &finished, now).await?;
-    Ok(())
+    Ok(ended)
 }
 
 async fn finish(app: &AppState, job: &JobRow) -> anyhow::Result<()> {
@@ -732,10 +828,12 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         ))),
     };
     let now = app.now_ms();
+    let mut extended = false;
     let mut tx = app.db.begin().await?;
     match result {
         Ok(()) => {
             if store::extend_grant(&mut tx, grant.id, add).await? {
+                extended = true;
                 store::reschedule_job(&mut tx, original_id, JobKind::Revoke, new_expiry).await?;
                 audit::append(&app.audit_key, &mut tx,
                     now,
@@ -794,6 +892,7 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                 .await?;
                 store::finish_job(&mut tx, job.id, true, now).await?;
             } else {
+                app.metrics.job_retry("extend");
                 store::retry_job(
                     &mut tx,
                     job.id,
@@ -806,6 +905,19 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         }
     }
     tx.commit().await?;
+    if extended {
+        tracing::info!(
+            request_id = %label(original_id),
+            extension = %label(ext.id),
+            grant_id = grant.id,
+            actor = %ext.requester_id,
+            user = %grant.user_id,
+            resource = %grant.resource,
+            role = %grant.role,
+            expires_at = new_expiry,
+            "extended"
+        );
+    }
     app.outbox.wake();
     app.scheduler.wake();
     Ok(())
@@ -813,6 +925,7 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
 
 pub async fn expire_request(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let now = app.now_ms();
+    let mut expired = None;
     let mut tx = app.db.begin().await?;
     if store::transition_request(
         &mut tx,
@@ -851,10 +964,22 @@ pub async fn expire_request(app: &AppState, job: JobRow) -> anyhow::Result<()> {
             )
             .await?;
             store::enqueue(&mut tx, &Outgoing::update_card(r.id), now).await?;
+            expired = Some(r);
         }
     }
     store::finish_job(&mut tx, job.id, false, now).await?;
     tx.commit().await?;
+    if let Some(r) = expired {
+        app.metrics.request("expired");
+        tracing::info!(
+            request_id = %label(r.id),
+            actor = audit::SYSTEM_ACTOR,
+            user = %r.requester_id,
+            resource = %r.resource,
+            role = %r.role,
+            "request expired: nobody decided in time"
+        );
+    }
     app.outbox.wake();
     Ok(())
 }

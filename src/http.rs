@@ -1,4 +1,4 @@
-//! HTTP: the three Slack endpoints and a health check. Every Slack endpoint checks the
+//! HTTP: the three Slack endpoints, and health, readiness and metrics for operators. Every Slack endpoint checks the
 //! signature on the raw body before reading anything, decodes Slack's wire format and
 //! hands the input to its entry point in `inputs`, which answers at once.
 //!
@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -29,6 +30,7 @@ use crate::app::AppState;
 use crate::inputs::{self, EventReply};
 use crate::slack::payloads::{EventEnvelope, Interaction, InteractionForm, SlashCommand};
 use crate::slack::signature;
+use crate::store;
 
 /// Slack's payloads are small; anything bigger is refused before it is read in full.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -40,7 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/slack/commands", post(slash_command))
         .route("/slack/interactions", post(interaction))
         .route("/slack/events", post(event))
-        .route("/healthz", get(healthz))
+        .merge(operations())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A body that stops arriving, and a request (body and answer) that takes too long.
         .layer(RequestBodyTimeoutLayer::new(request_timeout))
@@ -48,7 +50,64 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), timed))
         .with_state(state)
+}
+
+/// `/healthz`, `/readyz` and `/metrics`: served on `[server] listen`, and on
+/// `[metrics] listen` when it is set (see [`operations_router`]).
+fn operations() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The operations routes alone, for a separate listener (`[metrics] listen`), so that they
+/// can stay on a loopback or internal address.
+pub fn operations_router(state: AppState) -> Router {
+    operations()
+        .layer(middleware::from_fn_with_state(state.clone(), timed))
+        .with_state(state)
+}
+
+/// Ready (200) or not (503, with one line per problem).
+async fn readyz(State(app): State<AppState>) -> Response {
+    let problems = crate::readiness::check(&app).await;
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n{}\n", problems.join("\n")),
+        )
+            .into_response()
+    }
+}
+
+/// The routes `/metrics` names; any other path counts as `other`, so a scan of random
+/// paths cannot create new series.
+const ROUTES: &[&str] = &[
+    "/slack/commands",
+    "/slack/interactions",
+    "/slack/events",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+/// Counts every HTTP request by route and status, with its duration.
+async fn timed(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let path = ROUTES
+        .iter()
+        .find(|r| **r == req.uri().path())
+        .copied()
+        .unwrap_or("other");
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    app.metrics
+        .http_request(path, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
 }
 
 /// What bounds the server's clients.
@@ -167,6 +226,34 @@ async fn healthz(State(app): State<AppState>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
         }
     }
+}
+
+/// Prometheus' scrape: counters and histograms as they stand, and the stored state read now.
+async fn metrics(State(app): State<AppState>) -> Response {
+    let observed = match app.db.read.acquire().await {
+        Ok(mut conn) => store::observed(&mut conn).await,
+        Err(e) => Err(e),
+    };
+    match observed {
+        Ok(o) => {
+            // Every configured resource is reported, with 0 when nothing is in force.
+            let mut active: Vec<(String, i64)> = app.config.resources.iter().map(|r| (r.name.clone(), 0)).collect();
+            for (resource, n) in o.active_by_resource {
+                match active.iter_mut().find(|(r, _)| *r == resource) {
+                    Some(entry) => entry.1 = n,
+                    None => active.push((resource, n)),
+                }
+            }
+            let oldest_age = o.outbox_oldest_at.map(|at| app.now_ms() - at);
+            app.metrics.set_state(&active, o.outbox_backlog, oldest_age);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the database; stored-state gauges are stale"),
+    }
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        app.metrics.encode(),
+    )
+        .into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -23,9 +23,11 @@ pub mod http;
 pub mod ids;
 pub mod inputs;
 pub mod jobs;
+pub mod metrics;
 pub mod oncall;
 pub mod outbox;
 pub mod policy;
+pub mod readiness;
 pub mod reconcile;
 pub mod report;
 pub mod requests;
@@ -120,6 +122,8 @@ impl Default for Options {
 pub struct Running {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where `/metrics` and `/readyz` listen besides `addr` (`[metrics] listen`).
+    pub metrics_addr: Option<SocketAddr>,
     /// Its state, for tests and benchmarks to inspect.
     pub state: AppState,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -237,9 +241,12 @@ pub async fn build_with_env(
         adapters.insert(&name, adapter);
     }
     let concurrency = config.jobs.concurrency;
+    let metrics = metrics::Metrics::new();
     Ok(AppState {
         slack: SlackApi::new(&config.slack.api_url, &secrets.bot_token)
-            .with_response_url_hosts(&config.slack.response_url_hosts),
+            .with_response_url_hosts(&config.slack.response_url_hosts)
+            .with_metrics(metrics.clone()),
+        metrics,
         config: Arc::new(config),
         db,
         clock,
@@ -344,6 +351,32 @@ pub async fn start(
         .spawn(reconcile::run_periodically(state.clone(), state.clock.now()));
     state.tasks.spawn(anchor_periodically(state.clone()));
 
+    // `/metrics` and `/readyz` on their own address too, when configured.
+    let metrics_addr = match state.config.metrics.listen {
+        None => None,
+        Some(at) => {
+            let ops = TcpListener::bind(at).await.with_context(|| {
+                format!(
+                    "{}: metrics.listen: cannot listen on {at}; free the port or choose another",
+                    state.config.path.display()
+                )
+            })?;
+            let bound = ops.local_addr()?;
+            let token = state.shutdown.clone();
+            let router = http::operations_router(state.clone());
+            state.tasks.spawn(async move {
+                if let Err(e) = axum::serve(ops, router)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+            tracing::info!(addr = %bound, "metrics and readiness listening");
+            Some(bound)
+        }
+    };
+
     let addr = listener.local_addr()?;
     let app = http::router(state.clone());
     let limits = http::Limits {
@@ -364,6 +397,7 @@ pub async fn start(
     tracing::info!(%addr, "jitgate listening");
     Ok(Running {
         addr,
+        metrics_addr,
         state,
         server,
         grace: options.shutdown_grace,

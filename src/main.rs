@@ -137,11 +137,22 @@ fn init_tracing() {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match std::env::var("JITGATE_LOG_FORMAT").as_deref() {
+        // One JSON object per line: `timestamp`, `level`, `fields.message` and the step's
+        // fields (`request_id`, `grant_id`, `actor`, `resource`, `role`, …).
+        Ok("json") => builder.json().with_current_span(false).init(),
+        Ok("text") | Err(_) => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        Ok(other) => {
+            builder.with_ansi(false).init();
+            tracing::warn!(
+                value = other,
+                "JITGATE_LOG_FORMAT must be `json` or `text`; logging as text"
+            );
+        }
+    }
 }
 
 #[tokio::main]

@@ -163,9 +163,24 @@ async fn insert_pending(app: &AppState, new: &NewRequest, on_call_check: bool) -
     if !app.creations.draining.swap(true, Ordering::SeqCst) {
         app.tasks.spawn(drain_creations(app.clone()));
     }
-    stored
+    let id = stored
         .await
-        .map_err(|_| anyhow::anyhow!("the request was not stored: jitgate is stopping"))?
+        .map_err(|_| anyhow::anyhow!("the request was not stored: jitgate is stopping"))??;
+    app.metrics.request("created");
+    tracing::info!(
+        request_id = %label(id),
+        actor = %new.requester_id,
+        resource = %new.resource,
+        role = %new.role,
+        duration_secs = new.duration_secs,
+        extends = new.extends_request_id.map(label),
+        "{}",
+        match new.kind {
+            store::RequestKind::Access => "request created",
+            store::RequestKind::Extension => "extension requested",
+        }
+    );
+    Ok(id)
 }
 
 /// How long the drain keeps the writer connection while requests keep coming, before it
@@ -400,6 +415,17 @@ pub async fn create_extension(
     )
     .await?;
     tx.commit().await?;
+    app.metrics.request("created");
+    app.metrics.decision("approve", "self_extend");
+    tracing::info!(
+        request_id = %label(id),
+        actor = %who.user_id,
+        resource = %new.resource,
+        role = %new.role,
+        duration_secs = new.duration_secs,
+        extends = %label(original.id),
+        "extension requested and approved (self-extension)"
+    );
     app.outbox.wake();
     app.scheduler.wake();
     Ok(id)
@@ -442,6 +468,14 @@ pub async fn cancel(app: &AppState, request_id: i64, user: &str) -> anyhow::Resu
         store::enqueue(&mut tx, &Outgoing::update_card(request_id), now).await?;
     }
     tx.commit().await?;
+    app.metrics.request("cancelled");
+    tracing::info!(
+        request_id = %label(request_id),
+        actor = %user,
+        resource = %r.resource,
+        role = %r.role,
+        "cancelled"
+    );
     app.outbox.wake();
     Ok(true)
 }

@@ -21,6 +21,9 @@ use crate::store::{self, Claim, Db, JobRow};
 /// How many due revoke jobs one task takes at most.
 const REVOKE_BATCH: i64 = 256;
 
+/// The loop writes its heartbeat this often, and wakes at least this often to do so.
+pub const HEARTBEAT_EVERY_MS: i64 = 5_000;
+
 /// The scheduler's side of the app state: wake-ups and the workers. Cheap to clone.
 #[derive(Clone)]
 pub struct SchedulerHandle {
@@ -31,6 +34,9 @@ pub struct SchedulerHandle {
     /// One permit per worker: a claimed job always holds one.
     permits: Arc<Semaphore>,
     workers: usize,
+    /// When the loop last wrote its heartbeat (unix ms, by the injected clock); 0 before
+    /// the first.
+    beat: Arc<AtomicI64>,
 }
 
 impl SchedulerHandle {
@@ -41,7 +47,13 @@ impl SchedulerHandle {
             next: Arc::new(AtomicI64::new(i64::MAX)),
             permits: Arc::new(Semaphore::new(workers)),
             workers,
+            beat: Arc::new(AtomicI64::new(0)),
         }
+    }
+
+    /// When the loop last wrote its heartbeat to the database (unix ms); 0 if never.
+    pub fn last_beat_ms(&self) -> i64 {
+        self.beat.load(Ordering::SeqCst)
     }
 
     /// Tells the scheduler that a job may be due sooner than it thought.
@@ -153,13 +165,35 @@ impl<R: Runner> Scheduler<R> {
         }
     }
 
+    /// Writes the heartbeat (see `store::heartbeat`) when the last one is older than
+    /// `HEARTBEAT_EVERY_MS`; `/readyz` reads when it last succeeded.
+    async fn beat(&self, last_try: &mut i64) {
+        let now = self.now_ms();
+        if now - *last_try < HEARTBEAT_EVERY_MS {
+            return;
+        }
+        *last_try = now;
+        let written = match self.db.write.acquire().await {
+            Ok(mut conn) => store::heartbeat(&mut conn, now).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => self.handle.beat.store(now, Ordering::SeqCst),
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler: cannot write its heartbeat; the database takes no writes")
+            }
+        }
+    }
+
     /// The scheduler loop, until shutdown.
     pub async fn run(self) {
         let handle = &self.handle;
+        let mut last_try = i64::MIN / 2;
         loop {
             if self.shutdown.is_cancelled() {
                 break;
             }
+            self.beat(&mut last_try).await;
             // While looking, any new job may be the next one: ask to be woken for all of them.
             handle.next.store(i64::MAX, Ordering::SeqCst);
             if let Err(e) = self.claim_and_spawn(self.now_ms()).await {
@@ -179,13 +213,16 @@ impl<R: Runner> Scheduler<R> {
             // after the read above but due sooner still wakes us (the store comes after the
             // read, the creator's check after its commit, and Notify keeps the permit).
             handle.next.store(next.unwrap_or(i64::MAX), Ordering::SeqCst);
-            let sleep = match next {
-                // With every worker busy, a finishing job wakes us.
-                Some(at) if handle.permits.available_permits() > 0 => self
-                    .clock
-                    .sleep_until(chrono::DateTime::from_timestamp_millis(at).unwrap_or_default()),
-                _ => Box::pin(std::future::pending()),
+            // Wake for the next due job (with every worker busy, a finishing job wakes us)
+            // and at least every HEARTBEAT_EVERY_MS for the heartbeat.
+            let heartbeat_at = last_try.saturating_add(HEARTBEAT_EVERY_MS);
+            let wake_at = match next {
+                Some(at) if handle.permits.available_permits() > 0 => at.min(heartbeat_at),
+                _ => heartbeat_at,
             };
+            let sleep = self
+                .clock
+                .sleep_until(chrono::DateTime::from_timestamp_millis(wake_at).unwrap_or_default());
             tokio::select! {
                 _ = sleep => {}
                 _ = handle.wake.notified() => {}

@@ -253,6 +253,7 @@ pub async fn explain(l: &Lookups<'_>, q: &Question) -> anyhow::Result<Result<Exp
                 duration: *duration,
                 channel,
                 request_id: None,
+                metrics: None,
             };
             Some(decide(l.config, l.oncall, l.slack_or_offline, l.read, &ask, l.now).await?)
         }

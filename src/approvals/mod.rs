@@ -429,11 +429,42 @@ pub async fn record(
     }
     store::enqueue(&mut tx, &Outgoing::update_card(request.id), now).await?;
     tx.commit().await?;
+    let verdict_word = if verdict == Verdict::Approve { "approve" } else { "deny" };
+    app.metrics.decision(verdict_word, "person");
+    match result {
+        Outcome::Approved => note_decided(app, &current, approver, "approved", now),
+        Outcome::Denied => note_decided(app, &current, approver, "denied", now),
+        Outcome::Waiting { approvals, required } => tracing::info!(
+            request_id = %label(current.id),
+            actor = %approver,
+            user = %current.requester_id,
+            resource = %current.resource,
+            role = %current.role,
+            approvals,
+            required,
+            "approval recorded; more needed"
+        ),
+    }
     app.outbox.wake();
     if result == Outcome::Approved {
         app.scheduler.wake();
     }
     Ok(Ok(result))
+}
+
+/// Counts and logs, once committed, the decision that ended `request` (`approved` or
+/// `denied`) by `actor` (a person, or an on-call policy).
+pub(crate) fn note_decided(app: &AppState, request: &RequestRow, actor: &str, outcome: &str, now: i64) {
+    app.metrics.request(outcome);
+    app.metrics.decided_after(now - request.created_at);
+    tracing::info!(
+        request_id = %label(request.id),
+        actor = %actor,
+        user = %request.requester_id,
+        resource = %request.resource,
+        role = %request.role,
+        "{outcome}"
+    );
 }
 
 /// What an approval set in motion.

@@ -204,6 +204,7 @@ pub async fn evaluate(app: &AppState, _cfg: &OnCallConfig, request: &RequestRow)
         duration: HumanDuration::from_secs(request.duration_secs.max(0) as u64),
         channel: &request.origin_channel,
         request_id: Some(request.id),
+        metrics: Some(&app.metrics),
     };
     decide(
         &app.config,
@@ -226,6 +227,8 @@ pub struct Ask<'a> {
     pub channel: &'a str,
     /// The stored request, for the logs (none when `policy explain` asks).
     pub request_id: Option<i64>,
+    /// Where to count on-call lookups (none when `policy explain` asks).
+    pub metrics: Option<&'a crate::metrics::Metrics>,
 }
 
 /// The on-call decision for `ask` at `now`: the auto-approve job and `policy explain`
@@ -284,6 +287,14 @@ pub async fn decide(
         let mut found = None;
         for source in &policy.sources {
             let answer = oncall.check_source(cfg, source, slack, ask.requester, now).await;
+            if let Some(m) = ask.metrics {
+                let result = match &answer {
+                    Ok(SourceAnswer::OnCall { .. }) => "on_call",
+                    Ok(_) => "not_on_call",
+                    Err(_) => "error",
+                };
+                m.oncall_lookup(source, result);
+            }
             match answer {
                 Ok(SourceAnswer::OnCall { entry, matched_by }) => {
                     found = Some((source.clone(), entry, matched_by));
@@ -462,7 +473,8 @@ async fn approve(
     .await?;
     store::finish_job(&mut tx, job.id, false, now).await?;
     tx.commit().await?;
-    tracing::info!(request = current.id, policy = %policy.name, "auto-approved on call");
+    app.metrics.decision("approve", "oncall_policy");
+    super::note_decided(app, &current, &policy.approver_id(), "approved", now);
     app.outbox.wake();
     app.scheduler.wake();
     Ok(())

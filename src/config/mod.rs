@@ -29,6 +29,8 @@ pub struct Config {
     /// The file this was read from, for messages.
     pub path: PathBuf,
     pub server: ServerConfig,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
     pub database: DatabaseConfig,
     pub slack: SlackConfig,
     pub requests: RequestsConfig,
@@ -57,6 +59,14 @@ pub struct ServerConfig {
     pub request_timeout: HumanDuration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// A separate address for `/metrics` and `/readyz` (e.g. loopback), besides
+    /// `[server] listen`, which serves them too.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[database]`
@@ -296,6 +306,8 @@ struct RawConfig {
     #[serde(default)]
     server: RawServer,
     #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
     database: RawDatabase,
     #[serde(default)]
     slack: RawSlack,
@@ -338,6 +350,12 @@ impl Default for RawServer {
             max_connections: None,
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -511,6 +529,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 raw.server.listen
             ));
             "0.0.0.0:3000".parse().expect("literal address")
+        }
+    };
+
+    let metrics_listen = match raw.metrics.listen.as_deref().map(str::parse::<SocketAddr>) {
+        None => None,
+        Some(Ok(a)) if a == listen && a.port() != 0 => {
+            problems.push(format!(
+                "metrics.listen: `{a}` is also server.listen, which serves /metrics and /readyz already; \
+                 remove metrics.listen or give it another port (like \"127.0.0.1:9090\")"
+            ));
+            None
+        }
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            problems.push(format!(
+                "metrics.listen: `{}` is not an address; write it like \"127.0.0.1:9090\"",
+                raw.metrics.listen.as_deref().unwrap_or_default()
+            ));
+            None
         }
     };
 
@@ -936,6 +973,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             request_timeout,
             max_connections,
         },
+        metrics: MetricsConfig { listen: metrics_listen },
         database,
         slack: SlackConfig {
             api_url,

@@ -7,6 +7,8 @@ use std::time::Duration;
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 
+use crate::metrics::Metrics;
+
 /// How a Slack call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SlackCallError {
@@ -60,6 +62,10 @@ pub struct ChannelInfo {
 pub struct SlackApi {
     client: Arc<SlackHyperClient>,
     token: Arc<SlackApiToken>,
+    metrics: Option<Metrics>,
+    /// What went wrong with the last call that failed for a reason that concerns every
+    /// call (Slack unreachable, the token refused), until a call succeeds again.
+    trouble: Arc<std::sync::Mutex<Option<String>>>,
     /// Hosts a response_url may point at (`[slack] response_url_hosts`).
     response_url_hosts: Arc<[String]>,
 }
@@ -76,6 +82,15 @@ pub fn response_url_allowed(url: &url::Url, hosts: &[String]) -> bool {
     let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
     scheme_ok && url.username().is_empty() && url.password().is_none() && hosts.contains(&host)
 }
+
+/// Slack error codes that mean the token itself is refused: no call can succeed.
+const TOKEN_REFUSED: &[&str] = &[
+    "invalid_auth",
+    "not_authed",
+    "account_inactive",
+    "token_revoked",
+    "token_expired",
+];
 
 impl std::fmt::Debug for SlackApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,6 +132,8 @@ impl SlackApi {
         Self {
             client: Arc::new(SlackClient::new(connector)),
             token: Arc::new(SlackApiToken::new(SlackApiTokenValue::new(bot_token.to_string()))),
+            metrics: None,
+            trouble: Arc::default(),
             response_url_hosts: Arc::from(vec!["hooks.slack.com".to_string()]),
         }
     }
@@ -127,6 +144,49 @@ impl SlackApi {
         self
     }
 
+    /// Why Slack cannot be used now, as the latest calls saw it (`None` while calls
+    /// succeed, and before the first).
+    pub fn trouble(&self) -> Option<String> {
+        self.trouble.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counts every call by method and outcome in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Runs one Web API call, sorting its error and counting it.
+    async fn call<T>(
+        &self,
+        method: &str,
+        call: impl std::future::Future<Output = Result<T, SlackClientError>>,
+    ) -> Result<T, SlackCallError> {
+        let result = call.await.map_err(SlackCallError::from);
+        let trouble = match &result {
+            Ok(_) => Some(None),
+            Err(SlackCallError::Transient(e)) => Some(Some(format!("Slack unreachable ({method}: {e})"))),
+            Err(SlackCallError::Permanent(code)) if TOKEN_REFUSED.contains(&code.as_str()) => {
+                Some(Some(format!("Slack refuses the bot token ({method}: {code})")))
+            }
+            // Rate limits and refusals of one message say nothing about the others.
+            Err(_) => None,
+        };
+        if let Some(t) = trouble {
+            *self.trouble.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        }
+        if let Some(m) = &self.metrics {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(SlackCallError::RateLimited(_)) => "rate_limited",
+                Err(SlackCallError::Transient(_)) => "transient",
+                Err(SlackCallError::Permanent(_)) => "refused",
+            };
+            m.slack_call(method, outcome);
+        }
+        result
+    }
+
     /// Posts a message; returns its channel and `ts`. A user ID as channel sends a DM.
     pub async fn post_message(
         &self,
@@ -135,7 +195,7 @@ impl SlackApi {
     ) -> Result<(String, String), SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiChatPostMessageRequest::new(channel.into(), content).with_unfurl_links(false);
-        let resp = session.chat_post_message(&req).await?;
+        let resp = self.call("chat.postMessage", session.chat_post_message(&req)).await?;
         Ok((resp.channel.to_string(), resp.ts.to_string()))
     }
 
@@ -148,7 +208,7 @@ impl SlackApi {
     ) -> Result<(), SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiChatUpdateRequest::new(channel.into(), content, ts.into());
-        session.chat_update(&req).await?;
+        self.call("chat.update", session.chat_update(&req)).await?;
         Ok(())
     }
 
@@ -168,16 +228,19 @@ impl SlackApi {
         let req = SlackApiPostWebhookMessageRequest::new(SlackMessageContent::new().with_text(text.to_string()))
             .with_replace_original(false);
         // response_type is not a field of the request type; ephemeral is Slack's default.
-        self.client.respond_to_event(&SlackResponseUrl(url), &req).await?;
+        self.call(
+            "response_url",
+            self.client.respond_to_event(&SlackResponseUrl(url), &req),
+        )
+        .await?;
         Ok(())
     }
 
     /// Replaces a person's Home tab.
     pub async fn publish_home(&self, user: &str, view: SlackHomeView) -> Result<(), SlackCallError> {
         let session = self.client.open_session(&self.token);
-        session
-            .views_publish(&SlackApiViewsPublishRequest::new(user.into(), SlackView::Home(view)))
-            .await?;
+        let req = SlackApiViewsPublishRequest::new(user.into(), SlackView::Home(view));
+        self.call("views.publish", session.views_publish(&req)).await?;
         Ok(())
     }
 
@@ -185,7 +248,9 @@ impl SlackApi {
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiUserGroupsUsersListRequest::new(group.into());
-        let resp = session.usergroups_users_list(&req).await?;
+        let resp = self
+            .call("usergroups.users.list", session.usergroups_users_list(&req))
+            .await?;
         Ok(resp.users.into_iter().map(|u| u.to_string()).collect())
     }
 
@@ -195,7 +260,9 @@ impl SlackApi {
     pub async fn conversations_info(&self, channel: &str) -> Result<ChannelInfo, SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiConversationsInfoRequest::new(channel.into());
-        let resp = session.conversations_info(&req).await?;
+        let resp = self
+            .call("conversations.info", session.conversations_info(&req))
+            .await?;
         Ok(ChannelInfo {
             id: resp.channel.id.to_string(),
             name: resp.channel.name.or(resp.channel.name_normalized),
@@ -209,7 +276,7 @@ impl SlackApi {
     pub async fn users_info_email(&self, user: &str) -> Result<Option<String>, SlackCallError> {
         let session = self.client.open_session(&self.token);
         let req = SlackApiUsersInfoRequest::new(user.into());
-        let resp = session.users_info(&req).await?;
+        let resp = self.call("users.info", session.users_info(&req)).await?;
         Ok(resp
             .user
             .profile

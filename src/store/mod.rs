@@ -857,6 +857,56 @@ pub async fn live_accesses(conn: &mut SqliteConnection) -> sqlx::Result<Vec<(Str
     .await
 }
 
+/// Writes the scheduler's heartbeat and checkpoints the WAL into the database file
+/// (passively: it waits for no reader), so a database that can no longer take writes in
+/// either file fails here. Run it on the writer connection.
+pub async fn heartbeat(conn: &mut SqliteConnection, now: i64) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether every migration this build knows has been applied.
+pub async fn migrations_applied(conn: &mut SqliteConnection) -> sqlx::Result<bool> {
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(applied as usize >= MIGRATOR.iter().count())
+}
+
+/// What `/metrics` reports of the stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// Grants in force per resource (only resources with at least one live grant).
+    pub active_by_resource: Vec<(String, i64)>,
+    /// Slack messages waiting in the outbox, and when the oldest was written.
+    pub outbox_backlog: i64,
+    pub outbox_oldest_at: Option<i64>,
+}
+
+/// Reads [`Observed`], each part on its partial index (so history size does not matter).
+pub async fn observed(conn: &mut SqliteConnection) -> sqlx::Result<Observed> {
+    let active_by_resource: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT resource, SUM(state = 'active') FROM grants WHERE state IN ('granting', 'active') GROUP BY resource",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let (outbox_backlog, outbox_oldest_at): (i64, Option<i64>) =
+        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE state = 'pending'")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(Observed {
+        active_by_resource,
+        outbox_backlog,
+        outbox_oldest_at,
+    })
+}
+
 /// Jobs left 'running' by a process that died are put back to run now.
 pub async fn recover_running_jobs(conn: &mut SqliteConnection) -> sqlx::Result<u64> {
     let done = sqlx::query("UPDATE jobs SET state = 'pending' WHERE state = 'running'")

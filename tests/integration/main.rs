@@ -18,6 +18,7 @@ mod group_commit;
 mod lifecycle;
 mod manifest;
 mod module_graph;
+mod observe;
 mod oncall;
 mod packaging;
 mod reconcile;

@@ -350,6 +350,27 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
         (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// GETs `url` (a full URL); returns the status, the content type and the body.
+    pub async fn get_url(&self, url: &str) -> (u16, String, String) {
+        let req = hyper::Request::get(url).body(Full::new(Bytes::new())).unwrap();
+        let resp = self.http.request(req).await.expect("jitgate answers");
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, content_type, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// GETs `path` from the app; returns the status and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let (status, _, body) = self.get_url(&format!("{}{path}", self.base)).await;
+        (status, body)
+    }
+
     /// POSTs `body` signed as Slack signs, with the app's clock.
     pub async fn post_signed(&self, path: &str, body: &str, content_type: &str) -> (u16, String) {
         let ts = self.clock.now().timestamp().to_string();
