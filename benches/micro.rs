@@ -156,6 +156,7 @@ fn cards(c: &mut Criterion) {
                 decisions: &[],
                 grant: None,
                 job: None,
+                refused: None,
             };
             serde_json::to_vec(&render_card(&m)).unwrap()
         })
@@ -194,6 +195,7 @@ fn cards(c: &mut Criterion) {
                 decisions: &decisions,
                 grant: Some(&grant),
                 job: None,
+                refused: None,
             };
             serde_json::to_vec(&render_card(&m)).unwrap()
         })

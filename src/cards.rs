@@ -30,6 +30,33 @@ pub struct CardModel<'a> {
     pub grant: Option<&'a GrantRow>,
     /// The grant or revoke job currently relevant, for retry status.
     pub job: Option<&'a JobRow>,
+    /// Set when Slack refused the card at first (its error code): the card says it is late.
+    pub refused: Option<&'a str>,
+}
+
+/// What an operator must do when Slack refuses a message for good with `code` (an error
+/// like `not_in_channel`) in `channel`.
+pub fn refusal_fix(code: &str, channel: &str) -> String {
+    match code {
+        "not_in_channel" => format!("invite the bot with `/invite @jitgate` in <#{channel}>"),
+        "channel_not_found" => format!(
+            "<#{channel}> does not exist, or is private and the bot is not in it: `/invite @jitgate` there, or \
+             correct the channel ID in jitgate's configuration"
+        ),
+        "is_archived" => format!("<#{channel}> is archived: unarchive it, or configure another channel"),
+        "invalid_auth" | "account_inactive" | "token_revoked" | "token_expired" | "not_authed" => {
+            "jitgate's Slack token is not valid any more: set SLACK_BOT_TOKEN to the app's Bot User OAuth Token \
+             (reinstall the app if it was removed)"
+                .to_string()
+        }
+        "missing_scope" => {
+            "the Slack app lacks a scope: compare it with manifest/slack-app.yaml and reinstall it".into()
+        }
+        "restricted_action" => {
+            format!("a workspace setting keeps the bot from posting in <#{channel}>: ask a Slack admin")
+        }
+        _ => "see jitgate's log for the details".into(),
+    }
 }
 
 /// User text, escaped for mrkdwn and short enough for one section.
@@ -213,6 +240,16 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
     }
     blocks.push(SlackContextBlock::new(vec![md!(context)]).into());
     blocks.push(SlackSectionBlock::new().with_text(md!(status_text(m))).into());
+    if let Some(code) = m.refused {
+        blocks.push(
+            SlackContextBlock::new(vec![md!(format!(
+                ":warning: This card is late: Slack refused to post it at first (`{}`); the requester was told. \
+                 The request's time-out ran meanwhile.",
+                escape(&truncate(code, 100))
+            ))])
+            .into(),
+        );
+    }
     if r.state == RequestState::Pending {
         let id = r.id.to_string();
         blocks.push(
@@ -295,6 +332,7 @@ mod tests {
             decisions: &[],
             grant: None,
             job: None,
+            refused: None,
         };
         let j = json(&m);
         assert!(j.contains("\"action_id\":\"jit_approve\""), "{j}");
@@ -322,6 +360,7 @@ mod tests {
             decisions: &d,
             grant: None,
             job: None,
+            refused: None,
         };
         let j = json(&m);
         assert!(!j.contains("jit_approve"));
@@ -360,6 +399,7 @@ mod tests {
             decisions: &d,
             grant: None,
             job: None,
+            refused: None,
         };
         let text = status_text(&m);
         assert!(text.contains("Auto-approved by on-call policy `db-on-call`"), "{text}");
@@ -386,6 +426,7 @@ mod tests {
             decisions: &d,
             grant: None,
             job: None,
+            refused: None,
         };
         assert!(status_text(&m).contains("(1 of 2)"), "{}", status_text(&m));
     }
@@ -400,6 +441,7 @@ mod tests {
             decisions: &[],
             grant: None,
             job: None,
+            refused: None,
         };
         let content = render_card(&m);
         let blocks = serde_json::to_value(content.blocks.unwrap()).unwrap();

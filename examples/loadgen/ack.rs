@@ -41,7 +41,7 @@ fn new_histogram() -> Histogram<u64> {
 
 /// The server under load: in this process, or the real binary as a child process.
 enum Server {
-    InProcess(jitgate::Running),
+    InProcess(Box<jitgate::Running>),
     Child(harness::ChildServer),
 }
 
@@ -84,7 +84,7 @@ impl Server {
 
     async fn stop(self) -> anyhow::Result<()> {
         match self {
-            Server::InProcess(r) => r.shutdown().await,
+            Server::InProcess(r) => (*r).shutdown().await,
             Server::Child(c) => c.stop(),
         }
     }
@@ -197,7 +197,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let config = harness::config_text(&db_path, &api_url);
     let started = Instant::now();
     let server = match &args.server_bin {
-        None => Server::InProcess(rt.server.block_on(harness::start_server(dir.path(), &config))?),
+        None => Server::InProcess(Box::new(
+            rt.server.block_on(harness::start_server(dir.path(), &config))?,
+        )),
         Some(bin) => Server::Child(harness::spawn_server(bin, dir.path(), &config)?),
     };
     let addr = server.addr();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::runtime::Runtime;
 
-use crate::fake_slack::{self, FakeSlack};
+use jitgate::fakeslack::{self as fake_slack, FakeSlack};
 
 /// The signing secret the server and the load generator share.
 pub const SIGNING_SECRET: &str = "loadgen-signing-secret";
@@ -102,7 +102,8 @@ pub async fn start_server(dir: &Path, config_text: &str) -> anyhow::Result<jitga
     let config = jitgate::config::parse(&dir.join("jitgate.toml"), config_text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secrets = jitgate::Secrets {
         bot_token: fake_slack::BOT_TOKEN.into(),
-        signing_secret: SIGNING_SECRET.into(),
+        signing_secret: Some(SIGNING_SECRET.into()),
+        app_token: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     jitgate::start(config, secrets, jitgate::Options::default(), listener).await

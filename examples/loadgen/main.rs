@@ -10,8 +10,6 @@ mod ack;
 mod expiry;
 // Shared with the integration tests; this program uses only part of it.
 #[allow(dead_code)]
-#[path = "../../tests/integration/support/fake_slack.rs"]
-mod fake_slack;
 mod harness;
 mod history;
 mod startup;

@@ -5,7 +5,7 @@ mod group_commit;
 
 pub use self::group_commit::{Creation, Creations};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -147,6 +147,9 @@ pub struct NewRequest {
     pub created_at: i64,
     pub kind: RequestKind,
     pub extends_request_id: Option<i64>,
+    /// Not stored with the request: rides on its card's outbox entry (see
+    /// [`Outgoing::post_card_for`]).
+    pub response_url: Option<String>,
 }
 
 pub async fn insert_request(conn: &mut SqliteConnection, r: &NewRequest) -> sqlx::Result<i64> {
@@ -791,6 +794,9 @@ pub struct OutboxRow {
     pub response_url: Option<String>,
     pub attempts: i64,
     pub created_at: i64,
+    /// When Slack first refused it for good (it is then retried slowly), if it did.
+    pub refused_at: Option<i64>,
+    pub last_error: Option<String>,
 }
 
 /// A message to send once the current transaction commits.
@@ -814,6 +820,14 @@ impl Outgoing {
             body: None,
             response_url: None,
             sensitive: false,
+        }
+    }
+    /// The card, remembering the requester's response_url: if Slack refuses the card, the
+    /// requester is told through it while it is valid.
+    pub fn post_card_for(request_id: i64, response_url: Option<&str>) -> Self {
+        Self {
+            response_url: response_url.map(String::from),
+            ..Self::post_card(request_id)
         }
     }
     pub fn update_card(request_id: i64) -> Self {
@@ -877,8 +891,8 @@ pub async fn enqueue(conn: &mut SqliteConnection, m: &Outgoing, now: i64) -> sql
 /// Due outbox entries in the order they were written.
 pub async fn due_outbox(conn: &mut SqliteConnection, now: i64, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as(
-        "SELECT id, kind, request_id, channel, body, response_url, attempts, created_at FROM outbox \
-         WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+        "SELECT id, kind, request_id, channel, body, response_url, attempts, created_at, refused_at, last_error \
+         FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
     )
     .bind(now)
     .bind(limit)
@@ -925,6 +939,159 @@ pub async fn outbox_failed(conn: &mut SqliteConnection, id: i64, error: &str) ->
     .bind(id)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Marks a message Slack refused for good: kept pending, retried at `at`. Returns true the
+/// first time (the refusal is new), so the caller logs and tells people once.
+pub async fn outbox_refused(
+    conn: &mut SqliteConnection,
+    id: i64,
+    at: i64,
+    error: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let first = sqlx::query("UPDATE outbox SET refused_at = ? WHERE id = ? AND refused_at IS NULL")
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+        == 1;
+    outbox_retry(conn, id, at, error).await?;
+    Ok(first)
+}
+
+/// An undelivered outbox message, for `jitgate outbox list`.
+#[derive(Debug, Clone, FromRow)]
+pub struct Undelivered {
+    pub id: i64,
+    pub kind: OutboxKind,
+    pub request_id: Option<i64>,
+    pub channel: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub refused_at: Option<i64>,
+    pub next_attempt_at: i64,
+}
+
+/// Messages Slack refused for good (still pending, retried slowly) and messages given up
+/// on, oldest first; at most `limit`.
+pub async fn undelivered(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<Undelivered>> {
+    sqlx::query_as(
+        "SELECT id, kind, request_id, channel, state, attempts, last_error, created_at, refused_at, next_attempt_at \
+         FROM outbox WHERE (state = 'pending' AND refused_at IS NOT NULL) OR state = 'failed' ORDER BY id LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Makes undelivered messages due now: all of them (`id` None) or one; with
+/// `include_failed`, also messages given up on (back to pending, unless their sensitive
+/// body was erased). Returns how many were rescheduled. "Now" is the message's own
+/// creation time, so the running server sends it at once whatever the skew between its
+/// clock and the caller's (the CLI runs in another process).
+pub async fn retry_undelivered(
+    conn: &mut SqliteConnection,
+    id: Option<i64>,
+    include_failed: bool,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE outbox SET state = 'pending', next_attempt_at = created_at \
+         WHERE ((state = 'pending' AND refused_at IS NOT NULL) \
+                OR (?2 AND state = 'failed' AND NOT (sensitive = 1 AND body IS NULL))) \
+         AND (?1 IS NULL OR id = ?1)",
+    )
+    .bind(id)
+    .bind(include_failed)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Requests among `ids` whose card Slack refused and that nobody has seen yet.
+pub async fn cards_refused(conn: &mut SqliteConnection, ids: &[i64]) -> sqlx::Result<BTreeMap<i64, String>> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT last_error FROM outbox WHERE request_id = ? AND kind = 'post_card' \
+             AND state = 'pending' AND refused_at IS NOT NULL LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((error,)) = row {
+            out.insert(*id, error.unwrap_or_default());
+        }
+    }
+    Ok(out)
+}
+
+// ---- deliveries (at-most-once keys) --------------------------------------------------
+
+/// Claims `key` of `kind` (like `event` + an event_id): true for the first delivery,
+/// false for every later one until the row expires at `expires_at`. Atomic across
+/// connections and processes sharing the database.
+pub async fn first_delivery(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    key: &str,
+    now: i64,
+    expires_at: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO deliveries (kind, key, seen_at, expires_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (kind, key) DO NOTHING",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(now)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Remembers what the first delivery of `key` was answered with.
+pub async fn set_delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &str, reply: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE deliveries SET reply = ? WHERE kind = ? AND key = ?")
+        .bind(reply)
+        .bind(kind)
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What the first delivery of `key` was answered with, if it was recorded.
+pub async fn delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &str) -> sqlx::Result<Option<String>> {
+    let row: Option<(Option<String>,)> = sqlx::query_as("SELECT reply FROM deliveries WHERE kind = ? AND key = ?")
+        .bind(kind)
+        .bind(key)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.and_then(|r| r.0))
+}
+
+/// Forgets keys whose retention has passed; returns how many.
+pub async fn purge_deliveries(conn: &mut SqliteConnection, now: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query("DELETE FROM deliveries WHERE expires_at <= ?")
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Puts a message off until `at` without counting an attempt (it waits for another).
+pub async fn outbox_defer(conn: &mut SqliteConnection, id: i64, at: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outbox SET next_attempt_at = MAX(next_attempt_at, ?) WHERE id = ? AND state = 'pending'")
+        .bind(at)
+        .bind(id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -1186,6 +1353,7 @@ mod tests {
             created_at: 1_700_000_000_000 + i,
             kind: RequestKind::Access,
             extends_request_id: None,
+            response_url: None,
         }
     }
 

@@ -15,3 +15,6 @@ mod module_graph;
 mod oncall;
 mod reconcile;
 mod security;
+mod selfcheck;
+mod socket_mode;
+mod undelivered;

@@ -2,7 +2,9 @@
 //! an exec adapter script that records what it was asked to do, and requests signed
 //! exactly as Slack signs them.
 
-pub mod fake_slack;
+/// The fake Slack lives in the library (`jitgate::fakeslack`) so the load generator and
+/// the local Slack reuse it.
+pub use jitgate::fakeslack as fake_slack;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -91,6 +93,12 @@ pub struct Setup {
     /// Environment variables the configuration names (on-call credentials), passed
     /// through `Options::env_overrides` instead of the process environment.
     pub env: BTreeMap<String, String>,
+    /// Connect by Socket Mode (an app token), without a signing secret.
+    pub socket_mode: bool,
+    /// Run the start-up Slack self-check (off by default: most tests count Slack calls).
+    pub self_check: bool,
+    /// Per-call timeout of Slack Web API calls.
+    pub slack_call_timeout: Duration,
 }
 
 impl Default for Setup {
@@ -102,6 +110,9 @@ impl Default for Setup {
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
             adapters: Vec::new(),
             env: BTreeMap::new(),
+            socket_mode: false,
+            self_check: false,
+            slack_call_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -119,6 +130,9 @@ pub struct TestApp {
     adapters: Vec<(String, Arc<dyn jitgate::adapters::Adapter>)>,
     /// Passed to `Options::env_overrides` at every boot.
     pub env: BTreeMap<String, String>,
+    pub socket_mode: bool,
+    pub self_check: bool,
+    pub slack_call_timeout: Duration,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -219,6 +233,9 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             revoke_removed: false,
             adapters: setup.adapters,
             env: setup.env,
+            socket_mode: setup.socket_mode,
+            self_check: setup.self_check,
+            slack_call_timeout: setup.slack_call_timeout,
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
         if setup.in_process {
@@ -233,7 +250,8 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             .unwrap_or_else(|e| panic!("test config: {e}"));
         let secrets = jitgate::Secrets {
             bot_token: fake_slack::BOT_TOKEN.into(),
-            signing_secret: SIGNING_SECRET.into(),
+            signing_secret: (!self.socket_mode).then(|| SIGNING_SECRET.into()),
+            app_token: self.socket_mode.then(|| fake_slack::APP_TOKEN.into()),
         };
         let options = jitgate::Options {
             clock: self.clock.shared(),
@@ -241,6 +259,8 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             shutdown_grace: Duration::from_secs(10),
             revoke_removed: self.revoke_removed,
             env_overrides: self.env.clone(),
+            slack_self_check: self.self_check,
+            slack_call_timeout: self.slack_call_timeout,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = jitgate::start(config, secrets, options, listener)
@@ -314,6 +334,17 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
                 .header("x-slack-signature", sig);
         }
         let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        let resp = self.http.request(req).await.expect("jitgate answers");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// GETs `path`.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let req = hyper::Request::get(format!("{}{path}", self.base))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let resp = self.http.request(req).await.expect("jitgate answers");
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
