@@ -67,6 +67,14 @@ pub async fn stalled_listener() -> anyhow::Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
+/// An address where nothing listens, so every connection to "Slack" is refused at once.
+pub async fn refusing_address() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    Ok(addr)
+}
+
 /// A configuration like an operator's: defaults everywhere, one resource, a noop adapter.
 pub fn config_text(db: &Path, api_url: &str) -> String {
     format!(
