@@ -164,8 +164,10 @@ async fn serve(app: AppState, socket: Socket, slot: usize, moved: oneshot::Sende
     let mut leave_by: Option<tokio::time::Instant> = None;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    // Slack pings, and answers our pings: a connection that stays silent is dead.
+    let mut last_heard = tokio::time::Instant::now();
     let end = loop {
-        let deadline = leave_by.unwrap_or_else(|| tokio::time::Instant::now() + SILENCE_LIMIT);
+        let deadline = leave_by.unwrap_or(last_heard + SILENCE_LIMIT);
         let frame = tokio::select! {
             f = tokio::time::timeout_at(deadline, stream.next()) => f,
             _ = ping.tick() => {
@@ -174,6 +176,9 @@ async fn serve(app: AppState, socket: Socket, slot: usize, moved: oneshot::Sende
             }
             _ = app.shutdown.cancelled() => break "shutting down",
         };
+        if let Ok(Some(Ok(_))) = &frame {
+            last_heard = tokio::time::Instant::now();
+        }
         let text = match frame {
             Err(_) if leave_by.is_some() => break "left after Slack's disconnect",
             Err(_) => break "silent for too long",
@@ -211,10 +216,10 @@ async fn serve(app: AppState, socket: Socket, slot: usize, moved: oneshot::Sende
                 leave_by = Some(tokio::time::Instant::now() + OLD_SOCKET_GRACE);
             }
             _ if v["envelope_id"].is_string() => {
-                let app = app.clone();
+                let task_app = app.clone();
                 let tx = tx.clone();
-                tokio::spawn(async move {
-                    let ack = handle_envelope(&app, v).await;
+                app.tasks.spawn(async move {
+                    let ack = handle_envelope(&task_app, v).await;
                     // A lost ack is harmless: Slack delivers again and inputs de-duplicate.
                     let _ = tx.send(Message::text(ack.to_string())).await;
                 });

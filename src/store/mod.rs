@@ -1358,6 +1358,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_delivery_key_is_first_once_until_it_expires_and_is_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db").display().to_string()).await.unwrap();
+        let mut conn = db.write.acquire().await.unwrap();
+        assert!(first_delivery(&mut conn, "event", "Ev1", 1_000, 5_000).await.unwrap());
+        assert!(!first_delivery(&mut conn, "event", "Ev1", 2_000, 6_000).await.unwrap());
+        // Kinds are separate namespaces.
+        assert!(first_delivery(&mut conn, "command", "Ev1", 2_000, 6_000).await.unwrap());
+        set_delivery_reply(&mut conn, "command", "Ev1", "JIT-1 is waiting")
+            .await
+            .unwrap();
+        assert_eq!(
+            delivery_reply(&mut conn, "command", "Ev1").await.unwrap().as_deref(),
+            Some("JIT-1 is waiting")
+        );
+        assert_eq!(purge_deliveries(&mut conn, 4_999).await.unwrap(), 0);
+        assert_eq!(purge_deliveries(&mut conn, 5_000).await.unwrap(), 1);
+        assert!(first_delivery(&mut conn, "event", "Ev1", 7_000, 9_000).await.unwrap());
+        drop(conn);
+        db.close().await;
+    }
+
+    #[tokio::test]
     async fn a_failed_batch_writes_nothing_and_leaves_the_writer_usable() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db").display().to_string()).await.unwrap();

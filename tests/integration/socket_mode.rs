@@ -338,3 +338,34 @@ async fn the_binary_connects_by_socket_mode_and_logs_no_secret_at_debug() {
         assert!(!output.contains(secret), "`{secret}` appears in the output");
     }
 }
+
+#[tokio::test]
+async fn a_refused_app_token_is_named_and_the_connection_recovers_once_slack_accepts_it() {
+    let mut app = TestApp::start_with(Setup {
+        socket_mode: true,
+        in_process: false,
+        ..Setup::default()
+    })
+    .await;
+    app.slack.fail_next(
+        "apps.connections.open",
+        vec![Failure::ApiError("invalid_auth"), Failure::ApiError("invalid_auth")],
+    );
+    app.boot().await;
+    let problem = wait_for("the refused app token reported", || async {
+        let s = app.state().slack_status.snapshot();
+        s.problems.into_iter().find(|p| p.contains("SLACK_APP_TOKEN"))
+    })
+    .await;
+    assert!(
+        problem.contains("invalid_auth") && problem.contains("connections:write"),
+        "{problem}"
+    );
+    // The scripted refusals are used up: both slots connect, and the problem is gone.
+    wait_connected(&app, 2).await;
+    wait_for("the problem cleared", || async {
+        let s = app.state().slack_status.snapshot();
+        (s.sockets == 2 && !s.problems.iter().any(|p| p.contains("SLACK_APP_TOKEN"))).then_some(())
+    })
+    .await;
+}
