@@ -1012,13 +1012,15 @@ pub async fn retry_undelivered(
     Ok(done.rows_affected())
 }
 
-/// Requests among `ids` whose card Slack refused and that nobody has seen yet.
+/// Requests among `ids` whose card Slack refused and that nobody has seen yet (a card
+/// counts as seen as soon as Slack took it, before its delivery is recorded).
 pub async fn cards_refused(conn: &mut SqliteConnection, ids: &[i64]) -> sqlx::Result<BTreeMap<i64, String>> {
     let mut out = BTreeMap::new();
     for id in ids {
         let row: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT last_error FROM outbox WHERE request_id = ? AND kind = 'post_card' \
-             AND state = 'pending' AND refused_at IS NOT NULL LIMIT 1",
+            "SELECT o.last_error FROM outbox o JOIN requests r ON r.id = o.request_id \
+             WHERE o.request_id = ? AND o.kind = 'post_card' AND o.state = 'pending' \
+             AND o.refused_at IS NOT NULL AND r.card_ts IS NULL LIMIT 1",
         )
         .bind(id)
         .fetch_optional(&mut *conn)

@@ -85,6 +85,10 @@ async fn a_refused_card_is_explained_to_the_requester_kept_listed_and_sent_once_
     );
     let list = app.command(REQUESTER, "list").await;
     assert!(!list.contains("not seen by any approver"), "{list}");
+    wait_for("the delivery recorded", || async {
+        (app.count("SELECT COUNT(*) FROM outbox WHERE state <> 'sent'").await == 0).then_some(())
+    })
+    .await;
     let (_, listed) = cli(&config, &["outbox", "list"]).await;
     assert!(listed.contains("nothing undelivered"), "{listed}");
 }
