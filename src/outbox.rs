@@ -106,6 +106,11 @@ pub async fn run(app: Outbox) {
     let mut lane_keys: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut busy: HashSet<String> = HashSet::new();
     let mut paused_until: Option<i64> = None;
+    // Due messages read but not started yet, in the order they were written. Read again
+    // only when none of them can start, so a burst of cards costs one read per few
+    // hundred, not one per card.
+    let mut queue: Vec<OutboxRow> = Vec::new();
+    let mut refill = true;
     loop {
         if app.shutdown.is_cancelled() {
             break;
@@ -113,31 +118,43 @@ pub async fn run(app: Outbox) {
         let now = app.now_ms();
         let paused = paused_until.is_some_and(|p| now < p);
         if !paused && busy.len() < LANES {
-            let due = match app.db.read.acquire().await {
-                Ok(mut conn) => store::due_outbox(&mut conn, now, 500)
-                    .await
-                    .map_err(anyhow::Error::from),
-                Err(e) => Err(e.into()),
-            };
-            let due = due.unwrap_or_else(|e| {
-                if let Some(n) = FAILURE_WARNINGS.hit() {
-                    tracing::error!(error = format!("{e:#}"), times = n, "outbox: cannot read the database");
+            if refill || !queue.iter().any(|r| !busy.contains(&lane_of(r))) {
+                queue = match app.db.read.acquire().await {
+                    Ok(mut conn) => store::due_outbox(&mut conn, now, 500)
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e.into()),
                 }
-                Vec::new()
-            });
+                .unwrap_or_else(|e| {
+                    if let Some(n) = FAILURE_WARNINGS.hit() {
+                        tracing::error!(error = format!("{e:#}"), times = n, "outbox: cannot read the database");
+                    }
+                    Vec::new()
+                });
+                // A busy lane's messages wait for it: they are read again afterwards.
+                queue.retain(|r| !busy.contains(&lane_of(r)));
+                refill = false;
+            }
             let mut order: Vec<String> = Vec::new();
             let mut grouped: HashMap<String, Vec<OutboxRow>> = HashMap::new();
-            for row in due {
+            let mut rest = Vec::new();
+            for row in std::mem::take(&mut queue) {
                 let key = lane_of(&row);
                 if busy.contains(&key) {
+                    rest.push(row);
                     continue;
                 }
                 if !grouped.contains_key(&key) {
+                    if order.len() + busy.len() >= LANES {
+                        rest.push(row);
+                        continue;
+                    }
                     order.push(key.clone());
                 }
                 grouped.entry(key).or_default().push(row);
             }
-            for key in order.into_iter().take(LANES - busy.len()) {
+            queue = rest;
+            for key in order {
                 let rows = grouped.remove(&key).unwrap_or_default();
                 let lane_app = app.clone();
                 let handle = lanes.spawn(async move { deliver_lane(&lane_app, rows).await });
@@ -193,10 +210,10 @@ pub async fn run(app: Outbox) {
                 }
                 record_all(&app, outcomes).await;
             }
-            _ = sleep => {}
+            _ = sleep => refill = true,
             // Real time, whatever the injected clock: another process's messages.
-            _ = tokio::time::sleep(POLL) => {}
-            _ = app.handle.wake.notified() => {}
+            _ = tokio::time::sleep(POLL) => refill = true,
+            _ = app.handle.wake.notified() => refill = queue.is_empty(),
             _ = app.shutdown.cancelled() => break,
         }
     }
