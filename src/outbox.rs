@@ -40,6 +40,9 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Retry waits for a message Slack refused for good (until an operator fixes the cause).
 const REFUSED_INITIAL: Duration = Duration::from_secs(300);
 const REFUSED_MAX: Duration = Duration::from_secs(3600);
+/// Pauses of all delivery while every call fails (Slack down or unreachable).
+const OUTAGE_INITIAL: Duration = Duration::from_secs(1);
+const OUTAGE_MAX: Duration = Duration::from_secs(30);
 /// Lanes delivered at once.
 pub const LANES: usize = 8;
 /// Messages written by another process (the CLI) are noticed within this.
@@ -111,6 +114,11 @@ pub async fn run(app: Outbox) {
     // hundred, not one per card.
     let mut queue: Vec<OutboxRow> = Vec::new();
     let mut refill = true;
+    // Slack unreachable (every call failing): after a lane's worth of failures in a row,
+    // delivery pauses (1 s, doubling to 30 s, with jitter) instead of trying every queued
+    // message, so an outage costs a few calls per pause rather than one per message.
+    let mut failures_in_a_row = 0u32;
+    let mut outage = 0u32;
     loop {
         if app.shutdown.is_cancelled() {
             break;
@@ -204,7 +212,24 @@ pub async fn run(app: Outbox) {
                         busy.remove(&key);
                     }
                 }
-                if let Some(pause) = outcomes.iter().filter_map(|o| o.pause()).max() {
+                let mut pause = outcomes.iter().filter_map(|o| o.pause()).max();
+                for o in &outcomes {
+                    match &o.result {
+                        Delivery::Sent | Delivery::Moot => {
+                            failures_in_a_row = 0;
+                            outage = 0;
+                        }
+                        Delivery::Failed(SlackCallError::Transient(_)) => failures_in_a_row += 1,
+                        _ => {}
+                    }
+                }
+                if failures_in_a_row >= LANES as u32 {
+                    outage += 1;
+                    failures_in_a_row = 0;
+                    let wait = backoff(OUTAGE_INITIAL, OUTAGE_MAX, outage, rand::random::<f64>());
+                    pause = pause.max(Some(wait));
+                }
+                if let Some(pause) = pause {
                     // Slack's rate limits apply per method and workspace: pause everything.
                     paused_until = Some(app.now_ms() + pause.as_millis() as i64);
                 }

@@ -83,8 +83,12 @@ async fn a_refused_card_is_explained_to_the_requester_kept_listed_and_sent_once_
         1,
         "told once"
     );
-    let list = app.command(REQUESTER, "list").await;
-    assert!(!list.contains("not seen by any approver"), "{list}");
+    // As soon as jitgate has Slack's answer (a moment after the fake recorded the post).
+    wait_for("/jit list to show the card as seen", || async {
+        let list = app.command(REQUESTER, "list").await;
+        (!list.contains("not seen by any approver") && list.contains(&format!("JIT-{id}"))).then_some(())
+    })
+    .await;
     wait_for("the delivery recorded", || async {
         (app.count("SELECT COUNT(*) FROM outbox WHERE state <> 'sent'").await == 0).then_some(())
     })
