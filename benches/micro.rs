@@ -157,6 +157,7 @@ fn cards(c: &mut Criterion) {
                 grant: None,
                 job: None,
                 break_glass: None,
+                refused: None,
             };
             serde_json::to_vec(&render_card(&m)).unwrap()
         })
@@ -196,6 +197,7 @@ fn cards(c: &mut Criterion) {
                 grant: Some(&grant),
                 job: None,
                 break_glass: None,
+                refused: None,
             };
             serde_json::to_vec(&render_card(&m)).unwrap()
         })

@@ -15,8 +15,8 @@ use crate::metrics::Metrics;
 use crate::oncall::OnCall;
 use crate::outbox::OutboxHandle;
 use crate::scheduler::SchedulerHandle;
+use crate::selfcheck::SlackStatus;
 use crate::slack::client::SlackApi;
-use crate::slack::redelivery::SeenEvents;
 use crate::store::{self, Creations, Db, Outgoing};
 
 /// Everything a request handler or background task needs. Cheap to clone.
@@ -33,18 +33,19 @@ pub struct AppState {
     pub audit_key: crate::audit::AuditKey,
     /// What `/metrics` shows.
     pub metrics: Metrics,
-    /// Checks the signatures of Slack's requests.
+    /// Checks the signatures of Slack's requests; empty in Socket Mode without a signing
+    /// secret, and then the HTTP endpoints for Slack are not served.
     pub(crate) signing_secret: Arc<[u8]>,
     /// Wakes the scheduler for new jobs.
     pub scheduler: SchedulerHandle,
     /// Wakes the outbox worker for new messages.
     pub outbox: OutboxHandle,
+    /// The Slack self-check's latest result and the Socket Mode connections' state.
+    pub slack_status: SlackStatus,
     /// Keeps adapter calls for one access from overlapping.
     pub(crate) access_locks: Arc<AccessLocks>,
     /// `/jit` commands per person per minute.
     pub(crate) command_rate: Arc<crate::throttle::RateLimiter>,
-    /// Events API deliveries already handled.
-    pub(crate) seen_events: Arc<SeenEvents>,
     /// Requests waiting for their (group) commit.
     pub(crate) creations: Arc<Creations>,
     /// Shutdown was asked for (a signal): the server stops taking requests and drains its

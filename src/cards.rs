@@ -36,6 +36,8 @@ pub struct CardModel<'a> {
     pub job: Option<&'a JobRow>,
     /// Set when the request was a break-glass use.
     pub break_glass: Option<&'a BreakGlassRow>,
+    /// Set when Slack refused the card at first (its error code): the card says it is late.
+    pub refused: Option<&'a str>,
 }
 
 fn mention_list(users: &[&str]) -> String {
@@ -233,6 +235,16 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
     }
     blocks.push(SlackContextBlock::new(vec![md!(context)]).into());
     blocks.push(SlackSectionBlock::new().with_text(md!(status_text(m))).into());
+    if let Some(code) = m.refused {
+        blocks.push(
+            SlackContextBlock::new(vec![md!(format!(
+                ":warning: This card is late: Slack refused to post it at first (`{}`); the requester was told. \
+                 The request's time-out ran meanwhile.",
+                escape(&truncate(code, 100))
+            ))])
+            .into(),
+        );
+    }
     if r.state == RequestState::Pending {
         let id = r.id.to_string();
         blocks.push(
@@ -299,6 +311,31 @@ pub fn render_card(m: &CardModel<'_>) -> SlackMessageContent {
         .with_blocks(blocks)
 }
 
+/// What an operator must do when Slack refuses a message for good with `code` (an error
+/// like `not_in_channel`) in `channel`.
+pub fn refusal_fix(code: &str, channel: &str) -> String {
+    match code {
+        "not_in_channel" => format!("invite the bot with `/invite @jitgate` in <#{channel}>"),
+        "channel_not_found" => format!(
+            "<#{channel}> does not exist, or is private and the bot is not in it: `/invite @jitgate` there, or \
+             correct the channel ID in jitgate's configuration"
+        ),
+        "is_archived" => format!("<#{channel}> is archived: unarchive it, or configure another channel"),
+        "invalid_auth" | "account_inactive" | "token_revoked" | "token_expired" | "not_authed" => {
+            "jitgate's Slack token is not valid any more: set SLACK_BOT_TOKEN to the app's Bot User OAuth Token \
+             (reinstall the app if it was removed)"
+                .to_string()
+        }
+        "missing_scope" => {
+            "the Slack app lacks a scope: compare it with manifest/slack-app.yaml and reinstall it".into()
+        }
+        "restricted_action" => {
+            format!("a workspace setting keeps the bot from posting in <#{channel}>: ask a Slack admin")
+        }
+        _ => "see jitgate's log for the details".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +376,7 @@ mod tests {
             grant: None,
             job: None,
             break_glass: None,
+            refused: None,
         };
         let j = json(&m);
         assert!(j.contains("\"action_id\":\"jit_approve\""), "{j}");
@@ -370,6 +408,7 @@ mod tests {
             grant: None,
             job: None,
             break_glass: None,
+            refused: None,
         };
         let j = json(&m);
         assert!(!j.contains("jit_approve"));
@@ -409,6 +448,7 @@ mod tests {
             grant: None,
             job: None,
             break_glass: None,
+            refused: None,
         };
         let text = status_text(&m);
         assert!(text.contains("Auto-approved by on-call policy `db-on-call`"), "{text}");
@@ -438,6 +478,7 @@ mod tests {
             grant: None,
             job: None,
             break_glass: Some(&bg),
+            refused: None,
         };
         let j = json(&m);
         assert!(j.contains("Break-glass access request JIT-42"), "{j}");
@@ -458,6 +499,7 @@ mod tests {
             grant: None,
             job: None,
             break_glass: Some(&bg),
+            refused: None,
         };
         let j = json(&m);
         assert!(j.contains("Reviewed by <@U2>") && j.contains("OK."), "{j}");
@@ -480,6 +522,7 @@ mod tests {
             grant: None,
             job: None,
             break_glass: None,
+            refused: None,
         };
         assert!(status_text(&m).contains("(1 of 2)"), "{}", status_text(&m));
     }
@@ -495,6 +538,7 @@ mod tests {
             grant: None,
             job: None,
             break_glass: None,
+            refused: None,
         };
         let blocks = serde_json::to_value(render_card(&m).blocks.unwrap()).unwrap();
         let mut shown_in = Vec::new();
@@ -521,6 +565,7 @@ mod tests {
             grant: None,
             job: None,
             break_glass: None,
+            refused: None,
         };
         let content = render_card(&m);
         let blocks = serde_json::to_value(content.blocks.unwrap()).unwrap();

@@ -284,6 +284,7 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
                 user_id: cmd.user_id.clone(),
                 team_id: cmd.team_id.clone(),
                 channel_id: cmd.channel_id.clone(),
+                response_url: cmd.response_url.clone(),
             };
             match crate::approvals::breakglass::use_as(app, &who, &input, false).await? {
                 Some(reply) => Ok(reply),
@@ -367,6 +368,7 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
                 user_id: cmd.user_id.clone(),
                 team_id: cmd.team_id.clone(),
                 channel_id: cmd.channel_id.clone(),
+                response_url: cmd.response_url.clone(),
             };
             let id = requests::create(app, &who, &valid).await?;
             if crate::oncall::could_auto_approve(
@@ -522,6 +524,7 @@ async fn extend(
         user_id: cmd.user_id.clone(),
         team_id: cmd.team_id.clone(),
         channel_id: cmd.channel_id.clone(),
+        response_url: cmd.response_url.clone(),
     };
     let ext = requests::create_extension(app, &who, &request, resource, add, reason).await?;
     Ok(if resource.self_extend {
@@ -568,17 +571,32 @@ pub async fn list(app: &AppState, user: &str) -> anyhow::Result<String> {
         }
     }
     if !pending.is_empty() {
+        let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
+        let refused = store::cards_refused(&mut conn, &ids).await?;
         lines.push("*Waiting for approval*".to_string());
         for r in &pending {
-            lines.push(format!(
-                "• {} `{}:{}` for {} — in <#{}> since {}",
+            let what = format!(
+                "• {} `{}:{}` for {}",
                 label(r.id),
                 r.resource,
                 r.role,
                 HumanDuration::from_secs(r.duration_secs as u64),
-                r.approval_channel,
-                slack_date(r.created_at)
-            ));
+            );
+            lines.push(match refused.get(&r.id) {
+                // Nobody has seen the card: do not let it look like it is waiting in a channel.
+                Some(code) => format!(
+                    "{what} — :warning: *not seen by any approver yet*: Slack refused to post its card in <#{}> \
+                     (`{code}`); an operator must {}. Asked {}",
+                    r.approval_channel,
+                    crate::cards::refusal_fix(code, &r.approval_channel),
+                    slack_date(r.created_at)
+                ),
+                None => format!(
+                    "{what} — in <#{}> since {}",
+                    r.approval_channel,
+                    slack_date(r.created_at)
+                ),
+            });
         }
     }
     Ok(lines.join("\n"))

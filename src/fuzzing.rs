@@ -156,6 +156,7 @@ pub fn card(data: &[u8]) {
         grant: None,
         job: None,
         break_glass: None,
+        refused: None,
     };
     let content = render_card(&model);
     let blocks = serde_json::to_value(content.blocks.unwrap_or_default()).expect("the card serializes");

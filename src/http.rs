@@ -35,13 +35,21 @@ use crate::store;
 /// Slack's payloads are small; anything bigger is refused before it is read in full.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// All routes, with the body-size limit and the request time-outs of `[server]`.
+/// All routes, with the body-size limit and the request time-outs of `[server]`. Without a
+/// signing secret (Socket Mode) the Slack endpoints are not served: nothing unsigned is
+/// ever taken.
 pub fn router(state: AppState) -> Router {
     let request_timeout = state.config.server.request_timeout.to_std();
-    Router::new()
+    let slack = Router::new()
         .route("/slack/commands", post(slash_command))
         .route("/slack/interactions", post(interaction))
-        .route("/slack/events", post(event))
+        .route("/slack/events", post(event));
+    let routes = if state.signing_secret.is_empty() {
+        Router::new()
+    } else {
+        slack
+    };
+    routes
         .merge(operations())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A body that stops arriving, and a request (body and answer) that takes too long.
@@ -294,7 +302,7 @@ async fn interaction(State(app): State<AppState>, Signed(body): Signed) -> Respo
 
 async fn event(State(app): State<AppState>, Signed(body): Signed) -> Response {
     match serde_json::from_slice::<EventEnvelope>(&body) {
-        Ok(envelope) => match inputs::event(&app, envelope) {
+        Ok(envelope) => match inputs::event(&app, envelope).await {
             EventReply::Challenge(challenge) => Json(serde_json::json!({ "challenge": challenge })).into_response(),
             EventReply::Ack => StatusCode::OK.into_response(),
         },

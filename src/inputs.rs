@@ -6,6 +6,8 @@
 //! Every entry point answers at once: work that needs Slack or an adapter is spawned and
 //! happens after the answer.
 
+use std::time::Duration;
+
 use slack_morphism::prelude::SlackCommandEventResponse;
 
 use crate::app::AppState;
@@ -13,6 +15,95 @@ use crate::approvals::{self, Click};
 use crate::commands;
 use crate::home;
 use crate::slack::payloads::{BlockActions, EventEnvelope, Interaction, SlashCommand};
+use crate::store;
+
+/// How long a delivery's key (trigger_id, event_id) is remembered. Slack re-delivers
+/// within minutes (Events API retries end after about 5 minutes).
+pub const DELIVERY_RETENTION: Duration = Duration::from_secs(6 * 3600);
+
+/// Kinds of keys in the `deliveries` table.
+pub mod delivery_kind {
+    /// A slash command's trigger_id.
+    pub const COMMAND: &str = "command";
+    /// A click's trigger_id.
+    pub const INTERACTION: &str = "interaction";
+    /// An Events API event_id.
+    pub const EVENT: &str = "event";
+}
+
+/// True the first time Slack delivers `key` of `kind`; false for re-deliveries. Durable
+/// (the `deliveries` table), so it holds across restarts and processes. If the database
+/// cannot answer, the delivery is treated as new: acting twice on a rare retry is better
+/// than dropping a person's input.
+pub async fn first_delivery(app: &AppState, kind: &str, key: &str) -> bool {
+    let now = app.now_ms();
+    let expires = now + DELIVERY_RETENTION.as_millis() as i64;
+    let claimed = async {
+        let mut conn = app.db.write.acquire().await?;
+        anyhow::Ok(store::first_delivery(&mut conn, kind, key, now, expires).await?)
+    };
+    match claimed.await {
+        Ok(first) => {
+            if !first {
+                tracing::info!(kind, "Slack delivered an input again; it was handled the first time");
+            }
+            first
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                kind,
+                "cannot check for a re-delivery; handling it"
+            );
+            true
+        }
+    }
+}
+
+/// A slash command that Slack may deliver more than once (Socket Mode re-delivers an
+/// envelope whose acknowledgement it did not get): run once per `trigger_id`. A
+/// re-delivery is answered with the first reply again when it is known (the first
+/// answer may be the one that was lost), and changes nothing.
+pub async fn command_once(app: &AppState, cmd: &SlashCommand) -> SlackCommandEventResponse {
+    let Some(trigger) = cmd.trigger_id.as_deref().filter(|t| !t.is_empty()) else {
+        return command(app, cmd).await;
+    };
+    if !first_delivery(app, delivery_kind::COMMAND, trigger).await {
+        let earlier = match app.db.read.acquire().await {
+            Ok(mut conn) => store::delivery_reply(&mut conn, delivery_kind::COMMAND, trigger)
+                .await
+                .ok()
+                .flatten(),
+            Err(_) => None,
+        };
+        return commands::ephemeral(
+            earlier.unwrap_or_else(|| "Received; jitgate is still working on this command.".into()),
+        );
+    }
+    let reply = command(app, cmd).await;
+    if let Some(text) = reply.content.text.as_deref() {
+        if let Ok(mut conn) = app.db.write.acquire().await {
+            if let Err(e) = store::set_delivery_reply(&mut conn, delivery_kind::COMMAND, trigger, text).await {
+                tracing::warn!(error = %e, "could not remember a command's reply");
+            }
+        }
+    }
+    reply
+}
+
+/// An interaction that Slack may deliver more than once: acted on once per `trigger_id`.
+pub async fn interaction_once(app: &AppState, input: Interaction) {
+    if let Interaction::BlockActions(BlockActions {
+        trigger_id: Some(trigger),
+        ..
+    }) = &input
+    {
+        if !trigger.is_empty() && !first_delivery(app, delivery_kind::INTERACTION, trigger).await {
+            return;
+        }
+    }
+    interaction(app, input);
+}
 
 /// Why an input from outside the configured workspace and app is refused, if it is.
 /// `[slack] team_id` and `api_app_id` are optional; when set, an input must name them.
@@ -124,7 +215,7 @@ pub enum EventReply {
 
 /// An Events API delivery. Slack retries deliveries it thinks failed; each event is acted
 /// on once.
-pub fn event(app: &AppState, envelope: EventEnvelope) -> EventReply {
+pub async fn event(app: &AppState, envelope: EventEnvelope) -> EventReply {
     match envelope {
         EventEnvelope::UrlVerification { challenge } => EventReply::Challenge(challenge),
         EventEnvelope::EventCallback {
@@ -137,8 +228,10 @@ pub fn event(app: &AppState, envelope: EventEnvelope) -> EventReply {
                 tracing::warn!(why, "ignoring an event from outside the configured workspace or app");
                 return EventReply::Ack;
             }
-            if event_id.as_deref().is_some_and(|id| !app.seen_events.first_time(id)) {
-                return EventReply::Ack;
+            if let Some(id) = event_id.as_deref() {
+                if !first_delivery(app, delivery_kind::EVENT, id).await {
+                    return EventReply::Ack;
+                }
             }
             let is_home = event["type"] == "app_home_opened" && event["tab"] == "home";
             if let (true, Some(user)) = (is_home, event["user"].as_str()) {

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod duration;
+pub mod fakeslack;
 pub mod fuzzing;
 pub mod grants;
 pub mod healthcheck;
@@ -23,6 +24,7 @@ pub mod http;
 pub mod ids;
 pub mod inputs;
 pub mod jobs;
+pub mod log_throttle;
 pub mod metrics;
 pub mod oncall;
 pub mod outbox;
@@ -33,7 +35,9 @@ pub mod report;
 pub mod requests;
 pub mod rotation;
 pub mod scheduler;
+pub mod selfcheck;
 pub mod slack;
+pub mod socket;
 pub mod store;
 pub mod text;
 pub mod throttle;
@@ -61,7 +65,12 @@ use crate::store::Db;
 #[derive(Clone)]
 pub struct Secrets {
     pub bot_token: String,
-    pub signing_secret: String,
+    /// Checks requests to the HTTP endpoints. Optional in Socket Mode: without it the
+    /// `/slack/*` endpoints are not served.
+    pub signing_secret: Option<String>,
+    /// An app-level token (`xapp-…`, scope `connections:write`): when present, Slack's
+    /// input arrives by Socket Mode.
+    pub app_token: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -71,21 +80,39 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// Reads `SLACK_BOT_TOKEN` and `SLACK_SIGNING_SECRET`.
+    /// Reads `SLACK_BOT_TOKEN`, `SLACK_APP_TOKEN` (optional: Socket Mode) and
+    /// `SLACK_SIGNING_SECRET` (required without an app token).
     pub fn from_env() -> anyhow::Result<Self> {
-        let get = |name: &str, hint: &str| match std::env::var(name) {
-            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-            _ => Err(anyhow::anyhow!("{name} is not set; {hint}")),
-        };
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// [`Secrets::from_env`] reading the variables through `env`.
+    pub fn from_lookup(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let get = |name: &str| env(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let bot_token = get("SLACK_BOT_TOKEN").ok_or_else(|| {
+            anyhow::anyhow!(
+                "SLACK_BOT_TOKEN is not set; set it to the app's Bot User OAuth Token (xoxb-…, under OAuth & Permissions)"
+            )
+        })?;
+        let app_token = get("SLACK_APP_TOKEN");
+        if let Some(t) = &app_token {
+            anyhow::ensure!(
+                t.starts_with("xapp-"),
+                "SLACK_APP_TOKEN does not look like an app-level token (they start with xapp-); create one with \
+                 the connections:write scope under Basic Information → App-Level Tokens"
+            );
+        }
+        let signing_secret = get("SLACK_SIGNING_SECRET");
+        anyhow::ensure!(
+            signing_secret.is_some() || app_token.is_some(),
+            "neither SLACK_APP_TOKEN nor SLACK_SIGNING_SECRET is set; for Socket Mode set SLACK_APP_TOKEN to an \
+             app-level token (xapp-…, Basic Information → App-Level Tokens, scope connections:write); for HTTP \
+             set SLACK_SIGNING_SECRET to the app's Signing Secret (under Basic Information)"
+        );
         Ok(Self {
-            bot_token: get(
-                "SLACK_BOT_TOKEN",
-                "set it to the app's Bot User OAuth Token (xoxb-…, under OAuth & Permissions)",
-            )?,
-            signing_secret: get(
-                "SLACK_SIGNING_SECRET",
-                "set it to the app's Signing Secret (under Basic Information)",
-            )?,
+            bot_token,
+            signing_secret,
+            app_token,
         })
     }
 }
@@ -104,6 +131,10 @@ pub struct Options {
     /// sources' `token_env`/`key_env`), looked up here before the process environment.
     /// Lets tests pass credentials without changing the process environment.
     pub env_overrides: BTreeMap<String, String>,
+    /// Run the Slack self-check at start-up (tests that count Slack calls turn it off).
+    pub slack_self_check: bool,
+    /// How long one Slack Web API call may take.
+    pub slack_call_timeout: Duration,
 }
 
 impl Default for Options {
@@ -114,6 +145,8 @@ impl Default for Options {
             shutdown_grace: Duration::from_secs(20),
             revoke_removed: false,
             env_overrides: BTreeMap::new(),
+            slack_self_check: true,
+            slack_call_timeout: slack::client::CALL_TIMEOUT,
         }
     }
 }
@@ -247,23 +280,43 @@ pub async fn build_with_env(
             .with_response_url_hosts(&config.slack.response_url_hosts)
             .with_metrics(metrics.clone()),
         metrics,
+        slack_status: selfcheck::SlackStatus::default(),
         config: Arc::new(config),
         db,
         clock,
         adapters: Arc::new(adapters),
         oncall: Arc::new(oncall),
         audit_key,
-        signing_secret: Arc::from(secrets.signing_secret.into_bytes()),
+        signing_secret: Arc::from(secrets.signing_secret.unwrap_or_default().into_bytes()),
         scheduler: SchedulerHandle::new(concurrency),
         outbox: OutboxHandle::default(),
         access_locks: Arc::default(),
         command_rate: Arc::default(),
-        seen_events: Arc::default(),
         creations: Arc::default(),
         stop_requested: CancellationToken::new(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     })
+}
+
+/// Forgets delivery keys (re-delivery protection) once their retention has passed, every
+/// ten minutes.
+async fn purge_deliveries(state: AppState) {
+    loop {
+        let purged = async {
+            let mut conn = state.db.write.acquire().await?;
+            anyhow::Ok(store::purge_deliveries(&mut conn, state.now_ms()).await?)
+        };
+        match purged.await {
+            Ok(n) if n > 0 => tracing::debug!(keys = n, "forgot expired delivery keys"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "could not purge delivery keys"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = state.shutdown.cancelled() => break,
+        }
+    }
 }
 
 /// Opens the database, resumes interrupted work, and serves on `listener`.
@@ -273,7 +326,8 @@ pub async fn start(
     options: Options,
     listener: TcpListener,
 ) -> anyhow::Result<Running> {
-    let state = build_with_env(
+    let app_token = secrets.app_token.clone();
+    let mut state = build_with_env(
         config,
         secrets,
         options.clock,
@@ -294,11 +348,21 @@ pub async fn start(
         }
         tx.commit().await?;
     }
+    state.slack = state.slack.clone().with_timeout(options.slack_call_timeout);
     {
         let mut conn = state.db.write.acquire().await?;
         let resumed = store::recover_running_jobs(&mut conn).await?;
         if resumed > 0 {
             tracing::warn!(jobs = resumed, "resuming jobs interrupted by the last stop");
+        }
+        // Messages Slack refused for good are tried again at every start: the restart
+        // often comes with the fix (a new token, the bot invited).
+        let refused = store::retry_undelivered(&mut conn, None, false).await?;
+        if refused > 0 {
+            tracing::warn!(
+                messages = refused,
+                "retrying messages Slack refused before (`jitgate outbox list` shows them)"
+            );
         }
     }
     let stranded = {
@@ -376,6 +440,24 @@ pub async fn start(
             Some(bound)
         }
     };
+    state.tasks.spawn(purge_deliveries(state.clone()));
+    if options.slack_self_check {
+        state.tasks.spawn(selfcheck::run_until_ok(
+            state.config.clone(),
+            state.slack.clone(),
+            state.slack_status.clone(),
+            state.shutdown.clone(),
+        ));
+    } else {
+        state.slack_status.set_report(selfcheck::Report::default());
+    }
+    if let Some(token) = &app_token {
+        socket::spawn(&state, token);
+        tracing::info!("Slack input arrives by Socket Mode");
+    }
+    if state.signing_secret.is_empty() {
+        tracing::info!("no SLACK_SIGNING_SECRET: the /slack/* HTTP endpoints are off");
+    }
 
     let addr = listener.local_addr()?;
     let app = http::router(state.clone());

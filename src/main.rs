@@ -31,7 +31,17 @@ enum Command {
         revoke_removed: bool,
     },
     /// Check the configuration file and exit (non-zero if it has problems).
-    CheckConfig,
+    CheckConfig {
+        /// Also ask Slack: the tokens, the scopes, and every configured channel. One line
+        /// per check; non-zero exit on any failure.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Messages Slack has not taken (refused for good, or given up on).
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Compare what adapters have granted with the database once: revoke access nobody
     /// holds a grant for and report grants whose access is missing.
     Reconcile {
@@ -107,6 +117,20 @@ enum PolicyCommand {
         /// The duration to ask for, like `2h` (default: the resource's default).
         #[arg(long)]
         duration: Option<jitgate::duration::HumanDuration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// List messages Slack refused (kept and retried slowly) or that were given up on.
+    List,
+    /// Send undelivered messages again now (a running `serve` picks them up within seconds).
+    Retry {
+        /// The message's id, from `jitgate outbox list`.
+        id: Option<i64>,
+        /// Every undelivered message.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
     },
 }
 
@@ -189,7 +213,7 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::CheckConfig => {
+        Command::CheckConfig { online } => {
             println!(
                 "{}: OK ({} resource{}, {} adapter{})",
                 config.path.display(),
@@ -204,17 +228,30 @@ async fn main() -> ExitCode {
                     println!("note: the database's directory does not exist; `jitgate serve` needs it");
                 }
             }
-            let mut vars: Vec<&str> = vec!["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"];
+            let unset = |var: &str| std::env::var(var).map(|v| v.trim().is_empty()).unwrap_or(true);
+            let mut vars: Vec<&str> = vec!["SLACK_BOT_TOKEN"];
+            if unset("SLACK_APP_TOKEN") {
+                vars.push("SLACK_SIGNING_SECRET");
+            }
             if let Some(oncall) = &config.oncall {
                 vars.extend(oncall.sources.values().filter_map(|s| s.credential_env()));
             }
             for var in vars {
-                if std::env::var(var).map(|v| v.trim().is_empty()).unwrap_or(true) {
+                if unset(var) {
                     println!("note: {var} is not set; `jitgate serve` needs it");
                 }
             }
-            Ok(())
+            if online {
+                match check_online(&config).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => return ExitCode::FAILURE,
+                    Err(e) => Err(e),
+                }
+            } else {
+                Ok(())
+            }
         }
+        Command::Outbox { command } => outbox(config, command).await,
         Command::Serve { revoke_removed } => serve(config, revoke_removed).await,
         Command::Audit { command } => audit(config, command).await,
         Command::Reconcile { dry_run } => reconcile(config, dry_run).await,
@@ -274,7 +311,8 @@ async fn reconcile(config: config::Config, dry_run: bool) -> anyhow::Result<()> 
     // Reconciling makes no Slack call (reports are queued for the running bot to send).
     let secrets = jitgate::Secrets::from_env().unwrap_or(jitgate::Secrets {
         bot_token: String::new(),
-        signing_secret: String::new(),
+        signing_secret: None,
+        app_token: None,
     });
     let clock: jitgate::clock::SharedClock = std::sync::Arc::new(jitgate::clock::SystemClock);
     let state = jitgate::build(config, secrets, clock, Vec::new()).await?;
@@ -397,6 +435,81 @@ async fn policy_explain(
         }
         Err(unknown) => anyhow::bail!("{unknown}"),
     }
+}
+
+/// `check-config --online`: one line per check; true when all passed.
+async fn check_online(config: &config::Config) -> anyhow::Result<bool> {
+    let secrets = jitgate::Secrets::from_env()?;
+    let slack = jitgate::slack::client::SlackApi::new(&config.slack.api_url, &secrets.bot_token);
+    let report = jitgate::selfcheck::run(config, &slack, secrets.app_token.as_deref()).await;
+    for line in report.lines() {
+        println!("{line}");
+    }
+    let failed = report.checks.iter().filter(|c| c.outcome.is_err()).count();
+    if failed > 0 {
+        println!("{failed} check{} failed", if failed == 1 { "" } else { "s" });
+    } else {
+        println!("Slack: all {} checks passed", report.checks.len());
+    }
+    Ok(failed == 0)
+}
+
+async fn outbox(config: config::Config, command: OutboxCommand) -> anyhow::Result<()> {
+    let db = jitgate::store::Db::open(&config.database.url).await?;
+    let result = async {
+        match command {
+            OutboxCommand::List => {
+                let mut conn = db.read.acquire().await?;
+                let rows = jitgate::store::undelivered(&mut conn, 1000).await?;
+                if rows.is_empty() {
+                    println!("nothing undelivered: Slack has taken every message");
+                }
+                for r in &rows {
+                    let status = match (r.state.as_str(), r.refused_at) {
+                        ("pending", Some(_)) => format!(
+                            "refused, next try {}",
+                            chrono::DateTime::from_timestamp_millis(r.next_attempt_at)
+                                .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+                                .unwrap_or_default()
+                        ),
+                        _ => "given up".to_string(),
+                    };
+                    println!(
+                        "{id}\t{kind:?}\t{request}\t{channel}\t{error}\t{attempts} attempt{s}\t{status}",
+                        id = r.id,
+                        kind = r.kind,
+                        request = r.request_id.map(jitgate::ids::label).unwrap_or_else(|| "-".into()),
+                        channel = r.channel.as_deref().unwrap_or("-"),
+                        error = r.last_error.as_deref().unwrap_or("-"),
+                        attempts = r.attempts,
+                        s = if r.attempts == 1 { "" } else { "s" },
+                    );
+                }
+            }
+            OutboxCommand::Retry { id, all } => {
+                anyhow::ensure!(
+                    id.is_some() || all,
+                    "say which message to send again (an id from `jitgate outbox list`), or --all"
+                );
+                let mut conn = db.write.acquire().await?;
+                let n = jitgate::store::retry_undelivered(&mut conn, id, true).await?;
+                match (id, n) {
+                    (Some(id), 0) => anyhow::bail!(
+                        "message {id} is not undelivered (or its secret content was erased); see `jitgate outbox list`"
+                    ),
+                    _ => println!(
+                        "{n} message{} queued again; a running `jitgate serve` sends {} within seconds",
+                        if n == 1 { "" } else { "s" },
+                        if n == 1 { "it" } else { "them" }
+                    ),
+                }
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    db.close().await;
+    result
 }
 
 async fn wait_for_signal() {

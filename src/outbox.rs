@@ -2,30 +2,53 @@
 //!
 //! State changes write their messages in the same transaction; this worker sends them
 //! afterwards, so no Slack call ever happens inside a transaction, and a message Slack
-//! could not take (down, 5xx, 429) is kept and sent later rather than dropped. Cards are
-//! rendered from the stored state at delivery time, so a late update still shows the truth.
+//! could not take (down, 5xx, 429, a refusal) is kept and sent later rather than dropped.
+//! Cards are rendered from the stored state at delivery time, so a late update still shows
+//! the truth.
+//!
+//! Messages travel in lanes: one per card (its post and updates) and one per other
+//! destination (a person's DMs, a channel's messages). Up to [`LANES`] lanes are sent at
+//! once, each in its own order, so one hung Slack call (every call has a timeout) holds
+//! up only its own lane. A refusal that needs an operator (`not_in_channel`,
+//! `invalid_auth`, …) keeps the message on a slow retry schedule, is logged once, and, for
+//! a card, tells the requester what must be fixed; `jitgate outbox list` / `retry` show
+//! and re-send such messages, and every start retries them.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::backoff;
-use crate::cards::{render_card, CardModel};
+use crate::cards::{refusal_fix, render_card, CardModel};
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::ids::label;
+use crate::log_throttle::LogThrottle;
 use crate::slack::client::SlackApi;
 use crate::slack::client::SlackCallError;
-use crate::store::{self, Db, GrantState, JobKind, OutboxKind, OutboxRow, RequestState};
+use crate::store::{self, Db, GrantState, JobKind, OutboxKind, OutboxRow, Outgoing, RequestState};
 
 /// A response_url stops working after 30 minutes.
 const RESPONSE_URL_LIFETIME_MS: i64 = 30 * 60 * 1000;
 /// Retry waits for a message Slack could not take.
 const RETRY_INITIAL: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(300);
-/// Delivery results are written down at least this often while a batch is being sent.
-const RECORD_EVERY: Duration = Duration::from_millis(500);
+/// Retry waits for a message Slack refused for good (until an operator fixes the cause).
+const REFUSED_INITIAL: Duration = Duration::from_secs(300);
+const REFUSED_MAX: Duration = Duration::from_secs(3600);
+/// Pauses of all delivery while every call fails (Slack down or unreachable).
+const OUTAGE_INITIAL: Duration = Duration::from_secs(1);
+const OUTAGE_MAX: Duration = Duration::from_secs(30);
+/// Lanes delivered at once.
+pub const LANES: usize = 8;
+/// Messages written by another process (the CLI) are noticed within this.
+pub const POLL: Duration = Duration::from_secs(2);
+/// At most one "Slack call failed" line per this interval, with a count.
+static FAILURE_WARNINGS: LogThrottle = LogThrottle::new(Duration::from_secs(30));
 
 /// The outbox's side of the app state: wakes the worker. Cheap to clone.
 #[derive(Clone, Default)]
@@ -64,78 +87,191 @@ enum Delivery {
     /// Nothing to send any more (the card it would update shows the latest state anyway).
     Moot,
     Failed(SlackCallError),
+    /// Not tried: an earlier message of its lane failed; it waits for that one.
+    Deferred(i64),
+}
+
+/// The lane a message travels in: its card, or its destination.
+fn lane_of(row: &OutboxRow) -> String {
+    match (row.kind, row.request_id) {
+        (OutboxKind::PostCard | OutboxKind::UpdateCard, Some(id)) => format!("card {id}"),
+        _ => match (&row.channel, &row.response_url) {
+            (Some(c), _) => format!("to {c}"),
+            (None, Some(url)) => format!("url {url}"),
+            (None, None) => format!("row {}", row.id),
+        },
+    }
 }
 
 /// The worker loop, until shutdown.
 pub async fn run(app: Outbox) {
+    let mut lanes: JoinSet<Vec<Outcome>> = JoinSet::new();
+    let mut lane_keys: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut busy: HashSet<String> = HashSet::new();
+    let mut paused_until: Option<i64> = None;
+    // Due messages read but not started yet, in the order they were written. Read again
+    // only when none of them can start, so a burst of cards costs one read per few
+    // hundred, not one per card.
+    let mut queue: Vec<OutboxRow> = Vec::new();
+    let mut refill = true;
+    // Slack unreachable (every call failing): after a lane's worth of failures in a row,
+    // delivery pauses (1 s, doubling to 30 s, with jitter) instead of trying every queued
+    // message, so an outage costs a few calls per pause rather than one per message.
+    let mut failures_in_a_row = 0u32;
+    let mut outage = 0u32;
     loop {
         if app.shutdown.is_cancelled() {
             break;
         }
-        let due = match app.db.read.acquire().await {
-            Ok(mut conn) => store::due_outbox(&mut conn, app.now_ms(), 100).await,
-            Err(e) => Err(e),
+        let now = app.now_ms();
+        let paused = paused_until.is_some_and(|p| now < p);
+        if !paused && busy.len() < LANES {
+            if refill || !queue.iter().any(|r| !busy.contains(&lane_of(r))) {
+                queue = match app.db.read.acquire().await {
+                    Ok(mut conn) => store::due_outbox(&mut conn, now, 500)
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e.into()),
+                }
+                .unwrap_or_else(|e| {
+                    if let Some(n) = FAILURE_WARNINGS.hit() {
+                        tracing::error!(error = format!("{e:#}"), times = n, "outbox: cannot read the database");
+                    }
+                    Vec::new()
+                });
+                // A busy lane's messages wait for it: they are read again afterwards.
+                queue.retain(|r| !busy.contains(&lane_of(r)));
+                refill = false;
+            }
+            let mut order: Vec<String> = Vec::new();
+            let mut grouped: HashMap<String, Vec<OutboxRow>> = HashMap::new();
+            let mut rest = Vec::new();
+            for row in std::mem::take(&mut queue) {
+                let key = lane_of(&row);
+                if busy.contains(&key) {
+                    rest.push(row);
+                    continue;
+                }
+                if !grouped.contains_key(&key) {
+                    if order.len() + busy.len() >= LANES {
+                        rest.push(row);
+                        continue;
+                    }
+                    order.push(key.clone());
+                }
+                grouped.entry(key).or_default().push(row);
+            }
+            queue = rest;
+            for key in order {
+                let rows = grouped.remove(&key).unwrap_or_default();
+                let lane_app = app.clone();
+                let handle = lanes.spawn(async move { deliver_lane(&lane_app, rows).await });
+                lane_keys.insert(handle.id(), key.clone());
+                busy.insert(key);
+            }
+        }
+        // Sleep until the next message is due, a lane finishes, something is queued, or
+        // the poll interval passes (messages queued by another process).
+        let next = match paused_until.filter(|p| *p > now) {
+            Some(p) => p,
+            None => match app.db.read.acquire().await {
+                Ok(mut conn) => store::next_outbox_due(&mut conn)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(i64::MAX),
+                Err(_) => i64::MAX,
+            },
         };
-        let due = due.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "outbox: cannot read the database");
-            Vec::new()
-        });
-        let idle = due.is_empty();
-        let mut outcomes = Vec::new();
-        let mut unrecorded_since = Instant::now();
-        let mut pause = None;
-        for row in due {
-            if app.shutdown.is_cancelled() {
-                break;
-            }
-            let outcome = deliver_one(&app, row).await;
-            pause = outcome.pause();
-            outcomes.push(outcome);
-            if pause.is_some() {
-                break;
-            }
-            // Bound how much is sent again after a crash when Slack is slow to answer.
-            if unrecorded_since.elapsed() > RECORD_EVERY {
-                record_all(&app, std::mem::take(&mut outcomes)).await;
-                unrecorded_since = Instant::now();
-            }
-        }
-        record_all(&app, outcomes).await;
-        if let Some(pause) = pause {
-            // Slack's rate limits apply per method and workspace: pause everything.
-            let until = app.clock.now() + chrono::Duration::from_std(pause).unwrap_or_default();
-            tokio::select! {
-                _ = app.clock.sleep_until(until) => {}
-                _ = app.shutdown.cancelled() => {}
-            }
-        }
-        if !idle {
-            continue;
-        }
-        let next = match app.db.read.acquire().await {
-            Ok(mut conn) => store::next_outbox_due(&mut conn).await.ok().flatten(),
-            Err(_) => Some(app.now_ms() + 5_000),
-        };
-        let sleep = match next {
-            Some(at) => app
-                .clock
-                .sleep_until(chrono::DateTime::from_timestamp_millis(at).unwrap_or_default()),
-            None => Box::pin(std::future::pending()),
+        // A due message whose lane is busy waits for the lane, not for the timer.
+        let sleep: crate::clock::SleepFuture = if next > now && next != i64::MAX {
+            app.clock
+                .sleep_until(chrono::DateTime::from_timestamp_millis(next).unwrap_or_default())
+        } else {
+            Box::pin(std::future::pending())
         };
         tokio::select! {
-            _ = sleep => {}
-            _ = app.handle.wake.notified() => {}
+            Some(first) = lanes.join_next_with_id(), if !lanes.is_empty() => {
+                let mut finished = vec![first];
+                while let Some(more) = lanes.try_join_next_with_id() {
+                    finished.push(more);
+                }
+                let mut outcomes = Vec::new();
+                for f in finished {
+                    let id = match f {
+                        Ok((id, o)) => {
+                            outcomes.extend(o);
+                            id
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "outbox: a delivery task failed; its messages stay queued");
+                            e.id()
+                        }
+                    };
+                    if let Some(key) = lane_keys.remove(&id) {
+                        busy.remove(&key);
+                    }
+                }
+                let mut pause = outcomes.iter().filter_map(|o| o.pause()).max();
+                for o in &outcomes {
+                    match &o.result {
+                        Delivery::Sent | Delivery::Moot => {
+                            failures_in_a_row = 0;
+                            outage = 0;
+                        }
+                        Delivery::Failed(SlackCallError::Transient(_)) => failures_in_a_row += 1,
+                        _ => {}
+                    }
+                }
+                if failures_in_a_row >= LANES as u32 {
+                    outage += 1;
+                    failures_in_a_row = 0;
+                    let wait = backoff(OUTAGE_INITIAL, OUTAGE_MAX, outage, rand::random::<f64>());
+                    pause = pause.max(Some(wait));
+                }
+                if let Some(pause) = pause {
+                    // Slack's rate limits apply per method and workspace: pause everything.
+                    paused_until = Some(app.now_ms() + pause.as_millis() as i64);
+                }
+                record_all(&app, outcomes).await;
+            }
+            _ = sleep => refill = true,
+            // Real time, whatever the injected clock: another process's messages.
+            _ = tokio::time::sleep(POLL) => refill = true,
+            _ = app.handle.wake.notified() => refill = queue.is_empty(),
             _ = app.shutdown.cancelled() => break,
         }
     }
+    // Unfinished lanes stay queued and are sent again at the next start (a posted card's
+    // ts is written as soon as Slack answers, so it is not posted twice).
+    lanes.abort_all();
     tracing::info!("outbox stopped");
+}
+
+/// Sends one lane's messages in order, stopping at the first that fails: the rest wait
+/// for it, so a card's updates never overtake its post.
+async fn deliver_lane(app: &Outbox, rows: Vec<OutboxRow>) -> Vec<Outcome> {
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(rows.len());
+    let mut blocked = false;
+    for row in rows {
+        if blocked || app.shutdown.is_cancelled() {
+            outcomes.push(Outcome {
+                result: Delivery::Deferred(app.now_ms() + 1000),
+                at: app.now_ms(),
+                row,
+            });
+            continue;
+        }
+        let outcome = deliver_one(app, row).await;
+        blocked = matches!(outcome.result, Delivery::Failed(_));
+        outcomes.push(outcome);
+    }
+    outcomes
 }
 
 /// What became of one delivery attempt, to be written down.
 struct Outcome {
-    id: i64,
-    kind: OutboxKind,
-    attempts: i64,
+    row: OutboxRow,
     result: Delivery,
     at: i64,
 }
@@ -162,9 +298,7 @@ async fn deliver_one(app: &Outbox, row: OutboxRow) -> Outcome {
         }
     };
     Outcome {
-        id: row.id,
-        kind: row.kind,
-        attempts: row.attempts,
+        row,
         result,
         at: app.now_ms(),
     }
@@ -180,11 +314,14 @@ async fn record_all(app: &Outbox, outcomes: Vec<Outcome>) {
     if outcomes.is_empty() {
         return;
     }
+    let mut queued = false;
     let recorded = async {
         let mut tx = app.db.begin().await?;
         let mut erased = false;
         for o in &outcomes {
-            erased |= record(&mut tx, o).await?;
+            let (q, e) = record(app, &mut tx, o).await?;
+            queued |= q;
+            erased |= e;
         }
         tx.commit().await?;
         anyhow::Ok(erased)
@@ -208,30 +345,110 @@ async fn record_all(app: &Outbox, outcomes: Vec<Outcome>) {
             );
         }
     }
+    if queued {
+        app.handle.wake();
+    }
 }
 
-/// Writes down one outcome; true when a secret was erased.
-async fn record(conn: &mut sqlx::SqliteConnection, o: &Outcome) -> anyhow::Result<bool> {
-    let (id, kind, now) = (o.id, o.kind, o.at);
+/// Writes one outcome down. Returns whether it queued a new message (a notice) and
+/// whether it erased a secret (then the WAL needs a checkpoint).
+async fn record(app: &Outbox, conn: &mut sqlx::SqliteConnection, o: &Outcome) -> anyhow::Result<(bool, bool)> {
+    let (row, now) = (&o.row, o.at);
+    let (id, kind) = (row.id, row.kind);
     let mut erased = false;
     match &o.result {
         Delivery::Sent | Delivery::Moot => erased = store::outbox_sent(conn, id, now).await?,
+        Delivery::Deferred(at) => store::outbox_defer(conn, id, *at).await?,
         Delivery::Failed(SlackCallError::RateLimited(_)) => {
             let after = o.pause().unwrap_or(Duration::from_secs(1));
-            tracing::warn!(outbox = id, ?kind, retry_after = ?after, "Slack rate limit; pausing deliveries");
+            if let Some(n) = FAILURE_WARNINGS.hit() {
+                tracing::warn!(outbox = id, ?kind, retry_after = ?after, times = n, "Slack rate limit; pausing deliveries");
+            }
             store::outbox_retry(conn, id, now + after.as_millis() as i64, "rate limited").await?;
         }
         Delivery::Failed(SlackCallError::Transient(e)) => {
-            let wait = backoff(RETRY_INITIAL, RETRY_MAX, o.attempts as u32 + 1, rand::random::<f64>());
-            tracing::warn!(outbox = id, ?kind, error = %e, retry_in = ?wait, "Slack call failed; will retry");
+            let wait = backoff(RETRY_INITIAL, RETRY_MAX, row.attempts as u32 + 1, rand::random::<f64>());
+            if let Some(n) = FAILURE_WARNINGS.hit() {
+                tracing::warn!(
+                    outbox = id,
+                    ?kind,
+                    error = %e,
+                    retry_in = ?wait,
+                    failures = n,
+                    "Slack calls are failing; messages are kept and retried (one line per 30 s)"
+                );
+            }
             store::outbox_retry(conn, id, now + wait.as_millis() as i64, e).await?;
         }
-        Delivery::Failed(SlackCallError::Permanent(e)) => {
-            tracing::error!(outbox = id, ?kind, error = %e, "Slack refused a message; giving up on it");
+        Delivery::Failed(SlackCallError::Permanent(e)) if is_final(e) => {
+            tracing::error!(outbox = id, ?kind, error = %e, "Slack refused a message that cannot be sent again; giving up on it");
             erased = store::outbox_failed(conn, id, e).await?;
         }
+        Delivery::Failed(SlackCallError::Permanent(e)) => {
+            let wait = backoff(
+                REFUSED_INITIAL,
+                REFUSED_MAX,
+                row.attempts as u32 + 1,
+                rand::random::<f64>(),
+            );
+            let first = store::outbox_refused(conn, id, now + wait.as_millis() as i64, e, now).await?;
+            if first {
+                return Ok((refused_first_time(app, conn, row, e, now).await?, erased));
+            }
+        }
     }
-    Ok(erased)
+    Ok((false, erased))
+}
+
+/// Errors after which a message can never be delivered, whatever an operator does.
+fn is_final(code: &str) -> bool {
+    matches!(code, "response_url expired" | "the card was never posted")
+}
+
+/// The first refusal of a message: logged once with where and why; a card's requester is
+/// told what an operator must do. Returns true if a notice was queued.
+async fn refused_first_time(
+    app: &Outbox,
+    conn: &mut sqlx::SqliteConnection,
+    row: &OutboxRow,
+    code: &str,
+    now: i64,
+) -> anyhow::Result<bool> {
+    let request = match row.request_id {
+        Some(r) => store::get_request(&mut *conn, r).await?,
+        None => None,
+    };
+    let channel = match (row.kind, &request) {
+        (OutboxKind::PostCard | OutboxKind::UpdateCard, Some(r)) => {
+            r.card_channel.clone().unwrap_or(r.approval_channel.clone())
+        }
+        _ => row.channel.clone().unwrap_or_else(|| "(response_url)".into()),
+    };
+    let fix = refusal_fix(code, &channel);
+    tracing::error!(
+        outbox = row.id,
+        kind = ?row.kind,
+        channel = %channel,
+        error = %code,
+        "Slack refused a message; it is kept and retried every few minutes until fixed ({fix});          `jitgate outbox list` shows what is waiting"
+    );
+    let Some(request) = request.filter(|_| row.kind == OutboxKind::PostCard) else {
+        return Ok(false);
+    };
+    let expires = request.created_at + app.config.requests.pending_timeout.as_secs() as i64 * 1000;
+    let text = format!(
+        ":warning: Your request {} could not be shown to its approvers: Slack refused to post its card in <#{channel}> \
+         (`{code}`). An operator must fix this: {fix}. The card is posted on its own once that is done. Until then \
+         the request stays pending, and it still expires {}.",
+        label(request.id),
+        crate::text::slack_date(expires),
+    );
+    let notice = match &row.response_url {
+        Some(url) if now - row.created_at < RESPONSE_URL_LIFETIME_MS => Outgoing::ephemeral(url, text),
+        _ => Outgoing::message(&request.requester_id, text, Some(request.id)),
+    };
+    store::enqueue(&mut *conn, &notice, now).await?;
+    Ok(true)
 }
 
 async fn send(app: &Outbox, row: &OutboxRow) -> anyhow::Result<Delivery> {
@@ -292,6 +509,10 @@ async fn send(app: &Outbox, row: &OutboxRow) -> anyhow::Result<Delivery> {
                 .resource(&request.resource)
                 .map(|r| r.description.as_str())
                 .unwrap_or("");
+            let refused = match row.kind {
+                OutboxKind::PostCard => row.refused_at.and(row.last_error.as_deref()),
+                _ => None,
+            };
             let model = CardModel {
                 request: &request,
                 description,
@@ -299,6 +520,7 @@ async fn send(app: &Outbox, row: &OutboxRow) -> anyhow::Result<Delivery> {
                 grant: grant.as_ref(),
                 job: job.as_ref(),
                 break_glass: break_glass.as_ref(),
+                refused,
             };
             let content = render_card(&model);
             match (row.kind, &request.card_ts) {

@@ -1,8 +1,9 @@
 //! Whether this jitgate can do its job now, for `/readyz` (load balancers, orchestrators).
 //! `/healthz` only says the process is alive; ready means: the database takes writes and
 //! has every migration, the scheduler loop is running (it proves both by writing its
-//! heartbeat every few seconds), and Slack answers (as the latest calls saw it — the probe
-//! itself calls nobody).
+//! heartbeat every few seconds), and Slack answers: the start-up self-check accepted the
+//! token, Socket Mode (when used) is connected, and the latest calls did not find Slack
+//! unreachable or the token refused. The probe itself calls nobody.
 
 use crate::app::AppState;
 use crate::scheduler::HEARTBEAT_EVERY_MS;
@@ -23,6 +24,11 @@ pub struct Observed {
     pub migrations: Result<bool, String>,
     /// Why Slack cannot be used, if the latest calls say so.
     pub slack: Option<String>,
+    /// The start-up self-check passed (token accepted) and, in Socket Mode, a connection
+    /// is open.
+    pub slack_checked: bool,
+    /// What the self-check and Socket Mode report, when `slack_checked` is false.
+    pub slack_problems: Vec<String>,
 }
 
 /// Why jitgate is not ready; empty when it is.
@@ -42,6 +48,14 @@ pub fn problems(o: &Observed) -> Vec<String> {
         Ok(false) => out.push("database: migrations not all applied".to_string()),
         Err(e) => out.push(format!("database: cannot read it ({e})")),
     }
+    if !o.slack_checked {
+        if o.slack_problems.is_empty() {
+            out.push("slack: the start-up self-check has not passed yet".to_string());
+        }
+        for p in &o.slack_problems {
+            out.push(format!("slack: {p}"));
+        }
+    }
     if let Some(s) = &o.slack {
         out.push(format!("slack: {s}"));
     }
@@ -54,11 +68,14 @@ pub async fn check(app: &AppState) -> Vec<String> {
         Ok(mut conn) => store::migrations_applied(&mut conn).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
+    let status = app.slack_status.snapshot();
     problems(&Observed {
         now_ms: app.now_ms(),
         last_beat_ms: app.scheduler.last_beat_ms(),
         migrations,
         slack: app.slack.trouble(),
+        slack_checked: status.ready,
+        slack_problems: if status.ready { Vec::new() } else { status.problems },
     })
 }
 
@@ -72,6 +89,8 @@ mod tests {
             last_beat_ms: 96_000,
             migrations: Ok(true),
             slack: None,
+            slack_checked: true,
+            slack_problems: Vec::new(),
         }
     }
 
@@ -102,5 +121,11 @@ mod tests {
             ..healthy()
         };
         assert!(problems(&slack)[0].starts_with("slack: Slack refuses"));
+        let unchecked = Observed {
+            slack_checked: false,
+            slack_problems: vec!["Socket Mode: not connected".into()],
+            ..healthy()
+        };
+        assert_eq!(problems(&unchecked), ["slack: Socket Mode: not connected"]);
     }
 }

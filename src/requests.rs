@@ -117,6 +117,9 @@ pub struct Requester {
     pub user_id: String,
     pub team_id: String,
     pub channel_id: String,
+    /// The command's response_url: if Slack refuses the card, the requester is told
+    /// through it (no token needed) while it is valid.
+    pub response_url: Option<String>,
 }
 
 /// Stores a validated request with its audit entry, its card and its time-out, in one
@@ -141,6 +144,7 @@ pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyh
         created_at: app.now_ms(),
         kind: store::RequestKind::Access,
         extends_request_id: None,
+        response_url: who.response_url.clone(),
     };
     insert_pending(app, &new, on_call_check).await
 }
@@ -317,7 +321,7 @@ async fn try_write_pending(
         if on_call_check {
             jobs.push(job(JobKind::AutoApprove, now));
         } else {
-            cards.push((Outgoing::post_card(id), now));
+            cards.push((Outgoing::post_card_for(id, new.response_url.as_deref()), now));
         }
         jobs.push(job(JobKind::ExpireRequest, timeout_at));
         if let Some(remind) = app.config.requests.remind_after {
@@ -371,6 +375,7 @@ pub async fn create_extension(
         created_at: now,
         kind: store::RequestKind::Extension,
         extends_request_id: Some(original.id),
+        response_url: who.response_url.clone(),
     };
     if !resource.self_extend {
         return insert_pending(app, &new, false).await;

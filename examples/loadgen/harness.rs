@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::runtime::Runtime;
 
-use crate::fake_slack::{self, FakeSlack};
+use jitgate::fakeslack::{self as fake_slack, FakeSlack};
 
 /// The signing secret the server and the load generator share.
 pub const SIGNING_SECRET: &str = "loadgen-signing-secret";
@@ -69,6 +69,14 @@ pub async fn stalled_listener() -> anyhow::Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
+/// An address where nothing listens, so every connection to "Slack" is refused at once.
+pub async fn refusing_address() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    Ok(addr)
+}
+
 /// A configuration like an operator's: defaults everywhere, one resource, a noop adapter.
 pub fn config_text(db: &Path, api_url: &str) -> String {
     format!(
@@ -113,7 +121,8 @@ pub async fn start_server(dir: &Path, config_text: &str) -> anyhow::Result<jitga
     let config = jitgate::config::parse(&dir.join("jitgate.toml"), config_text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secrets = jitgate::Secrets {
         bot_token: fake_slack::BOT_TOKEN.into(),
-        signing_secret: SIGNING_SECRET.into(),
+        signing_secret: Some(SIGNING_SECRET.into()),
+        app_token: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let options = jitgate::Options {

@@ -10,8 +10,6 @@ mod ack;
 mod expiry;
 // Shared with the integration tests; this program uses only part of it.
 #[allow(dead_code)]
-#[path = "../../tests/integration/support/fake_slack.rs"]
-mod fake_slack;
 mod harness;
 mod history;
 mod startup;
@@ -21,6 +19,27 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use jitgate::duration::HumanDuration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SlackMode {
+    /// The fake Slack answers.
+    Ok,
+    /// Connections to Slack are refused.
+    Refuses,
+    /// Slack accepts connections and never answers.
+    Hangs,
+}
+
+impl Args {
+    /// The Slack behaviour asked for (`--slack-stalled` is `--slack hangs`).
+    pub fn slack_mode(&self) -> SlackMode {
+        if self.slack_stalled {
+            SlackMode::Hangs
+        } else {
+            self.slack
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -59,9 +78,16 @@ pub struct Args {
     server_bin: Option<PathBuf>,
 
     /// ack: a Slack that never answers, so the outbox stalls and the ack path runs alone
-    /// (a diagnostic: cards are not checked; shutdown waits out the grace period).
+    /// (a diagnostic: cards are not checked; shutdown waits out the grace period). The
+    /// same as `--slack hangs`.
     #[arg(long)]
     slack_stalled: bool,
+
+    /// ack: how the fake Slack behaves: `ok`; `refuses` (nothing listens: every call is
+    /// refused at once); `hangs` (accepts connections, never answers: every call runs into
+    /// its timeout). In the last two, cards are not checked, only storage.
+    #[arg(long, value_enum, default_value = "ok")]
+    slack: SlackMode,
 
     /// ack: concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]

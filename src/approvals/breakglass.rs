@@ -93,6 +93,7 @@ pub async fn use_as(
         created_at: now,
         kind: RequestKind::Access,
         extends_request_id: None,
+        response_url: who.response_url.clone(),
     };
     let id = store::insert_request(&mut tx, &new).await?;
     store::insert_break_glass(&mut tx, id, now).await?;

@@ -55,6 +55,9 @@ pub struct ChannelInfo {
     /// Without the `#`; absent for direct messages.
     pub name: Option<String>,
     pub is_private: bool,
+    /// Whether the bot is in the channel.
+    pub is_member: bool,
+    pub is_archived: bool,
 }
 
 /// The Slack Web API, with the bot token.
@@ -68,6 +71,10 @@ pub struct SlackApi {
     trouble: Arc<std::sync::Mutex<Option<String>>>,
     /// Hosts a response_url may point at (`[slack] response_url_hosts`).
     response_url_hosts: Arc<[String]>,
+    /// For the calls slack-morphism cannot make as needed (response headers, app tokens).
+    raw: RawClient,
+    base: Arc<str>,
+    timeout: Duration,
 }
 
 /// Whether jitgate may call `url` as a response_url: its host is one of `hosts` exactly,
@@ -109,20 +116,54 @@ pub fn https_connector_http1() -> hyper_rustls::HttpsConnector<hyper_util::clien
 }
 
 fn tls_builder() -> hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes> {
-    match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "no CA certificates found; HTTPS calls will fail (install ca-certificates)");
-            let config =
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the default protocol versions")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-        }
-    }
+    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls_config()).clone())
 }
+
+/// The TLS settings of every outbound connection to Slack (Web API and Socket Mode): the
+/// system's CA certificates, or those of the file `SSL_CERT_FILE` (or directory
+/// `SSL_CERT_DIR`) names instead, as OpenSSL does. Built once.
+pub fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "could not read some CA certificates");
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no CA certificates found; HTTPS calls will fail (install ca-certificates, or name a PEM file in SSL_CERT_FILE)"
+                );
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+/// How long one Web API call may take before it counts as failed (and is retried later).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `auth.test` says about a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthInfo {
+    /// The bot's user ID (`U…`); absent for app-level tokens.
+    pub user_id: Option<String>,
+    pub team: Option<String>,
+    /// The scopes Slack granted, from the `x-oauth-scopes` header (None if absent).
+    pub scopes: Option<Vec<String>>,
+}
+
+type RawClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
 
 impl SlackApi {
     /// A client for the Web API at `api_url` (like `https://slack.com/api`).
@@ -135,6 +176,10 @@ impl SlackApi {
             metrics: None,
             trouble: Arc::default(),
             response_url_hosts: Arc::from(vec!["hooks.slack.com".to_string()]),
+            raw: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https_connector()),
+            base: Arc::from(base),
+            timeout: CALL_TIMEOUT,
         }
     }
 
@@ -162,7 +207,7 @@ impl SlackApi {
         method: &str,
         call: impl std::future::Future<Output = Result<T, SlackClientError>>,
     ) -> Result<T, SlackCallError> {
-        let result = call.await.map_err(SlackCallError::from);
+        let result = self.timed(call).await;
         let trouble = match &result {
             Ok(_) => Some(None),
             Err(SlackCallError::Transient(e)) => Some(Some(format!("Slack unreachable ({method}: {e})"))),
@@ -185,6 +230,127 @@ impl SlackApi {
             m.slack_call(method, outcome);
         }
         result
+    }
+
+    /// The same client with another per-call timeout (tests, the load generator).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The Web API base URL, like `https://slack.com/api`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Runs one call under the per-call timeout: a Slack that accepts the connection and
+    /// never answers costs this long, then counts as a temporary failure.
+    async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, SlackClientError>>,
+    ) -> Result<T, SlackCallError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(SlackCallError::from),
+            Err(_) => Err(SlackCallError::Transient(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// POSTs `method` with `token` (form-encoded `fields`) and returns the response's
+    /// headers and JSON; `ok: false` becomes an error with Slack's code. Neither the token
+    /// nor the response body reaches a log or an error message.
+    async fn raw_call(
+        &self,
+        method: &str,
+        token: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<(hyper::HeaderMap, serde_json::Value), SlackCallError> {
+        use http_body_util::BodyExt;
+        let body = serde_urlencoded::to_string(fields).unwrap_or_default();
+        let req = hyper::Request::post(format!("{}/{method}", self.base))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|_| SlackCallError::Permanent(format!("{}/{method} is not a valid URL", self.base)))?;
+        let call = async {
+            let resp = self
+                .raw
+                .request(req)
+                .await
+                .map_err(|e| SlackCallError::Transient(format!("cannot reach Slack: {e}")))?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            if status == hyper::StatusCode::TOO_MANY_REQUESTS {
+                let after = headers
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok())
+                    .map(Duration::from_secs);
+                return Err(SlackCallError::RateLimited(after));
+            }
+            if status.is_server_error() {
+                return Err(SlackCallError::Transient(format!("HTTP {status}")));
+            }
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| SlackCallError::Transient(format!("reading Slack's answer: {e}")))?
+                .to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|_| SlackCallError::Transient(format!("HTTP {status} without a JSON answer")))?;
+            if json["ok"].as_bool() == Some(true) {
+                Ok((headers, json))
+            } else {
+                let code = json["error"].as_str().unwrap_or("unknown_error").to_string();
+                if TRANSIENT_CODES.contains(&code.as_str()) {
+                    Err(SlackCallError::Transient(code))
+                } else {
+                    Err(SlackCallError::Permanent(code))
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(SlackCallError::Transient(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// `auth.test` with the bot token: who the bot is, and its scopes.
+    pub async fn auth_test(&self) -> Result<AuthInfo, SlackCallError> {
+        let token = self.token.token_value.0.clone();
+        self.auth_test_with(&token).await
+    }
+
+    /// `auth.test` with any token.
+    pub async fn auth_test_with(&self, token: &str) -> Result<AuthInfo, SlackCallError> {
+        let (headers, json) = self.raw_call("auth.test", token, &[]).await?;
+        let scopes = headers.get("x-oauth-scopes").and_then(|v| v.to_str().ok()).map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        });
+        Ok(AuthInfo {
+            user_id: json["user_id"].as_str().map(String::from),
+            team: json["team"].as_str().map(String::from),
+            scopes,
+        })
+    }
+
+    /// `apps.connections.open` with an app-level token: a single-use Socket Mode URL.
+    /// The URL carries a ticket: keep it out of logs.
+    pub async fn open_socket_url(&self, app_token: &str) -> Result<String, SlackCallError> {
+        let (_, json) = self.raw_call("apps.connections.open", app_token, &[]).await?;
+        json["url"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| SlackCallError::Transient("apps.connections.open answered without a url".into()))
     }
 
     /// Posts a message; returns its channel and `ts`. A user ID as channel sends a DM.
@@ -267,6 +433,8 @@ impl SlackApi {
             id: resp.channel.id.to_string(),
             name: resp.channel.name.or(resp.channel.name_normalized),
             is_private: resp.channel.flags.is_private.unwrap_or(false),
+            is_member: resp.channel.flags.is_member.unwrap_or(false),
+            is_archived: resp.channel.flags.is_archived.unwrap_or(false),
         })
     }
 

@@ -4,5 +4,4 @@
 
 pub mod client;
 pub mod payloads;
-pub mod redelivery;
 pub mod signature;

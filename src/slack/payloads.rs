@@ -22,6 +22,9 @@ pub struct SlashCommand {
     pub text: String,
     #[serde(default)]
     pub response_url: Option<String>,
+    /// Unique per invocation; a re-delivery (Socket Mode) carries the same one.
+    #[serde(default)]
+    pub trigger_id: Option<String>,
 }
 
 /// The form of `/slack/commands`: either a command or Slack's `ssl_check` probe.
@@ -60,6 +63,9 @@ pub struct BlockActions {
     pub response_url: Option<String>,
     #[serde(default)]
     pub actions: Vec<Action>,
+    /// Unique per click; a re-delivery (Socket Mode) carries the same one.
+    #[serde(default)]
+    pub trigger_id: Option<String>,
 }
 
 /// The interaction kinds jitgate handles.

@@ -6,7 +6,7 @@ pub mod report;
 
 pub use self::group_commit::{Creation, Creations};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -197,6 +197,9 @@ pub struct NewRequest {
     pub created_at: i64,
     pub kind: RequestKind,
     pub extends_request_id: Option<i64>,
+    /// Not stored with the request: rides on its card's outbox entry (see
+    /// [`Outgoing::post_card_for`]).
+    pub response_url: Option<String>,
 }
 
 pub async fn insert_request(conn: &mut SqliteConnection, r: &NewRequest) -> sqlx::Result<i64> {
@@ -966,6 +969,9 @@ pub struct OutboxRow {
     pub response_url: Option<String>,
     pub attempts: i64,
     pub created_at: i64,
+    /// When Slack first refused it for good (it is then retried slowly), if it did.
+    pub refused_at: Option<i64>,
+    pub last_error: Option<String>,
 }
 
 /// A message to send once the current transaction commits.
@@ -989,6 +995,14 @@ impl Outgoing {
             body: None,
             response_url: None,
             sensitive: false,
+        }
+    }
+    /// The card, remembering the requester's response_url: if Slack refuses the card, the
+    /// requester is told through it while it is valid.
+    pub fn post_card_for(request_id: i64, response_url: Option<&str>) -> Self {
+        Self {
+            response_url: response_url.map(String::from),
+            ..Self::post_card(request_id)
         }
     }
     pub fn update_card(request_id: i64) -> Self {
@@ -1052,8 +1066,8 @@ pub async fn enqueue(conn: &mut SqliteConnection, m: &Outgoing, now: i64) -> sql
 /// Due outbox entries in the order they were written.
 pub async fn due_outbox(conn: &mut SqliteConnection, now: i64, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as(
-        "SELECT id, kind, request_id, channel, body, response_url, attempts, created_at FROM outbox \
-         WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+        "SELECT id, kind, request_id, channel, body, response_url, attempts, created_at, refused_at, last_error \
+         FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
     )
     .bind(now)
     .bind(limit)
@@ -1105,6 +1119,161 @@ pub async fn outbox_failed(conn: &mut SqliteConnection, id: i64, error: &str) ->
     .fetch_optional(conn)
     .await?;
     Ok(row.is_some_and(|r| r.0))
+}
+
+/// Marks a message Slack refused for good: kept pending, retried at `at`. Returns true the
+/// first time (the refusal is new), so the caller logs and tells people once.
+pub async fn outbox_refused(
+    conn: &mut SqliteConnection,
+    id: i64,
+    at: i64,
+    error: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let first = sqlx::query("UPDATE outbox SET refused_at = ? WHERE id = ? AND refused_at IS NULL")
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+        == 1;
+    outbox_retry(conn, id, at, error).await?;
+    Ok(first)
+}
+
+/// An undelivered outbox message, for `jitgate outbox list`.
+#[derive(Debug, Clone, FromRow)]
+pub struct Undelivered {
+    pub id: i64,
+    pub kind: OutboxKind,
+    pub request_id: Option<i64>,
+    pub channel: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub refused_at: Option<i64>,
+    pub next_attempt_at: i64,
+}
+
+/// Messages Slack refused for good (still pending, retried slowly) and messages given up
+/// on, oldest first; at most `limit`.
+pub async fn undelivered(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<Undelivered>> {
+    sqlx::query_as(
+        "SELECT id, kind, request_id, channel, state, attempts, last_error, created_at, refused_at, next_attempt_at \
+         FROM outbox WHERE (state = 'pending' AND refused_at IS NOT NULL) OR state = 'failed' ORDER BY id LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Makes undelivered messages due now: all of them (`id` None) or one; with
+/// `include_failed`, also messages given up on (back to pending, unless their sensitive
+/// body was erased). Returns how many were rescheduled. "Now" is the message's own
+/// creation time, so the running server sends it at once whatever the skew between its
+/// clock and the caller's (the CLI runs in another process).
+pub async fn retry_undelivered(
+    conn: &mut SqliteConnection,
+    id: Option<i64>,
+    include_failed: bool,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE outbox SET state = 'pending', next_attempt_at = created_at \
+         WHERE ((state = 'pending' AND refused_at IS NOT NULL) \
+                OR (?2 AND state = 'failed' AND NOT (sensitive = 1 AND body IS NULL))) \
+         AND (?1 IS NULL OR id = ?1)",
+    )
+    .bind(id)
+    .bind(include_failed)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Requests among `ids` whose card Slack refused and that nobody has seen yet (a card
+/// counts as seen as soon as Slack took it, before its delivery is recorded).
+pub async fn cards_refused(conn: &mut SqliteConnection, ids: &[i64]) -> sqlx::Result<BTreeMap<i64, String>> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT o.last_error FROM outbox o JOIN requests r ON r.id = o.request_id \
+             WHERE o.request_id = ? AND o.kind = 'post_card' AND o.state = 'pending' \
+             AND o.refused_at IS NOT NULL AND r.card_ts IS NULL LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((error,)) = row {
+            out.insert(*id, error.unwrap_or_default());
+        }
+    }
+    Ok(out)
+}
+
+// ---- deliveries (at-most-once keys) --------------------------------------------------
+
+/// Claims `key` of `kind` (like `event` + an event_id): true for the first delivery,
+/// false for every later one until the row expires at `expires_at`. Atomic across
+/// connections and processes sharing the database.
+pub async fn first_delivery(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    key: &str,
+    now: i64,
+    expires_at: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO deliveries (kind, key, seen_at, expires_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (kind, key) DO NOTHING",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(now)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Remembers what the first delivery of `key` was answered with.
+pub async fn set_delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &str, reply: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE deliveries SET reply = ? WHERE kind = ? AND key = ?")
+        .bind(reply)
+        .bind(kind)
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What the first delivery of `key` was answered with, if it was recorded.
+pub async fn delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &str) -> sqlx::Result<Option<String>> {
+    let row: Option<(Option<String>,)> = sqlx::query_as("SELECT reply FROM deliveries WHERE kind = ? AND key = ?")
+        .bind(kind)
+        .bind(key)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.and_then(|r| r.0))
+}
+
+/// Forgets keys whose retention has passed; returns how many.
+pub async fn purge_deliveries(conn: &mut SqliteConnection, now: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query("DELETE FROM deliveries WHERE expires_at <= ?")
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Puts a message off until `at` without counting an attempt (it waits for another).
+pub async fn outbox_defer(conn: &mut SqliteConnection, id: i64, at: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outbox SET next_attempt_at = MAX(next_attempt_at, ?) WHERE id = ? AND state = 'pending'")
+        .bind(at)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 pub async fn outbox_retry(conn: &mut SqliteConnection, id: i64, at: i64, error: &str) -> sqlx::Result<()> {
@@ -1365,7 +1534,31 @@ mod tests {
             created_at: 1_700_000_000_000 + i,
             kind: RequestKind::Access,
             extends_request_id: None,
+            response_url: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_key_is_first_once_until_it_expires_and_is_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db").display().to_string()).await.unwrap();
+        let mut conn = db.write.acquire().await.unwrap();
+        assert!(first_delivery(&mut conn, "event", "Ev1", 1_000, 5_000).await.unwrap());
+        assert!(!first_delivery(&mut conn, "event", "Ev1", 2_000, 6_000).await.unwrap());
+        // Kinds are separate namespaces.
+        assert!(first_delivery(&mut conn, "command", "Ev1", 2_000, 6_000).await.unwrap());
+        set_delivery_reply(&mut conn, "command", "Ev1", "JIT-1 is waiting")
+            .await
+            .unwrap();
+        assert_eq!(
+            delivery_reply(&mut conn, "command", "Ev1").await.unwrap().as_deref(),
+            Some("JIT-1 is waiting")
+        );
+        assert_eq!(purge_deliveries(&mut conn, 4_999).await.unwrap(), 0);
+        assert_eq!(purge_deliveries(&mut conn, 5_000).await.unwrap(), 1);
+        assert!(first_delivery(&mut conn, "event", "Ev1", 7_000, 9_000).await.unwrap());
+        drop(conn);
+        db.close().await;
     }
 
     #[tokio::test]

@@ -70,22 +70,32 @@ async fn a_card_update_before_the_card_exists_is_not_lost() {
 }
 
 #[tokio::test]
-async fn a_permanent_slack_refusal_is_recorded_not_retried_forever() {
+async fn a_permanent_slack_refusal_is_kept_and_retried_slowly_not_dropped() {
     let app = TestApp::start().await;
     app.slack
         .fail_next("chat.postMessage", vec![Failure::ApiError("channel_not_found")]);
     let id = app.request("prod-db:read 1h x").await;
-    wait_for("the refusal recorded", || async {
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT state, last_error FROM outbox WHERE request_id = ? AND kind = 'post_card'")
-                .bind(id)
-                .fetch_optional(&app.state().db.read)
-                .await
-                .unwrap();
+    let now = app.clock.now().timestamp_millis();
+    let next = wait_for("the refusal recorded", || async {
+        let row: Option<(String, Option<String>, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT state, last_error, refused_at, next_attempt_at FROM outbox WHERE request_id = ? AND kind = 'post_card'",
+        )
+        .bind(id)
+        .fetch_optional(&app.state().db.read)
+        .await
+        .unwrap();
         match row {
-            Some((s, e)) if s == "failed" => Some(e),
+            Some((s, Some(e), Some(_), next)) if s == "pending" && e == "channel_not_found" => Some(next),
             _ => None,
         }
     })
     .await;
+    assert!(
+        next - now >= 150_000,
+        "a slow schedule, not a tight retry: {}ms",
+        next - now
+    );
+    // The slow retry comes, and Slack (the cause fixed) takes the card.
+    app.clock.advance(chrono::Duration::hours(1));
+    app.wait_card_containing(id, "This card is late").await;
 }

@@ -235,7 +235,8 @@ async fn start_up_refuses_while_grants_depend_on_a_removed_resource() {
     let config = jitgate::config::parse(&app.dir.path().join("jitgate.toml"), &app.config_text).unwrap();
     let secrets = jitgate::Secrets {
         bot_token: "x".into(),
-        signing_secret: "y".into(),
+        signing_secret: Some("y".into()),
+        app_token: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let options = jitgate::Options {

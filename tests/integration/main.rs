@@ -25,5 +25,8 @@ mod reconcile;
 mod report;
 mod secrets_at_rest;
 mod security;
+mod selfcheck;
 mod slow_clients;
+mod socket_mode;
+mod undelivered;
 mod user_text;

@@ -3,12 +3,12 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn slack_app_manifest_matches_the_public_schema() {
+/// A manifest from manifest/, checked against SchemaStore's public JSON Schema for v1
+/// manifests (vendored) and against the scopes and events the code uses.
+fn checked_manifest(file: &str) -> serde_json::Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let manifest: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(root.join("manifest/slack-app.yaml")).unwrap()).unwrap();
-    // SchemaStore's public JSON Schema for v1 manifests, vendored.
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("manifest").join(file)).unwrap()).unwrap();
     let schema_path = root.join("manifest/slack-app-manifest.schema.json");
     let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
@@ -16,7 +16,7 @@ fn slack_app_manifest_matches_the_public_schema() {
         .iter_errors(&manifest)
         .map(|e| format!("{} at {}", e, e.instance_path))
         .collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    assert!(errors.is_empty(), "{file}: {errors:#?}");
 
     // Exactly the scopes the code uses.
     let scopes: Vec<&str> = manifest["oauth_config"]["scopes"]["bot"]
@@ -35,20 +35,47 @@ fn slack_app_manifest_matches_the_public_schema() {
         "users:read",
         "users:read.email",
     ] {
-        assert!(scopes.contains(&needed), "missing scope {needed}");
+        assert!(scopes.contains(&needed), "{file}: missing scope {needed}");
     }
-    assert_eq!(scopes.len(), 8, "no scope the code does not use: {scopes:?}");
+    assert_eq!(scopes.len(), 8, "{file}: no scope the code does not use: {scopes:?}");
     assert_eq!(
         manifest["settings"]["event_subscriptions"]["bot_events"][0],
         "app_home_opened"
     );
+    assert_eq!(manifest["features"]["slash_commands"][0]["command"], "/jit");
+    assert_eq!(manifest["settings"]["interactivity"]["is_enabled"], true);
+    manifest
+}
+
+#[test]
+fn slack_app_manifest_matches_the_public_schema() {
+    let manifest = checked_manifest("slack-app.yaml");
     let command = &manifest["features"]["slash_commands"][0];
-    assert_eq!(command["command"], "/jit");
     assert!(command["url"].as_str().unwrap().ends_with("/slack/commands"));
     assert!(manifest["settings"]["interactivity"]["request_url"]
         .as_str()
         .unwrap()
         .ends_with("/slack/interactions"));
+    assert_eq!(manifest["settings"]["socket_mode_enabled"], false);
+}
+
+#[test]
+fn socket_mode_manifest_matches_the_public_schema_and_has_no_request_urls() {
+    let manifest = checked_manifest("slack-app-socket.yaml");
+    assert_eq!(manifest["settings"]["socket_mode_enabled"], true);
+    let text = manifest.to_string();
+    assert!(!text.contains("\"url\"") && !text.contains("request_url"), "{text}");
+    // The same app otherwise: only the delivery settings differ.
+    let mut http = checked_manifest("slack-app.yaml");
+    http["features"]["slash_commands"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("url");
+    for (section, key) in [("interactivity", "request_url"), ("event_subscriptions", "request_url")] {
+        http["settings"][section].as_object_mut().unwrap().remove(key);
+    }
+    http["settings"]["socket_mode_enabled"] = serde_json::json!(true);
+    assert_eq!(http, manifest);
 }
 
 /// A copy of the repository's `manifest/` directory in `dir`, as in a checkout.

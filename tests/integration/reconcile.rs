@@ -9,12 +9,12 @@ use crate::support::*;
 
 /// An adapter keeping its "access" in memory, so the test can tamper with it.
 #[derive(Default)]
-struct Inventory {
+pub(crate) struct Inventory {
     held: Mutex<BTreeMap<i64, String>>,
 }
 
 impl Inventory {
-    fn add(&self, grant_id: i64, user: &str) {
+    pub(crate) fn add(&self, grant_id: i64, user: &str) {
         self.held.lock().unwrap().insert(grant_id, user.to_string());
     }
     fn remove(&self, grant_id: i64) {

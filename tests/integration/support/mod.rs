@@ -3,7 +3,9 @@
 //! exactly as Slack signs them.
 
 pub mod browser;
-pub mod fake_slack;
+/// The fake Slack lives in the library (`jitgate::fakeslack`) so the load generator and
+/// the local Slack reuse it.
+pub use jitgate::fakeslack as fake_slack;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -105,6 +107,12 @@ pub struct Setup {
     /// Environment variables the configuration names (on-call credentials), passed
     /// through `Options::env_overrides` instead of the process environment.
     pub env: BTreeMap<String, String>,
+    /// Connect by Socket Mode (an app token), without a signing secret.
+    pub socket_mode: bool,
+    /// Run the start-up Slack self-check (off by default: most tests count Slack calls).
+    pub self_check: bool,
+    /// Per-call timeout of Slack Web API calls.
+    pub slack_call_timeout: Duration,
 }
 
 impl Default for Setup {
@@ -119,6 +127,9 @@ impl Default for Setup {
             jobs_toml: "grant_attempts = 3\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n".into(),
             adapters: Vec::new(),
             env: BTreeMap::new(),
+            socket_mode: false,
+            self_check: false,
+            slack_call_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -136,6 +147,9 @@ pub struct TestApp {
     adapters: Vec<(String, Arc<dyn jitgate::adapters::Adapter>)>,
     /// Passed to `Options::env_overrides` at every boot.
     pub env: BTreeMap<String, String>,
+    pub socket_mode: bool,
+    pub self_check: bool,
+    pub slack_call_timeout: Duration,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -249,6 +263,9 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
                     .or_insert_with(|| AUDIT_KEY.into());
                 env
             },
+            socket_mode: setup.socket_mode,
+            self_check: setup.self_check,
+            slack_call_timeout: setup.slack_call_timeout,
             http: Client::builder(TokioExecutor::new()).build_http(),
         };
         if setup.in_process {
@@ -263,7 +280,8 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             .unwrap_or_else(|e| panic!("test config: {e}"));
         let secrets = jitgate::Secrets {
             bot_token: fake_slack::BOT_TOKEN.into(),
-            signing_secret: SIGNING_SECRET.into(),
+            signing_secret: (!self.socket_mode).then(|| SIGNING_SECRET.into()),
+            app_token: self.socket_mode.then(|| fake_slack::APP_TOKEN.into()),
         };
         let options = jitgate::Options {
             clock: self.clock.shared(),
@@ -271,6 +289,8 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             shutdown_grace: Duration::from_secs(10),
             revoke_removed: self.revoke_removed,
             env_overrides: self.env.clone(),
+            slack_self_check: self.self_check,
+            slack_call_timeout: self.slack_call_timeout,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = jitgate::start(config, secrets, options, listener)

@@ -1,6 +1,16 @@
-//! A fake Slack Web API that speaks the real wire format and records every call.
+//! A fake Slack for tests, the load generator and (later) a local Slack: the Web API and
+//! Socket Mode, speaking the real wire formats and recording every call. Never used by
+//! production paths.
+//!
+//! The Web API answers what slack-morphism's response types require; `auth.test` reports
+//! scopes in `x-oauth-scopes`; `apps.connections.open` hands out single-use `ws://` URLs
+//! of the Socket Mode server in [`socket`]. Failures can be scripted (`fail_next`), a
+//! channel can refuse posts for good (`refuse_channel`), calls can hang (`hang_channel`),
+//! and the bot token can be revoked (`set_token_revoked`).
 
-use std::collections::{HashMap, VecDeque};
+pub mod socket;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +24,21 @@ use serde_json::{json, Value};
 
 /// The token the fake expects; the app under test is configured with it.
 pub const BOT_TOKEN: &str = "xoxb-test-token";
+/// The app-level token `apps.connections.open` expects (Socket Mode).
+pub const APP_TOKEN: &str = "xapp-test-token";
+/// The bot's user ID, as `auth.test` reports it.
+pub const BOT_USER: &str = "U0JITGATE";
+/// The scopes `auth.test` reports unless a test sets others: the manifest's.
+pub const ALL_SCOPES: &[&str] = &[
+    "commands",
+    "chat:write",
+    "chat:write.public",
+    "usergroups:read",
+    "channels:read",
+    "groups:read",
+    "users:read",
+    "users:read.email",
+];
 
 /// One recorded call.
 #[derive(Debug, Clone)]
@@ -59,6 +84,18 @@ struct Inner {
     groups: HashMap<String, Vec<String>>,
     /// Channel ID → name, for `conversations.info`.
     channels: HashMap<String, String>,
+    /// Channels the bot is not a member of (private ones then look absent, as on Slack).
+    not_member: HashSet<String>,
+    /// Channel ID → error code every post to it answers, until cleared.
+    refused: HashMap<String, String>,
+    /// Channels whose posts and updates never get an answer, until cleared.
+    hung: HashSet<String>,
+    /// `auth.test`'s `x-oauth-scopes`.
+    scopes: Vec<String>,
+    /// Every bot call answers `invalid_auth` (a revoked or wrong token).
+    token_revoked: bool,
+    /// Calls being held by a hang now.
+    held: usize,
     /// User ID → e-mail (`None`: a profile without one), for `users.info`.
     emails: HashMap<String, Option<String>>,
     next_ts: u64,
@@ -69,6 +106,10 @@ struct Inner {
 pub struct FakeSlack {
     pub addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
+    /// The Socket Mode server `apps.connections.open` points at.
+    pub socket: socket::FakeSocket,
+    /// Wakes hung calls when a hang is lifted.
+    unhang: Arc<tokio::sync::Notify>,
 }
 
 impl FakeSlack {
@@ -76,16 +117,86 @@ impl FakeSlack {
     pub async fn start() -> Self {
         let inner = Arc::new(Mutex::new(Inner {
             next_ts: 1_700_000_000,
+            scopes: ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }));
+        let socket = socket::FakeSocket::start().await;
+        let unhang = Arc::new(tokio::sync::Notify::new());
+        let shared = Shared {
+            inner: inner.clone(),
+            socket: socket.clone(),
+            unhang: unhang.clone(),
+        };
         let app = Router::new()
             .route("/api/{method}", post(api_post).get(api_get))
             .route("/response/{id}", post(response_url))
-            .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { addr, inner }
+            .with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port for the fake Slack");
+        let addr = listener.local_addr().expect("a bound listener has an address");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "fake Slack stopped");
+            }
+        });
+        Self {
+            addr,
+            inner,
+            socket,
+            unhang,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every post to `channel` answers `{"ok":false,"error":code}` (like `not_in_channel`)
+    /// until [`FakeSlack::accept_channel`].
+    pub fn refuse_channel(&self, channel: &str, code: &str) {
+        self.lock().refused.insert(channel.into(), code.into());
+    }
+
+    /// Lifts [`FakeSlack::refuse_channel`].
+    pub fn accept_channel(&self, channel: &str) {
+        self.lock().refused.remove(channel);
+    }
+
+    /// Posts and updates to `channel` get no answer at all while `hung` (a Slack that
+    /// accepted the connection and stalls).
+    pub fn hang_channel(&self, channel: &str, hung: bool) {
+        if hung {
+            self.lock().hung.insert(channel.into());
+        } else {
+            self.lock().hung.remove(channel);
+            self.unhang.notify_waiters();
+        }
+    }
+
+    /// Calls held by [`FakeSlack::hang_channel`] right now.
+    pub fn held_calls(&self) -> usize {
+        self.lock().held
+    }
+
+    /// The scopes `auth.test` reports.
+    pub fn set_scopes(&self, scopes: &[&str]) {
+        self.lock().scopes = scopes.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Whether the bot is a member of `channel` (default: yes). A private channel
+    /// (`G…`) the bot is not in looks absent, as on Slack.
+    pub fn set_member(&self, channel: &str, member: bool) {
+        if member {
+            self.lock().not_member.remove(channel);
+        } else {
+            self.lock().not_member.insert(channel.into());
+        }
+    }
+
+    /// While `revoked`, every call with the bot token answers `invalid_auth`.
+    pub fn set_token_revoked(&self, revoked: bool) {
+        self.lock().token_revoked = revoked;
     }
 
     /// The Web API base URL to configure.
@@ -100,7 +211,7 @@ impl FakeSlack {
 
     /// Every call so far.
     pub fn calls(&self) -> Vec<Call> {
-        self.inner.lock().unwrap().calls.clone()
+        self.lock().calls.clone()
     }
 
     /// Successful calls to `method`.
@@ -121,9 +232,7 @@ impl FakeSlack {
 
     /// Scripts the next calls to `method` to fail, in order.
     pub fn fail_next(&self, method: &str, failures: Vec<Failure>) {
-        self.inner
-            .lock()
-            .unwrap()
+        self.lock()
             .failures
             .entry(method.to_string())
             .or_default()
@@ -132,33 +241,68 @@ impl FakeSlack {
 
     /// Names a channel for `conversations.info`; unknown channels answer `channel_not_found`.
     pub fn set_channel(&self, id: &str, name: &str) {
-        self.inner.lock().unwrap().channels.insert(id.into(), name.into());
+        self.lock().channels.insert(id.into(), name.into());
     }
 
     /// Sets the e-mail `users.info` shows for `user` (`None`: a profile without one);
     /// unknown users answer `user_not_found`.
     pub fn set_email(&self, user: &str, email: Option<&str>) {
-        self.inner
-            .lock()
-            .unwrap()
-            .emails
-            .insert(user.into(), email.map(String::from));
+        self.lock().emails.insert(user.into(), email.map(String::from));
     }
 
     /// Sets the members `usergroups.users.list` returns for `group`.
     pub fn set_group(&self, group: &str, members: &[&str]) {
-        self.inner
-            .lock()
-            .unwrap()
+        self.lock()
             .groups
             .insert(group.into(), members.iter().map(|m| m.to_string()).collect());
     }
 }
 
-type Shared = Arc<Mutex<Inner>>;
+#[derive(Clone)]
+struct Shared {
+    inner: Arc<Mutex<Inner>>,
+    socket: socket::FakeSocket,
+    unhang: Arc<tokio::sync::Notify>,
+}
 
-fn authorized(headers: &HeaderMap) -> bool {
-    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {BOT_TOKEN}"))
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn authorized(headers: &HeaderMap, inner: &Inner) -> bool {
+    bearer(headers) == Some(BOT_TOKEN) && !inner.token_revoked
+}
+
+/// Waits while `channel` is hung.
+async fn wait_unhung(state: &Shared, channel: &str) {
+    /// Counts the call as held until it is released or its client gives up.
+    struct Held<'a>(&'a Shared);
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            self.0.lock().held -= 1;
+        }
+    }
+    let mut held = None;
+    loop {
+        let unhung = state.unhang.notified();
+        if !state.lock().hung.contains(channel) {
+            return;
+        }
+        if held.is_none() {
+            state.lock().held += 1;
+            held = Some(Held(state));
+        }
+        unhung.await;
+    }
 }
 
 fn failure_response(f: Failure) -> Response {
@@ -179,7 +323,7 @@ fn take_failure(inner: &mut Inner, method: &str) -> Option<Failure> {
 }
 
 async fn api_post(
-    State(inner): State<Shared>,
+    State(state): State<Shared>,
     Path(method): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -187,8 +331,15 @@ async fn api_post(
     let body: Value = serde_json::from_slice(&body)
         .or_else(|_| serde_urlencoded::from_bytes::<HashMap<String, String>>(&body).map(|m| json!(m)))
         .unwrap_or(Value::Null);
-    let mut g = inner.lock().unwrap();
-    if !authorized(&headers) {
+    if method == "apps.connections.open" {
+        return connections_open(&state, &headers, body);
+    }
+    let channel = body["channel"].as_str().unwrap_or_default().to_string();
+    if matches!(method.as_str(), "chat.postMessage" | "chat.update") {
+        wait_unhung(&state, &channel).await;
+    }
+    let mut g = state.lock();
+    if !authorized(&headers, &g) {
         g.calls.push(Call {
             method,
             body,
@@ -204,8 +355,29 @@ async fn api_post(
         });
         return failure_response(f);
     }
-    let channel = body["channel"].as_str().unwrap_or_default().to_string();
+    if let Some(code) = g.refused.get(&channel).cloned() {
+        if matches!(method.as_str(), "chat.postMessage" | "chat.update") {
+            g.calls.push(Call {
+                method,
+                body,
+                ok: false,
+            });
+            return Json(json!({"ok": false, "error": code})).into_response();
+        }
+    }
     let reply = match method.as_str() {
+        "auth.test" => {
+            let scopes = g.scopes.join(",");
+            g.calls.push(Call { method, body, ok: true });
+            return (
+                [("x-oauth-scopes", scopes)],
+                Json(
+                    json!({"ok": true, "url": "https://acme.slack.com/", "team": "Acme", "user": "jitgate",
+                            "team_id": "T0TEAM", "user_id": BOT_USER, "bot_id": "B0JITGATE"}),
+                ),
+            )
+                .into_response();
+        }
         "chat.postMessage" => {
             g.next_ts += 1;
             let ts = format!("{}.000100", g.next_ts);
@@ -234,14 +406,14 @@ async fn api_post(
 }
 
 async fn api_get(
-    State(inner): State<Shared>,
+    State(state): State<Shared>,
     Path(method): Path<String>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let body = json!(query);
-    let mut g = inner.lock().unwrap();
-    if !authorized(&headers) {
+    let mut g = state.lock();
+    if !authorized(&headers, &g) {
         g.calls.push(Call {
             method,
             body,
@@ -264,10 +436,14 @@ async fn api_get(
         },
         "conversations.info" => {
             let id = query.get("channel").cloned().unwrap_or_default();
+            let private = id.starts_with('G');
+            let member = !g.not_member.contains(&id);
             match g.channels.get(&id) {
+                // Slack hides a private channel from a bot that is not in it.
+                Some(_) if private && !member => json!({"ok": false, "error": "channel_not_found"}),
                 Some(name) => json!({"ok": true, "channel": {
                     "id": id, "name": name, "name_normalized": name, "created": 1_600_000_000,
-                    "is_channel": true, "is_private": id.starts_with('G'), "is_archived": false, "is_member": true
+                    "is_channel": true, "is_private": private, "is_archived": false, "is_member": member
                 }}),
                 None => json!({"ok": false, "error": "channel_not_found"}),
             }
@@ -292,10 +468,34 @@ async fn api_get(
     Json(reply).into_response()
 }
 
-async fn response_url(State(inner): State<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
+fn connections_open(state: &Shared, headers: &HeaderMap, body: Value) -> Response {
+    let method = "apps.connections.open".to_string();
+    let mut g = state.lock();
+    if bearer(headers) != Some(APP_TOKEN) {
+        g.calls.push(Call {
+            method,
+            body,
+            ok: false,
+        });
+        return Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+    }
+    if let Some(f) = take_failure(&mut g, &method) {
+        g.calls.push(Call {
+            method,
+            body,
+            ok: false,
+        });
+        return failure_response(f);
+    }
+    let url = state.socket.new_url();
+    g.calls.push(Call { method, body, ok: true });
+    Json(json!({"ok": true, "url": url})).into_response()
+}
+
+async fn response_url(State(state): State<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
     let mut body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     body["response_url_id"] = json!(id);
-    inner.lock().unwrap().calls.push(Call {
+    state.lock().calls.push(Call {
         method: "response_url".into(),
         body,
         ok: true,
