@@ -402,7 +402,10 @@ async fn record(app: &Outbox, conn: &mut sqlx::SqliteConnection, o: &Outcome) ->
 
 /// Errors after which a message can never be delivered, whatever an operator does.
 fn is_final(code: &str) -> bool {
-    matches!(code, "response_url expired" | "the card was never posted")
+    matches!(
+        code,
+        "response_url expired" | "the card was never posted" | "response_url is not a URL"
+    ) || code.starts_with("response_url is not on an allowed host")
 }
 
 /// The first refusal of a message: logged once with where and why; a card's requester is

@@ -217,7 +217,9 @@ impl SlackApi {
             // Rate limits and refusals of one message say nothing about the others.
             Err(_) => None,
         };
-        if let Some(t) = trouble {
+        // A response_url needs no token and may be on another host: its answer says
+        // nothing about the Web API.
+        if let Some(t) = trouble.filter(|_| method != "response_url") {
             *self.trouble.lock().unwrap_or_else(|e| e.into_inner()) = t;
         }
         if let Some(m) = &self.metrics {

@@ -68,7 +68,12 @@ async fn backup_while_serving_is_a_verified_consistent_copy_in_one_file() {
     let backup = run(jitgate(&config, &["backup", dest.to_str().unwrap()]));
     let traffic = async {
         for i in 0..20 {
-            app.request(&format!("prod-db:read 1h during the backup {i}")).await;
+            // Several people: one person may have only a few requests pending at once.
+            app.request_as(
+                &format!("UTRAFFIC{}", i % 5),
+                &format!("prod-db:read 1h during the backup {i}"),
+            )
+            .await;
         }
     };
     let (out, ()) = tokio::join!(backup, traffic);

@@ -93,12 +93,12 @@ fn checkout(dir: &Path) {
 fn the_readme_copy_step_gives_a_configuration_that_passes_check_config() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    // Step 3 of the set-up, exactly as written.
+    // The set-up's configuration step, exactly as written.
     let step = readme
-        .split("3. **Write the configuration.**")
+        .split(". **Write the configuration.**")
         .nth(1)
-        .and_then(|rest| rest.split("4. **").next())
-        .expect("set-up step 3 in README.md");
+        .and_then(|rest| rest.split(". **").next())
+        .expect("the set-up's \"Write the configuration\" step in README.md");
     let commands: Vec<&str> = step
         .lines()
         .map(str::trim)

@@ -105,6 +105,7 @@ async fn check_config_online_prints_one_line_per_check_and_fails_on_a_problem() 
         async move {
             tokio::task::spawn_blocking(move || {
                 std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
+                    .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
                     .args(["check-config", "--online", "--config"])
                     .arg(&config)
                     .env("SLACK_BOT_TOKEN", fake_slack::BOT_TOKEN)

@@ -287,6 +287,7 @@ async fn the_binary_connects_by_socket_mode_and_logs_no_secret_at_debug() {
     std::fs::write(&config, &app.config_text).unwrap();
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_jitgate"))
+        .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
         .args(["serve", "--config"])
         .arg(&config)
         .env("SLACK_BOT_TOKEN", fake_slack::BOT_TOKEN)

@@ -21,6 +21,7 @@ async fn cli(config: &std::path::Path, args: &[&str]) -> (bool, String) {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_jitgate"))
+            .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
             .args(&args)
             .arg("--config")
             .arg(&config)
@@ -170,7 +171,7 @@ async fn a_message_queued_by_another_process_is_sent_within_five_seconds() {
     // `jitgate reconcile` builds its own state on the same database: its wake-up reaches
     // nobody, so the running server must notice the report on its own.
     let config = jitgate::config::parse(&app.dir.path().join("jitgate.toml"), &app.config_text).unwrap();
-    let cli_state = jitgate::build(
+    let cli_state = jitgate::build_with_env(
         config,
         jitgate::Secrets {
             bot_token: String::new(),
@@ -179,6 +180,7 @@ async fn a_message_queued_by_another_process_is_sent_within_five_seconds() {
         },
         app.clock.shared(),
         vec![("demo".into(), inventory.clone() as Arc<dyn Adapter>)],
+        &app.env,
     )
     .await
     .unwrap();
