@@ -433,7 +433,7 @@ async fn refused_first_time(
         kind = ?row.kind,
         channel = %channel,
         error = %code,
-        "Slack refused a message; it is kept and retried every few minutes until fixed ({fix});          `jitgate outbox list` shows what is waiting"
+        "Slack refused a message; it is kept and retried every few minutes until fixed ({fix}); `jitgate outbox list` shows what is waiting"
     );
     let Some(request) = request.filter(|_| row.kind == OutboxKind::PostCard) else {
         return Ok(false);

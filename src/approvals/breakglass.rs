@@ -170,12 +170,21 @@ pub async fn use_as(
     tx.commit().await?;
     app.outbox.wake();
     app.scheduler.wake();
-    tracing::warn!(request = id, user = %who.user_id, resource = %new.resource, "break-glass used");
+    app.metrics.request("created");
+    app.metrics.decision("approve", "break_glass");
+    tracing::warn!(
+        request_id = %label(id),
+        actor = %who.user_id,
+        user = %who.user_id,
+        resource = %new.resource,
+        role = %new.role,
+        "break-glass used: granted without approval"
+    );
     if !resource.approver_groups.is_empty() {
         // Members of approver groups are approvers too: asking Slack who they are happens
         // after the commit, in the background, and never holds up the grant.
         let text = format!(
-            ":rotating_light: <@{}> used break-glass on {what} for {duration} ({}): {reason}.              Please review it on the card in <#{}> — *Reviewed — OK* or *Revoke now*.",
+            ":rotating_light: <@{}> used break-glass on {what} for {duration} ({}): {reason}. Please review it on the card in <#{}> — *Reviewed — OK* or *Revoke now*.",
             who.user_id,
             label(id),
             new.approval_channel

@@ -82,6 +82,11 @@ async fn break_glass_grants_at_once_alerts_and_stays_open_until_an_approver_revi
     let id = id_in(&reply);
     app.wait_grant(id, "active").await;
     assert_eq!(app.request_state(id).await, "approved");
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics.contains("jitgate_decisions_total{verdict=\"approve\",kind=\"break_glass\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(
         app.count(&format!("SELECT COUNT(*) FROM decisions WHERE request_id = {id}"))
             .await,
