@@ -426,13 +426,17 @@ pub async fn start(
                 )
             })?;
             let bound = ops.local_addr()?;
-            let token = state.shutdown.clone();
             let router = http::operations_router(state.clone());
+            // The same bounds as the main listener; it answers until the very end, so
+            // readiness stays visible while the main server drains.
+            let limits = http::Limits {
+                header_timeout: state.config.server.header_timeout.to_std(),
+                max_connections: state.config.server.max_connections,
+                grace: options.shutdown_grace,
+            };
+            let stop = state.shutdown.child_token();
             state.tasks.spawn(async move {
-                if let Err(e) = axum::serve(ops, router)
-                    .with_graceful_shutdown(async move { token.cancelled().await })
-                    .await
-                {
+                if let Err(e) = http::serve(ops, router, limits, stop).await {
                     tracing::error!(error = %e, "the metrics listener failed");
                 }
             });
