@@ -281,7 +281,7 @@ async fn slash_command(State(app): State<AppState>, Signed(body): Signed) -> Res
             return StatusCode::BAD_REQUEST.into_response();
         }
     };
-    Json(inputs::command(&app, &cmd).await).into_response()
+    Json(inputs::command_once(&app, &cmd).await).into_response()
 }
 
 async fn interaction(State(app): State<AppState>, Signed(body): Signed) -> Response {
@@ -296,7 +296,7 @@ async fn interaction(State(app): State<AppState>, Signed(body): Signed) -> Respo
             return StatusCode::BAD_REQUEST.into_response();
         }
     };
-    inputs::interaction(&app, interaction);
+    inputs::interaction_once(&app, interaction).await;
     StatusCode::OK.into_response()
 }
 

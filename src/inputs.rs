@@ -60,8 +60,10 @@ pub async fn first_delivery(app: &AppState, kind: &str, key: &str) -> bool {
     }
 }
 
-/// A slash command that Slack may deliver more than once (Socket Mode re-delivers an
-/// envelope whose acknowledgement it did not get): run once per `trigger_id`. A
+/// A slash command, from either transport, that may arrive more than once (Socket Mode
+/// re-delivers an envelope whose acknowledgement it did not get; over HTTP, someone may
+/// replay a signed request within the signature's 5-minute window): run once per
+/// `trigger_id`. A
 /// re-delivery is answered with the first reply again when it is known (the first
 /// answer may be the one that was lost), and changes nothing.
 pub async fn command_once(app: &AppState, cmd: &SlashCommand) -> SlackCommandEventResponse {
@@ -89,20 +91,6 @@ pub async fn command_once(app: &AppState, cmd: &SlashCommand) -> SlackCommandEve
         }
     }
     reply
-}
-
-/// An interaction that Slack may deliver more than once: acted on once per `trigger_id`.
-pub async fn interaction_once(app: &AppState, input: Interaction) {
-    if let Interaction::BlockActions(BlockActions {
-        trigger_id: Some(trigger),
-        ..
-    }) = &input
-    {
-        if !trigger.is_empty() && !first_delivery(app, delivery_kind::INTERACTION, trigger).await {
-            return;
-        }
-    }
-    interaction(app, input);
 }
 
 /// Why an input from outside the configured workspace and app is refused, if it is.
@@ -146,9 +134,12 @@ pub async fn command(app: &AppState, cmd: &SlashCommand) -> SlackCommandEventRes
     }
 }
 
-/// An interaction. Clicks are decided after the answer: who may approve can need Slack
-/// (user-group membership).
-pub fn interaction(app: &AppState, interaction: Interaction) {
+/// An interaction (a click), from either transport, which may deliver it more than once.
+/// Before this returns — before Slack gets the acknowledgement — the click is stored
+/// with its `trigger_id`: a re-delivery changes nothing, and a click acknowledged just
+/// before a crash is acted on at the next start ([`resume_clicks`]). The decision itself
+/// comes after the answer: who may approve can need Slack (user-group membership).
+pub async fn interaction_once(app: &AppState, interaction: Interaction) {
     match interaction {
         Interaction::BlockActions(BlockActions {
             user,
@@ -156,6 +147,7 @@ pub fn interaction(app: &AppState, interaction: Interaction) {
             api_app_id,
             response_url,
             actions,
+            trigger_id,
             ..
         }) => {
             if let Some(why) = foreign(app, team.as_ref().map(|t| t.id.as_str()), api_app_id.as_deref()) {
@@ -179,29 +171,102 @@ pub fn interaction(app: &AppState, interaction: Interaction) {
                 tracing::warn!(user = %user.id, actions = actions.len(), "interaction with several actions; acting on the first only");
             }
             if let Some(action) = actions.into_iter().next() {
+                let key = trigger_id
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| format!("untriggered-{:032x}", rand::random::<u128>()));
                 click(
                     app,
+                    &key,
                     Click {
                         user_id: user.id,
                         action_id: action.action_id,
                         value: action.value.unwrap_or_default(),
                         response_url,
                     },
-                );
+                )
+                .await;
             }
         }
         Interaction::Other => {}
     }
 }
 
-/// One click on one of jitgate's buttons.
-pub fn click(app: &AppState, click: Click) {
+/// One click on one of jitgate's buttons, delivered under `key` (its `trigger_id`):
+/// recorded, then acted on after the caller has answered Slack. A key seen before is a
+/// re-delivery and changes nothing.
+pub async fn click(app: &AppState, key: &str, click: Click) {
+    let now = app.now_ms();
+    let expires = now + DELIVERY_RETENTION.as_millis() as i64;
+    let recorded = async {
+        let input = serde_json::to_string(&click)?;
+        let mut conn = app.db.write.acquire().await?;
+        anyhow::Ok(
+            store::first_delivery_with_input(&mut conn, delivery_kind::INTERACTION, key, &input, now, expires).await?,
+        )
+    };
+    match recorded.await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(
+                kind = delivery_kind::INTERACTION,
+                "Slack delivered an input again; it was handled the first time"
+            );
+            return;
+        }
+        // Acting without the record beats dropping the approver's click; only a crash in
+        // the next moments could lose it.
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot record a click before acting on it; acting on it anyway"
+        ),
+    }
+    spawn_click(app, key.to_string(), click);
+}
+
+/// Acts on a recorded click in the background, then marks it handled. A click whose
+/// handling failed stays recorded and is tried again at the next start.
+fn spawn_click(app: &AppState, key: String, click: Click) {
     let task_app = app.clone();
     app.tasks.spawn(async move {
-        if let Err(e) = approvals::handle_click(&task_app, click).await {
-            tracing::error!(error = format!("{e:#}"), "click failed");
+        match approvals::handle_click(&task_app, click).await {
+            Ok(()) => {
+                let handled = async {
+                    let mut conn = task_app.db.write.acquire().await?;
+                    anyhow::Ok(store::input_handled(&mut conn, delivery_kind::INTERACTION, &key).await?)
+                };
+                if let Err(e) = handled.await {
+                    tracing::warn!(error = format!("{e:#}"), "could not mark a click handled; it may be acted on again at the next start, with no second effect");
+                }
+            }
+            Err(e) => tracing::error!(error = format!("{e:#}"), "click failed; it is tried again at the next start"),
         }
     });
+}
+
+/// Acts on the clicks that were acknowledged to Slack but not acted on before the last
+/// stop. Every click is checked again from scratch, so one that no longer applies (the
+/// request was decided or expired meanwhile) is refused as it would be live. Returns how
+/// many were resumed.
+pub async fn resume_clicks(app: &AppState) -> anyhow::Result<usize> {
+    let pending = {
+        let mut conn = app.db.read.acquire().await?;
+        store::pending_inputs(&mut conn, delivery_kind::INTERACTION).await?
+    };
+    let mut resumed = 0;
+    for (key, input) in pending {
+        match serde_json::from_str::<Click>(&input) {
+            Ok(click) => {
+                spawn_click(app, key, click);
+                resumed += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a recorded click cannot be read; dropping it");
+                let mut conn = app.db.write.acquire().await?;
+                store::input_handled(&mut conn, delivery_kind::INTERACTION, &key).await?;
+            }
+        }
+    }
+    Ok(resumed)
 }
 
 /// What an event asks to be answered.

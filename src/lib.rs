@@ -402,6 +402,11 @@ pub async fn start(
     let scheduler = jobs::scheduler(&state);
     scheduler.claim_and_spawn(state.now_ms()).await?;
     state.tasks.spawn(scheduler.run());
+    // Clicks acknowledged to Slack but not acted on before the last stop.
+    let resumed = inputs::resume_clicks(&state).await?;
+    if resumed > 0 {
+        tracing::warn!(clicks = resumed, "acting on clicks received just before the last stop");
+    }
     state.tasks.spawn(outbox::run(Outbox {
         db: state.db.clone(),
         slack: state.slack.clone(),

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use crate::adapters::{Adapter, ListedAccess};
+use crate::adapters::{Adapter, GrantContext, ListedAccess};
 use crate::app::AppState;
 use crate::audit;
 use crate::grants::context;
@@ -45,7 +45,7 @@ impl Finding {
                 error,
             } => {
                 let whose = grant
-                    .map(|g| format!(" (grant {g}, no longer active)"))
+                    .map(|g| format!(" (grant {g}, not active in this jitgate)"))
                     .unwrap_or_default();
                 let what = match (revoked, error) {
                     (true, _) => "revoked".to_string(),
@@ -134,26 +134,34 @@ pub async fn run(app: &AppState, dry_run: bool) -> anyhow::Result<Report> {
                         revoked: false,
                         error: None,
                     };
-                    if let (false, Some(g)) = (dry_run, row) {
-                        let request = {
-                            let mut conn = app.db.read.acquire().await?;
-                            store::get_request(&mut conn, g.request_id).await?
-                        };
-                        let result = {
+                    let result = match (dry_run, row, access.grant_id) {
+                        (true, _, _) | (false, None, None) => None,
+                        (false, Some(g), _) => {
+                            let request = {
+                                let mut conn = app.db.read.acquire().await?;
+                                store::get_request(&mut conn, g.request_id).await?
+                            };
                             let _access = app.access_locks.lock(g).await;
-                            adapter
-                                .revoke(&context(
-                                    g,
-                                    request.as_ref().map_or("", |r| r.reason.as_str()),
-                                    g.expires_at.unwrap_or(g.created_at),
-                                ))
-                                .await
-                        };
-                        if let Finding::Orphan { revoked, error, .. } = &mut finding {
-                            match result {
-                                Ok(()) => *revoked = true,
-                                Err(e) => *error = Some(e.to_string()),
-                            }
+                            Some(
+                                adapter
+                                    .revoke(&context(
+                                        g,
+                                        request.as_ref().map_or("", |r| r.reason.as_str()),
+                                        g.expires_at.unwrap_or(g.created_at),
+                                    ))
+                                    .await,
+                            )
+                        }
+                        // Named as this installation names its grants, but never in its
+                        // database (created by hand, or after the backup it was restored
+                        // from): nothing accounts for it, so it goes. The adapter finds
+                        // it by the grant id alone.
+                        (false, None, Some(id)) => Some(adapter.revoke(&unknown_grant(id, app.clock.now())).await),
+                    };
+                    if let (Finding::Orphan { revoked, error, .. }, Some(result)) = (&mut finding, result) {
+                        match result {
+                            Ok(()) => *revoked = true,
+                            Err(e) => *error = Some(e.to_string()),
                         }
                     }
                     report.findings.push(finding);
@@ -202,6 +210,22 @@ pub async fn run(app: &AppState, dry_run: bool) -> anyhow::Result<Report> {
     }
     record(app, &report, dry_run).await?;
     Ok(report)
+}
+
+/// What an adapter is told to revoke access whose grant id this installation's database
+/// never had: the id, and nothing else it could trust.
+fn unknown_grant(grant_id: i64, now: chrono::DateTime<chrono::Utc>) -> GrantContext {
+    GrantContext {
+        grant_id,
+        request_id: 0,
+        user_id: String::new(),
+        resource: String::new(),
+        role: String::new(),
+        duration_secs: 0,
+        expires_at: now,
+        reason: String::new(),
+        state: None,
+    }
 }
 
 async fn is_active(adapter: &dyn Adapter, g: &GrantRow) -> Result<Option<bool>, crate::adapters::AdapterError> {

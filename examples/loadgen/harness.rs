@@ -132,8 +132,17 @@ pub async fn start_server(dir: &Path, config_text: &str) -> anyhow::Result<jitga
     jitgate::start(config, secrets, options, listener).await
 }
 
-/// The form body Slack posts for `/jit <text>` typed by `user`.
+/// Numbers the trigger_ids of generated commands.
+static NEXT_TRIGGER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The form body Slack posts for `/jit <text>` typed by `user`. Each has a trigger_id of
+/// its own, as Slack's do (jitgate acts once per trigger_id).
 pub fn command_body(user: &str, text: &str) -> String {
+    let trigger = format!(
+        "{}.{}.loadgen",
+        std::process::id(),
+        NEXT_TRIGGER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     serde_urlencoded::to_string([
         ("token", "legacy-ignored"),
         ("team_id", "T0TEAM"),
@@ -146,7 +155,7 @@ pub fn command_body(user: &str, text: &str) -> String {
         ("text", text),
         ("api_app_id", "A0APP"),
         ("response_url", "http://127.0.0.1:9/response/cmd"),
-        ("trigger_id", "123.456.abc"),
+        ("trigger_id", &trigger),
     ])
     .expect("strings encode")
 }

@@ -155,7 +155,10 @@ impl Adapters {
                         webhook::WebhookAdapter::from_env(name, c)
                             .map_err(|fix| anyhow::anyhow!("{}: {fix}", config.path.display()))?,
                     ),
-                    AdapterConfig::Postgres(c) => Arc::new(postgres::PostgresAdapter::new(name, c.clone())),
+                    AdapterConfig::Postgres(c) => Arc::new(
+                        postgres::PostgresAdapter::new(name, c.clone())
+                            .with_installation(config.server.installation_id.as_deref()),
+                    ),
                     AdapterConfig::Noop => Arc::new(NoopAdapter),
                 };
                 Ok((name.clone(), adapter))

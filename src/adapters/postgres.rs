@@ -1,6 +1,8 @@
 //! The `postgres` adapter: access to a PostgreSQL cluster through roles.
 //!
-//! Every grant gets its own role, named `jit_<grant id>_<slack user id>`:
+//! Every grant gets its own role, named `jit_<grant id>_<slack user id>`, or
+//! `jit_<installation>_<grant id>_<slack user id>` when `[server] installation_id` is set
+//! (so installations sharing a cluster never list or drop each other's roles):
 //!
 //! - `mode = "temporary_login"`: the role is a LOGIN role with a random password, `VALID
 //!   UNTIL` the end of the grant (plus a grace), member of the mapped role. The password
@@ -81,12 +83,22 @@ pub fn sanitize(text: &str) -> String {
         .collect()
 }
 
-/// The role created for a grant: `jit_<grant id>_<sanitized user>`, at most 63 bytes.
-pub fn role_name(grant_id: i64, user_id: &str) -> Result<String, AdapterError> {
+/// The start of every role an installation creates: `jit_`, or `jit_<installation>_`
+/// when `[server] installation_id` is set. An installation id starts with a letter, so a
+/// role of one naming never parses as a grant's role under another.
+pub fn role_prefix(installation: Option<&str>) -> String {
+    match installation {
+        Some(id) => format!("{ROLE_PREFIX}{id}_"),
+        None => ROLE_PREFIX.to_string(),
+    }
+}
+
+/// The role created for a grant: `<prefix><grant id>_<sanitized user>`, at most 63 bytes.
+pub fn role_name(prefix: &str, grant_id: i64, user_id: &str) -> Result<String, AdapterError> {
     if grant_id < 0 {
         return Err(AdapterError::Permanent(format!("grant id {grant_id} is negative")));
     }
-    let head = format!("{ROLE_PREFIX}{grant_id}_");
+    let head = format!("{prefix}{grant_id}_");
     let mut user = sanitize(user_id);
     if user.is_empty() {
         user.push_str("user");
@@ -95,9 +107,9 @@ pub fn role_name(grant_id: i64, user_id: &str) -> Result<String, AdapterError> {
     Ok(format!("{head}{user}"))
 }
 
-/// The grant id in a role name made by [`role_name`].
-pub fn grant_id_of(role: &str) -> Option<i64> {
-    let rest = role.strip_prefix(ROLE_PREFIX)?;
+/// The grant id in a role name made by [`role_name`] with `prefix`.
+pub fn grant_id_of(prefix: &str, role: &str) -> Option<i64> {
+    let rest = role.strip_prefix(prefix)?;
     let (digits, _) = rest.split_once('_')?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -166,6 +178,8 @@ pub struct PostgresAdapter {
     connect: Result<PgConnectOptions, String>,
     /// Created on first use, so building the adapter needs no runtime and no server.
     pool: OnceLock<PgPool>,
+    /// [`role_prefix`] of this installation.
+    prefix: String,
 }
 
 impl fmt::Debug for PostgresAdapter {
@@ -205,7 +219,14 @@ impl PostgresAdapter {
             config,
             connect,
             pool: OnceLock::new(),
+            prefix: role_prefix(None),
         }
+    }
+
+    /// Names roles with `installation` (`[server] installation_id`).
+    pub fn with_installation(mut self, installation: Option<&str>) -> Self {
+        self.prefix = role_prefix(installation);
+        self
     }
 
     fn pool(&self) -> Result<&PgPool, AdapterError> {
@@ -346,10 +367,20 @@ impl PostgresAdapter {
 
     /// The role of this grant: from the state `grant` returned when it is one of ours.
     fn role_of_grant(&self, ctx: &GrantContext) -> Result<String, AdapterError> {
-        match &ctx.state {
-            Some(s) if grant_id_of(s) == Some(ctx.grant_id) && s.len() <= MAX_IDENT_BYTES => Ok(s.clone()),
-            _ => role_name(ctx.grant_id, &ctx.user_id),
+        match self.state_role(ctx) {
+            Some(s) => Ok(s.to_string()),
+            None => role_name(&self.prefix, ctx.grant_id, &ctx.user_id),
         }
+    }
+
+    /// The role named in the grant's state when it is this grant's: named with this
+    /// installation's prefix, or with the original one (a grant made before
+    /// `installation_id` was set). The state comes from jitgate's own database.
+    fn state_role<'c>(&self, ctx: &'c GrantContext) -> Option<&'c str> {
+        let s = ctx.state.as_deref()?;
+        let ours =
+            grant_id_of(&self.prefix, s) == Some(ctx.grant_id) || grant_id_of(ROLE_PREFIX, s) == Some(ctx.grant_id);
+        (ours && s.len() <= MAX_IDENT_BYTES).then_some(s)
     }
 
     /// Runs `sql` (one or more statements, no parameters); `what` and `secrets` as for
@@ -401,7 +432,7 @@ impl PostgresAdapter {
 
     async fn grant_inner(&self, ctx: &GrantContext) -> Result<Granted, AdapterError> {
         let pg_role = self.mapped_role(ctx)?;
-        let name = role_name(ctx.grant_id, &ctx.user_id)?;
+        let name = role_name(&self.prefix, ctx.grant_id, &ctx.user_id)?;
         let login = match self.config.mode {
             PostgresMode::GrantRole => Some(self.login_for(&ctx.user_id)?),
             PostgresMode::TemporaryLogin => None,
@@ -489,7 +520,7 @@ impl PostgresAdapter {
         if !matches!(self.config.mode, PostgresMode::TemporaryLogin) {
             return Ok(());
         }
-        let name = role_name(ctx.grant_id, &ctx.user_id)?;
+        let name = self.role_of_grant(ctx)?;
         let pool = self.pool()?;
         let mut tx = pool.begin().await.map_err(|e| self.fail("connecting", e, &[]))?;
         self.lock_grant(&mut tx, ctx.grant_id).await?;
@@ -544,14 +575,28 @@ impl PostgresAdapter {
         let pool = self.pool()?;
         // By grant id alone: the state may be missing (a grant that failed half-way) and
         // the user's mapping may have changed since.
-        let prefix = format!("{ROLE_PREFIX}{}_", ctx.grant_id);
+        let prefix = format!("{}{}_", self.prefix, ctx.grant_id);
         let mut names: Vec<String> =
             sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE starts_with(rolname::text, $1)")
                 .bind(&prefix)
                 .fetch_all(pool)
                 .await
                 .map_err(|e| self.fail("looking up the grant's roles", e, &[]))?;
-        names.retain(|n| grant_id_of(n) == Some(ctx.grant_id));
+        names.retain(|n| grant_id_of(&self.prefix, n) == Some(ctx.grant_id));
+        // A grant made before `installation_id` was set has its role under the original
+        // name, recorded in its state.
+        if let Some(role) = self.state_role(ctx) {
+            if !names.iter().any(|n| n == role) {
+                let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname::text = $1")
+                    .bind(role)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(|e| self.fail("looking up the grant's roles", e, &[]))?;
+                if exists.is_some() {
+                    names.push(role.to_string());
+                }
+            }
+        }
         for name in names {
             self.drop_role(pool, ctx.grant_id, &name).await?;
             tracing::info!(adapter = %self.name, grant = ctx.grant_id, role = %name, "revoked");
@@ -690,14 +735,14 @@ impl PostgresAdapter {
                                JOIN pg_roles l ON l.oid = m.member WHERE m.roleid = r.oid), '') AS members \
                FROM pg_roles r WHERE starts_with(r.rolname::text, $1) ORDER BY r.rolname",
         )
-        .bind(ROLE_PREFIX)
+        .bind(&self.prefix)
         .fetch_all(pool)
         .await
         .map_err(|e| self.fail("listing roles", e, &[]))?;
         Ok(rows
             .into_iter()
             .filter_map(|r| {
-                let grant_id = grant_id_of(&r.rolname)?;
+                let grant_id = grant_id_of(&self.prefix, &r.rolname)?;
                 let of = if r.member_of.is_empty() {
                     "no role".to_string()
                 } else {
@@ -746,7 +791,8 @@ impl Adapter for PostgresAdapter {
         false
     }
 
-    /// Every `jit_<grant>_…` role in the cluster, whichever adapter made it.
+    /// Every role of this installation's naming (`jit_<grant>_…`, or
+    /// `jit_<installation>_<grant>_…`) in the cluster, whichever of its adapters made it.
     fn list_granted(&self) -> BoxFuture<'_, Result<Option<Vec<ListedAccess>>, AdapterError>> {
         Box::pin(async move { self.bounded(self.list_inner()).await.map(Some) })
     }
@@ -792,26 +838,48 @@ mod tests {
 
     #[test]
     fn role_names_carry_the_grant_id_and_fit_postgres() {
-        assert_eq!(role_name(42, "U0123ABC").unwrap(), "jit_42_u0123abc");
-        assert_eq!(role_name(7, "").unwrap(), "jit_7_user");
-        let long = role_name(i64::MAX, &"W".repeat(100)).unwrap();
+        assert_eq!(role_name("jit_", 42, "U0123ABC").unwrap(), "jit_42_u0123abc");
+        assert_eq!(role_name("jit_", 7, "").unwrap(), "jit_7_user");
+        let long = role_name("jit_", i64::MAX, &"W".repeat(100)).unwrap();
         assert_eq!(long.len(), 63);
-        assert_eq!(grant_id_of(&long), Some(i64::MAX));
-        assert!(role_name(-1, "U1").is_err());
-        assert_eq!(grant_id_of("jit_42_u1"), Some(42));
-        assert_eq!(grant_id_of("jit_42"), None);
-        assert_eq!(grant_id_of("jit__u1"), None);
-        assert_eq!(grant_id_of("jit_x1_u1"), None);
-        assert_eq!(grant_id_of("app_read"), None);
+        assert_eq!(grant_id_of("jit_", &long), Some(i64::MAX));
+        assert!(role_name("jit_", -1, "U1").is_err());
+        assert_eq!(grant_id_of("jit_", "jit_42_u1"), Some(42));
+        assert_eq!(grant_id_of("jit_", "jit_42"), None);
+        assert_eq!(grant_id_of("jit_", "jit__u1"), None);
+        assert_eq!(grant_id_of("jit_", "jit_x1_u1"), None);
+        assert_eq!(grant_id_of("jit_", "app_read"), None);
+    }
+
+    #[test]
+    fn installations_never_read_each_others_roles() {
+        let (plain, blue, blue2) = (role_prefix(None), role_prefix(Some("blue")), role_prefix(Some("blue2")));
+        assert_eq!(blue, "jit_blue_");
+        let role = role_name(&blue, 42, "U1").unwrap();
+        assert_eq!(role, "jit_blue_42_u1");
+        assert_eq!(grant_id_of(&blue, &role), Some(42));
+        assert_eq!(
+            grant_id_of(&plain, &role),
+            None,
+            "an installation without an id ignores it"
+        );
+        assert_eq!(grant_id_of(&blue2, &role), None);
+        assert_eq!(grant_id_of(&blue, "jit_42_u1"), None);
+        assert_eq!(grant_id_of(&blue, &role_name(&blue2, 42, "U1").unwrap()), None);
     }
 
     proptest! {
         #[test]
-        fn any_grant_and_user_give_a_short_safe_parsable_role_name(id in 0..i64::MAX, user in ".{0,80}") {
-            let name = role_name(id, &user).unwrap();
+        fn any_grant_and_user_give_a_short_safe_parsable_role_name(
+            id in 0..i64::MAX,
+            user in ".{0,80}",
+            installation in proptest::option::of("[a-z][a-z0-9]{0,15}"),
+        ) {
+            let prefix = role_prefix(installation.as_deref());
+            let name = role_name(&prefix, id, &user).unwrap();
             prop_assert!(name.len() <= 63);
             prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
-            prop_assert_eq!(grant_id_of(&name), Some(id));
+            prop_assert_eq!(grant_id_of(&prefix, &name), Some(id));
         }
 
         #[test]
@@ -1131,6 +1199,11 @@ connect_timeout = "1s"
             format!("{}{what}", self.prefix)
         }
 
+        /// An installation id unique to this test (`t<tag>`), plus `suffix`.
+        fn installation(&self, suffix: &str) -> String {
+            format!("t{}{suffix}", &self.prefix[3..11])
+        }
+
         async fn exec(&mut self, sql: &str) {
             self.admin.execute(sqlx::raw_sql(sql)).await.unwrap();
         }
@@ -1180,11 +1253,13 @@ connect_timeout = "1s"
             }
             let roles: Vec<String> = sqlx::query_scalar(
                 "SELECT rolname::text FROM pg_roles WHERE starts_with(rolname::text, $1) \
+                 OR starts_with(rolname::text, $3) \
                  OR (starts_with(rolname::text, 'jit_') AND CASE WHEN split_part(rolname::text, '_', 2) ~ '^[0-9]{1,18}$' \
                      THEN split_part(rolname::text, '_', 2)::bigint END BETWEEN $2 AND $2 + 15)",
             )
             .bind(&self.prefix)
             .bind(self.grant_base)
+            .bind(format!("{ROLE_PREFIX}{}", self.installation("")))
             .fetch_all(&mut self.admin)
             .await
             .unwrap();
@@ -1229,6 +1304,22 @@ connect_timeout = "1s"
         if let Err(e) = outcome {
             std::panic::resume_unwind(e.into_panic());
         }
+    }
+
+    /// Which of `names` exist as roles.
+    async fn existing_of(admin: &mut PgConnection, names: &[&String]) -> Vec<String> {
+        let mut left = Vec::new();
+        for n in names {
+            let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname::text = $1")
+                .bind(n.as_str())
+                .fetch_optional(&mut *admin)
+                .await
+                .unwrap();
+            if found.is_some() {
+                left.push(n.to_string());
+            }
+        }
+        left
     }
 
     async fn select(conn: &mut PgConnection, table: &str) -> Result<i32, sqlx::Error> {
@@ -1304,6 +1395,58 @@ connect_timeout = "1s"
             let adapter = f.adapter("temporary_login", "connection_limit = 3");
             let ctx = context(f.grant_base, "U0CONFORM", "read");
             conformance::check(&adapter, &ctx, true).await.unwrap();
+            f
+        })
+        .await;
+    }
+
+    /// Issue #11: two installations sharing one cluster (each with its own
+    /// `installation_id`) never list or revoke each other's roles, even for the same grant
+    /// id; a grant made before the id was set is still revoked through its state.
+    #[tokio::test]
+    async fn installations_sharing_a_cluster_never_touch_each_others_roles() {
+        with_server(|mut f| async move {
+            f.readable_table().await;
+            let (a_id, b_id) = (f.installation("a"), f.installation("b"));
+            let a = f.adapter("temporary_login", "").with_installation(Some(&a_id));
+            let b = f.adapter("temporary_login", "").with_installation(Some(&b_id));
+            let plain = f.adapter("temporary_login", "");
+            let id = f.grant_base + 12;
+            let ctx = context(id, "U0SHARED", "read");
+            let from_a = a.grant(&ctx).await.unwrap().state.unwrap();
+            let from_b = b.grant(&ctx).await.unwrap().state.unwrap();
+            assert_eq!(from_a, format!("jit_{a_id}_{id}_u0shared"));
+            assert_eq!(from_b, format!("jit_{b_id}_{id}_u0shared"));
+            let listed = |l: Vec<ListedAccess>| l.into_iter().map(|x| x.description).collect::<Vec<_>>().join("\n");
+            let a_lists = listed(a.list_granted().await.unwrap().unwrap());
+            assert!(a_lists.contains(&from_a) && !a_lists.contains(&from_b), "{a_lists}");
+            let plain_lists = listed(plain.list_granted().await.unwrap().unwrap());
+            assert!(
+                !plain_lists.contains(&from_a) && !plain_lists.contains(&from_b),
+                "{plain_lists}"
+            );
+
+            b.revoke(&ctx).await.unwrap();
+            assert_eq!(
+                existing_of(&mut f.admin, &[&from_a, &from_b]).await,
+                vec![from_a.clone()],
+                "only b's role went"
+            );
+            a.revoke(&ctx).await.unwrap();
+            assert!(existing_of(&mut f.admin, &[&from_a, &from_b]).await.is_empty());
+
+            // Granted before `installation_id` was set: revoked through the grant's state.
+            let old_id = f.grant_base + 13;
+            let mut old = context(old_id, "U0OLD", "read");
+            old.state = plain.grant(&old).await.unwrap().state;
+            let legacy = old.state.clone().unwrap();
+            assert_eq!(legacy, format!("jit_{old_id}_u0old"));
+            assert!(!listed(a.list_granted().await.unwrap().unwrap()).contains(&legacy));
+            a.revoke(&old).await.unwrap();
+            assert!(
+                existing_of(&mut f.admin, &[&legacy]).await.is_empty(),
+                "the old role went"
+            );
             f
         })
         .await;

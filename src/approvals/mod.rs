@@ -129,8 +129,9 @@ pub fn outcome(required: i64, decisions: &[DecisionRow]) -> Outcome {
     }
 }
 
-/// A button press, as far as jitgate trusts it.
-#[derive(Debug, Clone)]
+/// A button press, as far as jitgate trusts it. Stored (as JSON) between the
+/// acknowledgement and the decision, so a crash in between loses nothing.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Click {
     pub user_id: String,
     pub action_id: String,

@@ -59,6 +59,11 @@ pub struct ServerConfig {
     pub request_timeout: HumanDuration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Marks what this installation creates in shared targets (the `postgres` adapter's
+    /// roles are `jit_<installation_id>_<grant>_<user>`), so two installations sharing a
+    /// target never take, list or revoke each other's access. `None`: the original names
+    /// (`jit_<grant>_<user>`); at most one installation per target may go without.
+    pub installation_id: Option<String>,
 }
 
 /// `[metrics]`
@@ -329,6 +334,14 @@ struct RawConfig {
     break_glass: RawBreakGlass,
 }
 
+/// An installation marker: 1–16 lowercase ASCII letters and digits, starting with a
+/// letter (so it can never be read as a grant id in a role name).
+pub fn is_installation_id(id: &str) -> bool {
+    (1..=16).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
@@ -338,6 +351,7 @@ struct RawServer {
     header_timeout: Option<HumanDuration>,
     request_timeout: Option<HumanDuration>,
     max_connections: Option<usize>,
+    installation_id: Option<String>,
 }
 
 impl Default for RawServer {
@@ -348,6 +362,7 @@ impl Default for RawServer {
             header_timeout: None,
             request_timeout: None,
             max_connections: None,
+            installation_id: None,
         }
     }
 }
@@ -652,6 +667,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     if !(1..=100_000).contains(&max_connections) {
         problems.push("server.max_connections: must be between 1 and 100000".into());
+    }
+    if let Some(id) = &raw.server.installation_id {
+        if !is_installation_id(id) {
+            problems.push(format!(
+                "server.installation_id: {id:?} is not usable; write 1 to 16 lowercase letters \
+                 and digits starting with a letter, like \"prod\" or \"eu1\""
+            ));
+        }
     }
 
     let jobs = JobsConfig {
@@ -972,6 +995,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             header_timeout,
             request_timeout,
             max_connections,
+            installation_id: raw.server.installation_id.clone(),
         },
         metrics: MetricsConfig { listen: metrics_listen },
         database,
@@ -1370,6 +1394,31 @@ type = "noop"
         assert_eq!(r.approvals_required, 1);
         assert_eq!(c.slack.api_url, DEFAULT_SLACK_API_URL);
         assert_eq!(c.requests.pending_timeout.as_secs(), 86_400);
+    }
+
+    #[test]
+    fn an_installation_id_is_a_short_lowercase_name_starting_with_a_letter() {
+        let with = |id: &str| {
+            GOOD.replace(
+                "listen = \"127.0.0.1:3000\"",
+                &format!("listen = \"127.0.0.1:3000\"\ninstallation_id = {id:?}"),
+            )
+        };
+        let c = parse(Path::new("test.toml"), &with("eu1")).unwrap();
+        assert_eq!(c.server.installation_id.as_deref(), Some("eu1"));
+        assert_eq!(
+            parse(Path::new("test.toml"), GOOD).unwrap().server.installation_id,
+            None
+        );
+        for bad in ["", "1eu", "EU", "eu_1", "eu-1", "abcdefghijklmnopq"] {
+            let p = problems(&with(bad));
+            assert!(
+                p.len() == 1
+                    && p[0].starts_with("server.installation_id:")
+                    && p[0].contains("lowercase letters and digits"),
+                "{bad}: {p:?}"
+            );
+        }
     }
 
     #[test]

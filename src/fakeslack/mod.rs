@@ -174,7 +174,13 @@ impl FakeSlack {
         }
     }
 
-    /// Calls held by [`FakeSlack::hang_channel`] right now.
+    /// Every GET call to `method` (like `usergroups.users.list`) gets no answer while
+    /// `hung`.
+    pub fn hang_method(&self, method: &str, hung: bool) {
+        self.hang_channel(&format!("method:{method}"), hung);
+    }
+
+    /// Calls held by [`FakeSlack::hang_channel`] or [`FakeSlack::hang_method`] right now.
     pub fn held_calls(&self) -> usize {
         self.lock().held
     }
@@ -412,6 +418,7 @@ async fn api_get(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let body = json!(query);
+    wait_unhung(&state, &format!("method:{method}")).await;
     let mut g = state.lock();
     if !authorized(&headers, &g) {
         g.calls.push(Call {

@@ -1257,6 +1257,52 @@ pub async fn delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &str) 
     Ok(row.and_then(|r| r.0))
 }
 
+/// [`first_delivery`] for an input that must survive a crash between the acknowledgement
+/// and the work: the input (`pending_input`, JSON) is stored with the key in the same
+/// statement, so a delivery is either new and recorded, or a re-delivery.
+pub async fn first_delivery_with_input(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    key: &str,
+    input: &str,
+    now: i64,
+    expires_at: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO deliveries (kind, key, seen_at, expires_at, pending_input) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (kind, key) DO NOTHING",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(now)
+    .bind(expires_at)
+    .bind(input)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a recorded input as acted on, erasing what it held.
+pub async fn input_handled(conn: &mut SqliteConnection, kind: &str, key: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE deliveries SET pending_input = NULL WHERE kind = ? AND key = ?")
+        .bind(kind)
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Inputs of `kind` recorded but not yet acted on (the process stopped in between),
+/// oldest first: `(key, input)`.
+pub async fn pending_inputs(conn: &mut SqliteConnection, kind: &str) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "SELECT key, pending_input FROM deliveries WHERE pending_input IS NOT NULL AND kind = ? ORDER BY seen_at",
+    )
+    .bind(kind)
+    .fetch_all(conn)
+    .await
+}
+
 /// Forgets keys whose retention has passed; returns how many.
 pub async fn purge_deliveries(conn: &mut SqliteConnection, now: i64) -> sqlx::Result<u64> {
     let done = sqlx::query("DELETE FROM deliveries WHERE expires_at <= ?")

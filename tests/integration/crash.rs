@@ -237,3 +237,95 @@ async fn sigterm_lets_the_running_adapter_call_finish() {
         "the finished call was recorded"
     );
 }
+
+/// Issue #11: a click is acknowledged to Slack before it is decided (deciding can need a
+/// Slack lookup). Killed between the acknowledgement and the decision, jitgate acts on
+/// the click at the next start, once; Slack delivering it again changes nothing.
+#[tokio::test]
+async fn a_click_acknowledged_just_before_a_crash_is_acted_on_after_the_restart() {
+    let mut app = TestApp::start_with(Setup {
+        clock: TestClock::System,
+        in_process: false,
+        ..Setup::default()
+    })
+    .await;
+    let bot = Bot::start(&mut app).await;
+    let id = app.request("prod-db:read 1h click before a crash").await;
+    app.wait_card_containing(id, "jit_approve").await;
+
+    // A group member's click needs Slack to confirm the membership; Slack stalls there,
+    // so the click is acknowledged and still undecided when the process dies.
+    app.slack.hang_method("usergroups.users.list", true);
+    let body = app.click_body("UGROUPMEMBER", "jit_approve", &id.to_string(), "click-crash");
+    let (status, _) = app
+        .post_signed("/slack/interactions", &body, "application/x-www-form-urlencoded")
+        .await;
+    assert_eq!(status, 200, "the click is acknowledged");
+    wait_for("the decision to wait on Slack", || async {
+        (app.slack.held_calls() > 0).then_some(())
+    })
+    .await;
+    bot.kill();
+    assert_eq!(
+        scalar(&app, &format!("SELECT state FROM requests WHERE id = {id}"))
+            .await
+            .as_deref(),
+        Some("pending"),
+        "nothing decided before the crash"
+    );
+
+    app.slack.hang_method("usergroups.users.list", false);
+    let bot = Bot::start(&mut app).await;
+    wait_for("the click to be acted on after the restart", || async {
+        let state = scalar(&app, &format!("SELECT state FROM requests WHERE id = {id}")).await;
+        (state.as_deref() == Some("approved")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &app,
+            &format!("SELECT CAST(COUNT(*) AS TEXT) FROM decisions WHERE request_id = {id}")
+        )
+        .await
+        .as_deref(),
+        Some("1")
+    );
+    wait_for("the recorded click to be cleared", || async {
+        let left = scalar(
+            &app,
+            "SELECT CAST(COUNT(*) AS TEXT) FROM deliveries WHERE pending_input IS NOT NULL",
+        )
+        .await;
+        (left.as_deref() == Some("0")).then_some(())
+    })
+    .await;
+
+    // Slack delivering the same click again (same trigger_id) has no second effect, and
+    // neither does a restart.
+    let (status, _) = app
+        .post_signed("/slack/interactions", &body, "application/x-www-form-urlencoded")
+        .await;
+    assert_eq!(status, 200);
+    bot.kill();
+    let bot = Bot::start(&mut app).await;
+    wait_for("the grant to be active", || async {
+        (scalar(&app, "SELECT state FROM grants").await.as_deref() == Some("active")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &app,
+            &format!("SELECT CAST(COUNT(*) AS TEXT) FROM decisions WHERE request_id = {id}")
+        )
+        .await
+        .as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        scalar(&app, "SELECT CAST(COUNT(*) AS TEXT) FROM grants")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    bot.kill();
+}

@@ -16,7 +16,7 @@ fn command_from(app: &TestApp, team: &str, api_app: &str, text: &str) -> String 
         ("text", text),
         ("api_app_id", api_app),
         ("response_url", &app.slack.response_url("cmd")),
-        ("trigger_id", "1.2.3"),
+        ("trigger_id", &new_trigger_id()),
     ])
     .unwrap()
 }

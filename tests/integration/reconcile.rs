@@ -100,6 +100,33 @@ async fn access_without_an_active_grant_is_revoked_and_reported() {
     );
 }
 
+/// Issue #11: access named as this installation names grants, with an id its database
+/// never had (made by hand, or after the backup it was restored from), is revoked too.
+#[tokio::test]
+async fn access_whose_grant_id_was_never_in_the_database_is_revoked_and_reported() {
+    let (app, inventory) = app_with_inventory("30d").await;
+    assert_eq!(app.count("SELECT COUNT(*) FROM grants").await, 0);
+    inventory.add(4242, "UINTRUDER");
+
+    let report = jitgate::reconcile::run(app.state(), false).await.unwrap();
+    assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+    assert!(!inventory.has(4242), "access nobody accounts for was revoked");
+    let text = app
+        .wait_calls("a report in the security channel", 1, |c| c.channel() == "C0SECURITY")
+        .await[0]
+        .text()
+        .to_string();
+    assert!(
+        text.contains("access 4242 of UINTRUDER") && text.contains("revoked") && !text.contains("not revoked"),
+        "{text}"
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM audit_log WHERE action = 'reconcile.orphan_revoked'")
+            .await,
+        1
+    );
+}
+
 #[tokio::test]
 async fn dry_run_reports_but_revokes_nothing() {
     let (app, inventory) = app_with_inventory("30d").await;

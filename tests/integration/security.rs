@@ -12,7 +12,7 @@ fn command_body() -> String {
         ("command", "/jit"),
         ("text", "request prod-db:read 1h sneaky"),
         ("response_url", "http://127.0.0.1:9/x"),
-        ("trigger_id", "1.2.3"),
+        ("trigger_id", &new_trigger_id()),
     ])
     .unwrap()
 }
@@ -102,4 +102,88 @@ async fn health_check_answers() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+/// Issue #11: the same signed request replayed within the 5-minute window has no second
+/// effect — a slash command, a click and an event — also across a restart, and event
+/// de-duplication has no small cap (the old in-memory set forgot after 1,000 events).
+#[tokio::test]
+async fn replayed_signed_requests_have_no_second_effect_even_across_a_restart() {
+    let mut app = TestApp::start().await;
+    let command = command_body();
+    let first = post(
+        &app,
+        "/slack/commands",
+        command.clone(),
+        "application/x-www-form-urlencoded",
+    )
+    .await;
+    let again = post(
+        &app,
+        "/slack/commands",
+        command.clone(),
+        "application/x-www-form-urlencoded",
+    )
+    .await;
+    assert!(first.contains("JIT-"), "{first}");
+    assert_eq!(
+        first, again,
+        "a replay is answered with the first reply and does nothing else"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM requests").await, 1);
+    let id: i64 = app.count("SELECT MAX(id) FROM requests").await;
+    app.wait_card_containing(id, "jit_approve").await;
+
+    let click = app.click_body("UGROUPMEMBER", "jit_approve", &id.to_string(), "replayed");
+    post(
+        &app,
+        "/slack/interactions",
+        click.clone(),
+        "application/x-www-form-urlencoded",
+    )
+    .await;
+    app.wait_grant(id, "active").await;
+
+    // More distinct events than the old in-memory set held, then the first one again.
+    let event = |n: usize| {
+        serde_json::json!({
+            "token": "x", "team_id": "T0TEAM", "api_app_id": "A0APP", "type": "event_callback",
+            "event_id": format!("Ev{n:06}"), "event_time": 1700000000,
+            "event": {"type": "app_mention", "user": REQUESTER, "channel": "C0GENERAL", "event_ts": "1.2"}
+        })
+        .to_string()
+    };
+    for n in 0..1_100 {
+        post(&app, "/slack/events", event(n), "application/json").await;
+    }
+    let home = serde_json::json!({
+        "token": "x", "team_id": "T0TEAM", "api_app_id": "A0APP", "type": "event_callback",
+        "event_id": "Ev0HOMEREPLAY", "event_time": 1700000000,
+        "event": {"type": "app_home_opened", "user": REQUESTER, "channel": "D0DM", "tab": "home", "event_ts": "1.2"}
+    })
+    .to_string();
+    post(&app, "/slack/events", home.clone(), "application/json").await;
+    app.wait_calls("the Home tab", 1, |c| c.method == "views.publish").await;
+
+    // After a restart, every replay is still recognised.
+    app.stop().await;
+    app.boot().await;
+    let again = post(&app, "/slack/commands", command, "application/x-www-form-urlencoded").await;
+    assert_eq!(first, again);
+    post(&app, "/slack/interactions", click, "application/x-www-form-urlencoded").await;
+    post(&app, "/slack/events", home, "application/json").await;
+    post(&app, "/slack/events", event(0), "application/json").await;
+    app.command(REQUESTER, "help").await; // something else to wait behind
+    assert_eq!(app.count("SELECT COUNT(*) FROM requests").await, 1, "one request");
+    assert_eq!(app.count("SELECT COUNT(*) FROM decisions").await, 1, "one decision");
+    assert_eq!(app.count("SELECT COUNT(*) FROM grants").await, 1, "one grant");
+    assert_eq!(app.slack.posted_to(APPROVAL_CHANNEL).len(), 1, "one card");
+    assert_eq!(app.slack.ok_calls("views.publish").len(), 1, "one Home tab publish");
+}
+
+/// Posts a signed body and returns the answer, which must be a 200.
+async fn post(app: &TestApp, path: &str, body: String, content_type: &str) -> String {
+    let (status, reply) = app.post_signed(path, &body, content_type).await;
+    assert_eq!(status, 200, "{path}: {reply}");
+    reply
 }

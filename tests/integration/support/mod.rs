@@ -41,6 +41,16 @@ pub const GROUP: &str = "SDBAS";
 pub const OUTSIDER: &str = "UOUTSIDER";
 
 /// How long any awaited state may take before the test fails.
+/// Numbers the trigger_ids of the commands and clicks tests make.
+static NEXT_TRIGGER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A trigger_id unique to this command or click, as Slack's are: jitgate acts once per
+/// trigger_id (a replay of the same signed body has no second effect).
+pub fn new_trigger_id() -> String {
+    let n = NEXT_TRIGGER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{n}.test", std::process::id())
+}
+
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Waits until `check` returns `Some`, polling, failing the test after `DEADLINE`.
@@ -412,7 +422,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             ("text", text),
             ("api_app_id", "A0APP"),
             ("response_url", &self.slack.response_url("cmd")),
-            ("trigger_id", "123.456.abc"),
+            ("trigger_id", &new_trigger_id()),
         ])
         .unwrap();
         let (status, reply) = self
@@ -454,7 +464,8 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             "api_app_id": "A0APP",
             "token": "legacy",
             "container": {"type": "message", "message_ts": "1700000001.000100", "channel_id": APPROVAL_CHANNEL, "is_ephemeral": false},
-            "trigger_id": "123.456.def",
+            // Unique per click, as Slack's are: jitgate acts once per trigger_id.
+            "trigger_id": new_trigger_id(),
             "channel": {"id": APPROVAL_CHANNEL, "name": "approvals"},
             "message": {"type": "message", "ts": "1700000001.000100", "text": "card", "blocks": []},
             "response_url": self.slack.response_url(response_id),
