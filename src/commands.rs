@@ -285,6 +285,8 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
                 team_id: cmd.team_id.clone(),
                 channel_id: cmd.channel_id.clone(),
                 response_url: cmd.response_url.clone(),
+                // Guarded by its delivery key in `inputs::command_once` instead.
+                delivery_key: None,
             };
             match crate::approvals::breakglass::use_as(app, &who, &input, false).await? {
                 Some(reply) => Ok(reply),
@@ -369,48 +371,89 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
                 team_id: cmd.team_id.clone(),
                 channel_id: cmd.channel_id.clone(),
                 response_url: cmd.response_url.clone(),
+                delivery_key: cmd.trigger_id.clone().filter(|t| !t.is_empty()),
             };
-            let id = requests::create(app, &who, &valid).await?;
-            if crate::oncall::could_auto_approve(
+            let id = match requests::create(app, &who, &valid).await {
+                Ok(id) => id,
+                // The same command (same trigger_id) stored a request before: a re-delivery
+                // or a replay. Answer as the first time, change nothing.
+                Err(e) if store::is_already_received(&e) => {
+                    let key = who.delivery_key.as_deref().unwrap_or_default();
+                    return Ok(earlier_reply(app, key)
+                        .await
+                        .unwrap_or_else(|| "This command was received before; nothing new was done.".into()));
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(confirmation(
                 &app.config,
+                id,
                 &valid.resource,
                 &valid.role,
                 valid.duration,
+                &valid.approval_channel,
                 &cmd.channel_id,
-            ) {
-                return Ok(format!(
-                    "Request *{}* for `{}:{}` ({}) is being checked against on-call: if this is an incident channel \
-                     and you are on call now, it is approved automatically; otherwise it goes to the approvers in <#{}>. \
-                     I'll message you either way.",
-                    label(id),
-                    valid.resource,
-                    valid.role,
-                    valid.duration,
-                    valid.approval_channel
-                ));
-            }
-            let mut reply = format!(
-                "Request *{}* for `{}:{}` ({}) is waiting for approval in <#{}>. I'll message you when it is decided.",
-                label(id),
-                valid.resource,
-                valid.role,
-                valid.duration,
-                valid.approval_channel
-            );
-            if let Some(cap) = crate::oncall::cap_exceeded(
-                &app.config,
-                &valid.resource,
-                &valid.role,
-                valid.duration,
-                &cmd.channel_id,
-            ) {
-                reply.push_str(&format!(
-                    " On-call auto-approval covers at most {cap}; ask for {cap} or less to have it approved on call."
-                ));
-            }
-            Ok(reply)
+            ))
         }
     }
+}
+
+/// What a requester is told once their request is stored. A plain function of what was
+/// stored, so a re-delivered command gets exactly the same answer.
+pub fn confirmation(
+    config: &Config,
+    id: i64,
+    resource: &str,
+    role: &str,
+    duration: HumanDuration,
+    approval_channel: &str,
+    origin_channel: &str,
+) -> String {
+    if crate::oncall::could_auto_approve(config, resource, role, duration, origin_channel) {
+        return format!(
+            "Request *{}* for `{resource}:{role}` ({duration}) is being checked against on-call: if this is an incident channel \
+             and you are on call now, it is approved automatically; otherwise it goes to the approvers in <#{approval_channel}>. \
+             I'll message you either way.",
+            label(id),
+        );
+    }
+    let mut reply = format!(
+        "Request *{}* for `{resource}:{role}` ({duration}) is waiting for approval in <#{approval_channel}>. I'll message you when it is decided.",
+        label(id),
+    );
+    if let Some(cap) = crate::oncall::cap_exceeded(config, resource, role, duration, origin_channel) {
+        reply.push_str(&format!(
+            " On-call auto-approval covers at most {cap}; ask for {cap} or less to have it approved on call."
+        ));
+    }
+    reply
+}
+
+/// What the first delivery of the command with trigger_id `key` answered: its stored
+/// reply, or the confirmation of the request it created. `None` when `key` is new.
+pub async fn earlier_reply(app: &AppState, key: &str) -> Option<String> {
+    let mut conn = app.db.read.acquire().await.ok()?;
+    let (reply, request_id) = store::earlier_delivery(&mut conn, store::COMMAND_DELIVERY, key)
+        .await
+        .ok()??;
+    if let Some(reply) = reply {
+        return Some(reply);
+    }
+    let Some(request) = (match request_id {
+        Some(id) => store::get_request(&mut conn, id).await.ok().flatten(),
+        None => None,
+    }) else {
+        return Some("Received; jitgate is still working on this command.".into());
+    };
+    Some(confirmation(
+        &app.config,
+        request.id,
+        &request.resource,
+        &request.role,
+        HumanDuration::from_secs(request.duration_secs.max(0) as u64),
+        &request.approval_channel,
+        &request.origin_channel,
+    ))
 }
 
 /// Sends a reply to a command after its request was answered.
@@ -525,6 +568,8 @@ async fn extend(
         team_id: cmd.team_id.clone(),
         channel_id: cmd.channel_id.clone(),
         response_url: cmd.response_url.clone(),
+        // Guarded by its delivery key in `inputs::command_once` instead.
+        delivery_key: None,
     };
     let ext = requests::create_extension(app, &who, &request, resource, add, reason).await?;
     Ok(if resource.self_extend {

@@ -12,19 +12,19 @@ use slack_morphism::prelude::SlackCommandEventResponse;
 
 use crate::app::AppState;
 use crate::approvals::{self, Click};
-use crate::commands;
+use crate::commands::{self, Command};
 use crate::home;
 use crate::slack::payloads::{BlockActions, EventEnvelope, Interaction, SlashCommand};
 use crate::store;
 
 /// How long a delivery's key (trigger_id, event_id) is remembered. Slack re-delivers
 /// within minutes (Events API retries end after about 5 minutes).
-pub const DELIVERY_RETENTION: Duration = Duration::from_secs(6 * 3600);
+pub const DELIVERY_RETENTION: Duration = Duration::from_millis(store::DELIVERY_RETENTION_MS as u64);
 
 /// Kinds of keys in the `deliveries` table.
 pub mod delivery_kind {
     /// A slash command's trigger_id.
-    pub const COMMAND: &str = "command";
+    pub const COMMAND: &str = crate::store::COMMAND_DELIVERY;
     /// A click's trigger_id.
     pub const INTERACTION: &str = "interaction";
     /// An Events API event_id.
@@ -62,24 +62,36 @@ pub async fn first_delivery(app: &AppState, kind: &str, key: &str) -> bool {
 
 /// A slash command, from either transport, that may arrive more than once (Socket Mode
 /// re-delivers an envelope whose acknowledgement it did not get; over HTTP, someone may
-/// replay a signed request within the signature's 5-minute window): run once per
-/// `trigger_id`. A
-/// re-delivery is answered with the first reply again when it is known (the first
-/// answer may be the one that was lost), and changes nothing.
+/// replay a signed request within the signature's 5-minute window): acted on once per
+/// `trigger_id`, and a re-delivery is answered as the first delivery was.
+///
+/// What keeps it once depends on the command, so that the common one costs no extra
+/// write: a request stores its trigger_id in the same transaction as itself (the group
+/// commit; see `store::NewRequest::delivery_key`); other commands that change something
+/// claim their trigger_id first; commands that only answer need nothing.
 pub async fn command_once(app: &AppState, cmd: &SlashCommand) -> SlackCommandEventResponse {
     let Some(trigger) = cmd.trigger_id.as_deref().filter(|t| !t.is_empty()) else {
         return command(app, cmd).await;
     };
+    if let Some(earlier) = commands::earlier_reply(app, trigger).await {
+        tracing::info!(
+            kind = delivery_kind::COMMAND,
+            "Slack delivered an input again; it was handled the first time"
+        );
+        return commands::ephemeral(earlier);
+    }
+    let claims = matches!(
+        commands::parse(&cmd.text, &app.config),
+        Ok(Command::Revoke { .. } | Command::Cancel { .. } | Command::Extend { .. } | Command::BreakGlass(_))
+    );
+    if !claims {
+        return command(app, cmd).await;
+    }
     if !first_delivery(app, delivery_kind::COMMAND, trigger).await {
-        let earlier = match app.db.read.acquire().await {
-            Ok(mut conn) => store::delivery_reply(&mut conn, delivery_kind::COMMAND, trigger)
-                .await
-                .ok()
-                .flatten(),
-            Err(_) => None,
-        };
         return commands::ephemeral(
-            earlier.unwrap_or_else(|| "Received; jitgate is still working on this command.".into()),
+            commands::earlier_reply(app, trigger)
+                .await
+                .unwrap_or_else(|| "Received; jitgate is still working on this command.".into()),
         );
     }
     let reply = command(app, cmd).await;

@@ -120,6 +120,9 @@ pub struct Requester {
     /// The command's response_url: if Slack refuses the card, the requester is told
     /// through it (no token needed) while it is valid.
     pub response_url: Option<String>,
+    /// The command's trigger_id: a request is stored at most once per trigger_id (see
+    /// [`store::NewRequest::delivery_key`]).
+    pub delivery_key: Option<String>,
 }
 
 /// Stores a validated request with its audit entry, its card and its time-out, in one
@@ -145,6 +148,7 @@ pub async fn create(app: &AppState, who: &Requester, req: &ValidRequest) -> anyh
         kind: store::RequestKind::Access,
         extends_request_id: None,
         response_url: who.response_url.clone(),
+        delivery_key: who.delivery_key.clone(),
     };
     insert_pending(app, &new, on_call_check).await
 }
@@ -253,11 +257,23 @@ async fn store_batch(app: &AppState, conn: &mut Writer, batch: Vec<Creation>) {
             for c in batch {
                 let one = write_pending(app, conn, &[(&c.new, c.on_call_check)])
                     .await
-                    .map(|ids| ids[0]);
+                    .map(|ids| ids[0])
+                    .map_err(|e| {
+                        if store::is_already_received(&e) {
+                            anyhow::anyhow!(store::ALREADY_RECEIVED)
+                        } else {
+                            e
+                        }
+                    });
                 let _ = c.reply.send(one);
             }
         }
         Err(e) => {
+            let e = if store::is_already_received(&e) {
+                anyhow::anyhow!(store::ALREADY_RECEIVED)
+            } else {
+                e
+            };
             for c in batch {
                 let _ = c.reply.send(Err(anyhow::anyhow!("{e:#}")));
             }
@@ -337,8 +353,15 @@ async fn try_write_pending(
         heads.audit_hash.as_deref().unwrap_or(audit::GENESIS),
         &events,
     );
+    let keyed: Vec<(i64, &str, i64)> = ids
+        .iter()
+        .zip(&news)
+        .filter_map(|(id, r)| r.delivery_key.as_deref().map(|k| (*id, k, r.created_at)))
+        .collect();
+    let delivery_expiry = rows.first().map_or(0, |(r, _)| r.created_at) + store::DELIVERY_RETENTION_MS;
     let mut inserts = store::Inserts::default();
     inserts.requests(&ids, &news);
+    inserts.request_deliveries(&keyed, delivery_expiry);
     audit::insert_entries(&mut inserts, &entries);
     inserts.outbox(&cards).jobs(&jobs);
     tx.commit(inserts).await?;
@@ -376,6 +399,7 @@ pub async fn create_extension(
         kind: store::RequestKind::Extension,
         extends_request_id: Some(original.id),
         response_url: who.response_url.clone(),
+        delivery_key: None,
     };
     if !resource.self_extend {
         return insert_pending(app, &new, false).await;

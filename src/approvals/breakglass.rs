@@ -94,6 +94,7 @@ pub async fn use_as(
         kind: RequestKind::Access,
         extends_request_id: None,
         response_url: who.response_url.clone(),
+        delivery_key: None,
     };
     let id = store::insert_request(&mut tx, &new).await?;
     store::insert_break_glass(&mut tx, id, now).await?;

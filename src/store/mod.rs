@@ -200,6 +200,32 @@ pub struct NewRequest {
     /// Not stored with the request: rides on its card's outbox entry (see
     /// [`Outgoing::post_card_for`]).
     pub response_url: Option<String>,
+    /// The trigger_id of the slash command that asked for it. Written to `deliveries` in
+    /// the same transaction as the request, so the same command delivered again (a Socket
+    /// Mode retry, a replayed signed request) cannot store a second one: its batch fails on
+    /// the key and it is told [`ALREADY_RECEIVED`].
+    pub delivery_key: Option<String>,
+}
+
+/// How long a delivery's key (trigger_id, event_id) is remembered, in milliseconds. Slack
+/// re-delivers within minutes (Events API retries end after about 5 minutes) and a signed
+/// request is accepted for 5 minutes after its timestamp.
+pub const DELIVERY_RETENTION_MS: i64 = 6 * 3600 * 1000;
+
+/// The `deliveries` kind of a slash command's trigger_id.
+pub const COMMAND_DELIVERY: &str = "command";
+
+/// The error a request gets when its command's `delivery_key` was stored before.
+pub const ALREADY_RECEIVED: &str = "this command was received before";
+
+/// Whether `e` is a request refused for a `delivery_key` stored before.
+pub fn is_already_received(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.to_string() == ALREADY_RECEIVED)
+        || e.chain().any(|c| {
+            c.downcast_ref::<sqlx::Error>()
+                .and_then(|e| e.as_database_error())
+                .is_some_and(|d| d.is_unique_violation() && d.message().contains("deliveries"))
+        })
 }
 
 pub async fn insert_request(conn: &mut SqliteConnection, r: &NewRequest) -> sqlx::Result<i64> {
@@ -1236,6 +1262,20 @@ pub async fn first_delivery(
     Ok(done.rows_affected() == 1)
 }
 
+/// What the first delivery of a command answered, as far as stored: its reply, or the
+/// request it created. `None` when `key` was never seen.
+pub async fn earlier_delivery(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    key: &str,
+) -> sqlx::Result<Option<(Option<String>, Option<i64>)>> {
+    sqlx::query_as("SELECT reply, request_id FROM deliveries WHERE kind = ? AND key = ?")
+        .bind(kind)
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+}
+
 /// Remembers what the first delivery of `key` was answered with.
 pub async fn set_delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &str, reply: &str) -> sqlx::Result<()> {
     sqlx::query("UPDATE deliveries SET reply = ? WHERE kind = ? AND key = ?")
@@ -1245,16 +1285,6 @@ pub async fn set_delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &s
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// What the first delivery of `key` was answered with, if it was recorded.
-pub async fn delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &str) -> sqlx::Result<Option<String>> {
-    let row: Option<(Option<String>,)> = sqlx::query_as("SELECT reply FROM deliveries WHERE kind = ? AND key = ?")
-        .bind(kind)
-        .bind(key)
-        .fetch_optional(conn)
-        .await?;
-    Ok(row.and_then(|r| r.0))
 }
 
 /// [`first_delivery`] for an input that must survive a crash between the acknowledgement
@@ -1407,6 +1437,24 @@ impl<'a> Inserts<'a> {
                     .push_bind(r.created_at)
                     .push_bind(r.kind)
                     .push_bind(r.extends_request_id);
+            },
+        )
+    }
+
+    /// The delivery keys of the commands that asked for new requests, as
+    /// `(request id, key, seen at)`, kept until `expires_at`. No ON CONFLICT: a key stored
+    /// before fails the whole statement, and with it the batch.
+    pub fn request_deliveries(&mut self, keyed: &'a [(i64, &'a str, i64)], expires_at: i64) -> &mut Self {
+        self.rows(
+            "INSERT INTO deliveries (kind, key, seen_at, expires_at, request_id)",
+            keyed,
+            "",
+            move |mut b, (id, key, at)| {
+                b.push_bind(COMMAND_DELIVERY)
+                    .push_bind(*key)
+                    .push_bind(*at)
+                    .push_bind(expires_at)
+                    .push_bind(*id);
             },
         )
     }
@@ -1581,6 +1629,7 @@ mod tests {
             kind: RequestKind::Access,
             extends_request_id: None,
             response_url: None,
+            delivery_key: None,
         }
     }
 
@@ -1597,9 +1646,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            delivery_reply(&mut conn, "command", "Ev1").await.unwrap().as_deref(),
-            Some("JIT-1 is waiting")
+            earlier_delivery(&mut conn, "command", "Ev1").await.unwrap(),
+            Some((Some("JIT-1 is waiting".to_string()), None))
         );
+        assert_eq!(earlier_delivery(&mut conn, "command", "Ev2").await.unwrap(), None);
         assert_eq!(purge_deliveries(&mut conn, 4_999).await.unwrap(), 0);
         assert_eq!(purge_deliveries(&mut conn, 5_000).await.unwrap(), 1);
         assert!(first_delivery(&mut conn, "event", "Ev1", 7_000, 9_000).await.unwrap());

@@ -187,3 +187,28 @@ async fn post(app: &TestApp, path: &str, body: String, content_type: &str) -> St
     assert_eq!(status, 200, "{path}: {reply}");
     reply
 }
+
+/// The same command sent many times at once (a replay racing the original) stores one
+/// request: its trigger_id is written in the request's own transaction, and every copy
+/// is answered with the same confirmation.
+#[tokio::test]
+async fn the_same_command_sent_many_times_at_once_stores_one_request() {
+    let app = TestApp::start().await;
+    let command = command_body();
+    let replies = futures_util::future::join_all((0..20).map(|_| {
+        post(
+            &app,
+            "/slack/commands",
+            command.clone(),
+            "application/x-www-form-urlencoded",
+        )
+    }))
+    .await;
+    assert_eq!(app.count("SELECT COUNT(*) FROM requests").await, 1);
+    assert!(replies[0].contains("JIT-1"), "{}", replies[0]);
+    for r in &replies {
+        assert_eq!(r, &replies[0]);
+    }
+    app.wait_card_containing(1, "jit_approve").await;
+    assert_eq!(app.slack.posted_to(APPROVAL_CHANNEL).len(), 1, "one card");
+}

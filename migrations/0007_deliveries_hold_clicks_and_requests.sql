@@ -4,3 +4,7 @@
 -- response_url (a short-lived capability, erased with the rest once handled).
 ALTER TABLE deliveries ADD COLUMN pending_input TEXT;
 CREATE INDEX deliveries_pending ON deliveries (seen_at) WHERE pending_input IS NOT NULL;
+-- The request a slash command created: its key is written in the same transaction as the
+-- request (the group commit), so a re-delivered or replayed command finds it and is
+-- answered with the same confirmation, creating nothing.
+ALTER TABLE deliveries ADD COLUMN request_id INTEGER;
