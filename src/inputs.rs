@@ -65,21 +65,15 @@ pub async fn first_delivery(app: &AppState, kind: &str, key: &str) -> bool {
 /// replay a signed request within the signature's 5-minute window): acted on once per
 /// `trigger_id`, and a re-delivery is answered as the first delivery was.
 ///
-/// What keeps it once depends on the command, so that the common one costs no extra
-/// write: a request stores its trigger_id in the same transaction as itself (the group
-/// commit; see `store::NewRequest::delivery_key`); other commands that change something
-/// claim their trigger_id first; commands that only answer need nothing.
+/// What keeps it once depends on the command, so that the common one costs the ack path
+/// nothing more (no extra write, no extra read): a request stores its trigger_id in the
+/// same transaction as itself (the group commit; see `store::NewRequest::delivery_key`),
+/// and a copy fails there and gets the first confirmation; other commands that change
+/// something claim their trigger_id first; commands that only answer need nothing.
 pub async fn command_once(app: &AppState, cmd: &SlashCommand) -> SlackCommandEventResponse {
     let Some(trigger) = cmd.trigger_id.as_deref().filter(|t| !t.is_empty()) else {
         return command(app, cmd).await;
     };
-    if let Some(earlier) = commands::earlier_reply(app, trigger).await {
-        tracing::info!(
-            kind = delivery_kind::COMMAND,
-            "Slack delivered an input again; it was handled the first time"
-        );
-        return commands::ephemeral(earlier);
-    }
     let claims = matches!(
         commands::parse(&cmd.text, &app.config),
         Ok(Command::Revoke { .. } | Command::Cancel { .. } | Command::Extend { .. } | Command::BreakGlass(_))
