@@ -28,7 +28,7 @@ pub const SHORTCUT_CALLBACK: &str = "request_access";
 /// action_id of buttons that open the request form (Home).
 pub const OPEN_REQUEST: &str = "jit_open_request";
 /// action_id of "Extend" buttons (Home, the ending-soon DM); value: the request id.
-pub const OPEN_EXTEND: &str = "jit_open_extend";
+pub const OPEN_EXTEND: &str = crate::cards::EXTEND;
 /// action_id of the resource select: choosing one updates the role and duration choices.
 pub const RESOURCE_CHOSEN: &str = "resource";
 
