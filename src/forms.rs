@@ -189,7 +189,7 @@ pub fn request_modal(config: &Config, chosen: Option<&str>, origin: Origin) -> V
     let initial_role = roles.first().cloned();
     blocks.push(json!({
         "type": "input",
-        // A block_id per resource, so Slack does not keep a role of the previous one.
+        // A role kept from the previously chosen resource is caught on Submit.
         "block_id": block::ROLE,
         "label": plain("Role"),
         "element": select(block::ROLE, roles, initial_role, "Choose a role"),
