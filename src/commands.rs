@@ -826,6 +826,30 @@ type = "noop"
     }
 
     #[test]
+    fn a_role_typed_as_a_separate_word_is_refused_with_the_fix() {
+        let e = parse("request prod-db write 2h fixing prod", &config()).unwrap_err();
+        assert!(
+            e.contains("did you mean `/jit request prod-db:write 2h fixing prod`?"),
+            "{e}"
+        );
+        let e = parse("breakglass prod-db write 30m db down", &config()).unwrap_err();
+        assert!(e.contains("`/jit breakglass prod-db:write 30m db down`"), "{e}");
+        // Not a role of the resource: the start of the reason.
+        assert_eq!(req("request prod-db writes logs").reason, "writes logs");
+    }
+
+    #[test]
+    fn extend_reads_durations_as_requests_do() {
+        let Command::Extend { duration, reason, .. } = parse("extend JIT-3 1h 30m still digging", &config()).unwrap()
+        else {
+            panic!("not extend")
+        };
+        assert_eq!((duration.as_secs(), reason.as_str()), (5400, "still digging"));
+        let e = parse("extend JIT-3 1.5x more", &config()).unwrap_err();
+        assert!(e.contains("`1.5x`"), "{e}");
+    }
+
+    #[test]
     fn unknown_commands_show_usage() {
         let e = parse("frobnicate", &config()).unwrap_err();
         assert!(
