@@ -53,6 +53,11 @@ async fn the_ending_soon_dm_is_sent_once_ten_minutes_before_the_end_and_survives
         assert!(button["text"]["text"].as_str().unwrap().contains(label));
         assert_eq!(button["value"], id.to_string());
     }
+    // Its Extend button opens the extend form for this grant.
+    app.click(REQUESTER, "jit_open_extend", id).await;
+    let form = app.wait_opened_view(1).await;
+    assert_eq!(form["callback_id"], "jit_extend");
+    assert!(form.to_string().contains(&format!("JIT-{id}")), "{form}");
     app.clock.advance(Duration::minutes(2));
     run_due(&app).await;
     app.clock.advance(Duration::minutes(8));
