@@ -16,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod fakeslack;
+pub mod forms;
 pub mod fuzzing;
 pub mod grants;
 pub mod healthcheck;
