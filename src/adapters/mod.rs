@@ -7,6 +7,7 @@
 pub mod conformance;
 pub mod exec;
 pub mod postgres;
+pub mod record;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -157,6 +158,7 @@ impl Adapters {
                     ),
                     AdapterConfig::Postgres(c) => Arc::new(postgres::PostgresAdapter::new(name, c.clone())),
                     AdapterConfig::Noop => Arc::new(NoopAdapter),
+                    AdapterConfig::Record(c) => Arc::new(record::RecordAdapter::new(name, c.file.clone())),
                 };
                 Ok((name.clone(), adapter))
             })

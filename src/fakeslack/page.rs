@@ -1,0 +1,937 @@
+//! The local Slack: a web page, served by the binary itself (`jitgate dev`), that a person
+//! uses like Slack — channels and direct messages, an "acting as" switcher over the demo
+//! people, a composer for slash commands, messages rendered from their Block Kit, and
+//! the app's Home tab — backed by the fake Slack of this module's parent.
+//!
+//! Nothing here talks to jitgate through a back door. A typed command is sent to the
+//! bot's `/slack/commands` and a click to `/slack/interactions`, form-encoded and signed
+//! exactly as Slack signs them; opening Home sends a signed `app_home_opened` event.
+//! What the bot does in return (posting, updating, publishing Home, answering a
+//! `response_url`) reaches the fake's Web API, and the page shows the fake's log of it
+//! ([`FakeSlack::observed_since`]). Every change is pushed to open pages by server-sent
+//! events, so a click by one person shows up for another without a reload.
+//!
+//! The page is one HTML file, one script and one style sheet compiled into the binary
+//! (no build step, nothing from a CDN). It renders all text with `textContent`, never as
+//! HTML. The server listens where it is told (`jitgate dev`: loopback only), answers only
+//! requests addressed to a loopback host name (no DNS rebinding), and takes actions only
+//! as JSON (so another web site cannot post a form to it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, Full};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{FakeSlack, Observed, BOT_USER};
+use crate::slack::signature;
+
+const INDEX_HTML: &str = include_str!("page/index.html");
+const APP_JS: &str = include_str!("page/app.js");
+const APP_CSS: &str = include_str!("page/app.css");
+
+/// Slack gives an app this long to answer a command or a click; later answers are
+/// shown as `operation_timeout`, as Slack does.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A person of the demo workspace.
+#[derive(Debug, Clone, Serialize)]
+pub struct Person {
+    /// The Slack user ID (`U…`).
+    pub id: String,
+    /// The name shown for them.
+    pub name: String,
+    /// What they do, shown beside the name in the switcher.
+    pub title: String,
+}
+
+/// A channel of the demo workspace.
+#[derive(Debug, Clone, Serialize)]
+pub struct Room {
+    /// The channel ID (`C…` or `G…`).
+    pub id: String,
+    /// Its name, without `#`.
+    pub name: String,
+}
+
+/// A user group (`S…`), shown as `@handle`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub id: String,
+    pub handle: String,
+    pub members: Vec<String>,
+}
+
+/// Who and what the local workspace has.
+#[derive(Debug, Clone, Serialize)]
+pub struct Directory {
+    /// The workspace ID commands and clicks carry.
+    pub team_id: String,
+    /// The app ID commands and clicks carry.
+    pub api_app_id: String,
+    /// The slash command as the bot knows it (`/jit`).
+    pub command: String,
+    pub people: Vec<Person>,
+    pub channels: Vec<Room>,
+    pub groups: Vec<Group>,
+}
+
+impl Directory {
+    /// Tells the fake Web API about the channels (for `conversations.info`), the user
+    /// groups (`usergroups.users.list`) and the people (`users.info`).
+    pub fn install(&self, fake: &FakeSlack) {
+        for c in &self.channels {
+            fake.set_channel(&c.id, &c.name);
+        }
+        for g in &self.groups {
+            let members: Vec<&str> = g.members.iter().map(String::as_str).collect();
+            fake.set_group(&g.id, &members);
+        }
+        for p in &self.people {
+            let email = format!("{}@example.com", p.name.to_ascii_lowercase().replace(' ', "."));
+            fake.set_email(&p.id, Some(&email));
+        }
+    }
+
+    fn person(&self, id: &str) -> Option<&Person> {
+        self.people.iter().find(|p| p.id == id)
+    }
+
+    /// The channel's name (`directmessage` for a DM), if it exists for `user`.
+    fn channel_name(&self, channel: &str, user: &str) -> Option<String> {
+        if channel == dm_channel(user) {
+            return Some("directmessage".into());
+        }
+        self.channels.iter().find(|c| c.id == channel).map(|c| c.name.clone())
+    }
+}
+
+/// The ID of the bot's direct-message channel with `user`, as the fake reports it for a
+/// post to the user ID (`U123` → `D123`).
+pub fn dm_channel(user: &str) -> String {
+    format!("D{}", user.get(1..).unwrap_or_default())
+}
+
+/// One message as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+struct Message {
+    channel: String,
+    ts: String,
+    /// Who posted it: the bot or a person.
+    user: String,
+    text: String,
+    blocks: Value,
+    /// An ephemeral message: only this person sees it.
+    only_for: Option<String>,
+    /// The command whose answer this is, shown above it.
+    command: Option<String>,
+    edited: bool,
+    /// When the page learnt of it, unix milliseconds.
+    at: i64,
+}
+
+/// Where a `response_url` the page handed out came from.
+#[derive(Debug, Clone)]
+struct Origin {
+    user: String,
+    channel: String,
+    command: Option<String>,
+    /// The message a click came from (so `replace_original` knows what to replace).
+    message_ts: Option<String>,
+}
+
+#[derive(Default)]
+struct Workspace {
+    messages: Vec<Message>,
+    /// User ID → their published Home tab.
+    homes: HashMap<String, Value>,
+    response_urls: HashMap<String, Origin>,
+    next_ts: u64,
+    /// The fake's log is applied up to here.
+    applied: usize,
+}
+
+impl Workspace {
+    fn local_ts(&mut self) -> String {
+        self.next_ts += 1;
+        format!("{}.{:06}", chrono::Utc::now().timestamp(), self.next_ts % 1_000_000)
+    }
+
+    fn find(&mut self, channel: &str, ts: &str) -> Option<&mut Message> {
+        self.messages.iter_mut().find(|m| m.channel == channel && m.ts == ts)
+    }
+
+    /// Applies one call the bot made to the fake.
+    fn apply(&mut self, o: &Observed) {
+        let now = chrono::Utc::now().timestamp_millis();
+        match o.method.as_str() {
+            "chat.postMessage" => self.messages.push(Message {
+                channel: o.reply["channel"].as_str().unwrap_or_default().to_string(),
+                ts: o.reply["ts"].as_str().unwrap_or_default().to_string(),
+                user: BOT_USER.to_string(),
+                text: str_of(&o.body["text"]),
+                blocks: json_of(&o.body["blocks"]),
+                only_for: None,
+                command: None,
+                edited: false,
+                at: now,
+            }),
+            "chat.postEphemeral" => {
+                let ts = self.local_ts();
+                self.messages.push(Message {
+                    channel: str_of(&o.body["channel"]),
+                    ts,
+                    user: BOT_USER.to_string(),
+                    text: str_of(&o.body["text"]),
+                    blocks: json_of(&o.body["blocks"]),
+                    only_for: o.body["user"].as_str().map(String::from),
+                    command: None,
+                    edited: false,
+                    at: now,
+                })
+            }
+            "chat.update" => {
+                let (channel, ts) = (str_of(&o.body["channel"]), str_of(&o.body["ts"]));
+                if let Some(m) = self.find(&channel, &ts) {
+                    m.text = str_of(&o.body["text"]);
+                    m.blocks = json_of(&o.body["blocks"]);
+                    m.edited = true;
+                }
+            }
+            "views.publish" => {
+                if let Some(user) = o.body["user_id"].as_str() {
+                    let mut view = json_of(&o.body["view"]);
+                    if let Some(published) = o.reply.get("view") {
+                        view = json_of(published);
+                    }
+                    self.homes.insert(user.to_string(), view);
+                }
+            }
+            "response_url" => self.answer(&o.body, now),
+            _ => {}
+        }
+    }
+
+    /// A post to a `response_url` the page handed out, with Slack's semantics.
+    fn answer(&mut self, body: &Value, now: i64) {
+        let id = str_of(&body["response_url_id"]);
+        let Some(origin) = self.response_urls.get(&id).cloned() else {
+            return;
+        };
+        let replace = body["replace_original"].as_bool().unwrap_or(false);
+        if let Some(ts) = &origin.message_ts {
+            if body["delete_original"].as_bool().unwrap_or(false) {
+                self.messages.retain(|m| !(m.channel == origin.channel && &m.ts == ts));
+                return;
+            }
+            if replace {
+                if let Some(m) = self.find(&origin.channel, ts) {
+                    m.text = str_of(&body["text"]);
+                    m.blocks = json_of(&body["blocks"]);
+                    m.edited = true;
+                }
+                return;
+            }
+        }
+        let in_channel = body["response_type"].as_str() == Some("in_channel");
+        let ts = self.local_ts();
+        self.messages.push(Message {
+            channel: origin.channel,
+            ts,
+            user: BOT_USER.to_string(),
+            text: str_of(&body["text"]),
+            blocks: json_of(&body["blocks"]),
+            only_for: (!in_channel).then_some(origin.user),
+            command: origin.command,
+            edited: false,
+            at: now,
+        });
+    }
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// Blocks and views arrive as JSON, or (form-encoded calls) as a JSON string.
+fn json_of(v: &Value) -> Value {
+    match v {
+        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+        other => other.clone(),
+    }
+}
+
+/// A trigger_id for a command or a click: unique (jitgate acts on each once), in Slack's
+/// shape. The one place they are made.
+fn trigger_id() -> String {
+    format!(
+        "{}.{}.{}",
+        rand::random::<u32>(),
+        rand::random::<u32>(),
+        hex::encode(rand::random::<[u8; 16]>())
+    )
+}
+
+type HttpClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+#[derive(Clone)]
+struct Page {
+    fake: FakeSlack,
+    dir: Arc<Directory>,
+    /// The bot's base URL (`http://127.0.0.1:PORT`).
+    bot: Arc<str>,
+    secret: Arc<[u8]>,
+    ws: Arc<Mutex<Workspace>>,
+    /// Bumped at every change the page shows.
+    version: Arc<tokio::sync::watch::Sender<u64>>,
+    http: HttpClient,
+    stop: CancellationToken,
+}
+
+impl Page {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Workspace> {
+        self.ws.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Applies what the fake logged since last time.
+    fn catch_up(&self) {
+        let mut ws = self.lock();
+        let new = self.fake.observed_since(ws.applied);
+        if new.is_empty() {
+            return;
+        }
+        for o in &new {
+            ws.apply(o);
+        }
+        ws.applied += new.len();
+        drop(ws);
+        self.changed();
+    }
+
+    /// POSTs `body` to the bot's `path`, signed as Slack signs it, within Slack's time.
+    async fn send_signed(&self, path: &str, content_type: &str, body: String) -> Result<(u16, String, Bytes), String> {
+        let ts = chrono::Utc::now().timestamp().to_string();
+        let sig = signature::sign(&self.secret, &ts, body.as_bytes());
+        let req = hyper::Request::post(format!("{}{path}", self.bot))
+            .header(header::CONTENT_TYPE, content_type)
+            .header("x-slack-request-timestamp", ts)
+            .header("x-slack-signature", sig)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let call = async {
+            let res = self
+                .http
+                .request(req)
+                .await
+                .map_err(|_| "dispatch_failed".to_string())?;
+            let status = res.status().as_u16();
+            let ctype = res
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let bytes = res
+                .into_body()
+                .collect()
+                .await
+                .map_err(|_| "dispatch_failed".to_string())?
+                .to_bytes();
+            Ok((status, ctype, bytes))
+        };
+        tokio::time::timeout(REPLY_TIMEOUT, call)
+            .await
+            .map_err(|_| "operation_timeout".to_string())?
+    }
+
+    /// Shows `text` to `user` alone, as Slack shows its own errors.
+    fn ephemeral(&self, user: &str, channel: &str, command: Option<String>, text: String) {
+        let mut ws = self.lock();
+        let ts = ws.local_ts();
+        ws.messages.push(Message {
+            channel: channel.to_string(),
+            ts,
+            user: "USLACKBOT".into(),
+            text,
+            blocks: Value::Null,
+            only_for: Some(user.to_string()),
+            command,
+            edited: false,
+            at: chrono::Utc::now().timestamp_millis(),
+        });
+        drop(ws);
+        self.changed();
+    }
+
+    fn new_response_url(&self, origin: Origin) -> String {
+        let id = hex::encode(rand::random::<[u8; 12]>());
+        self.lock().response_urls.insert(id.clone(), origin);
+        self.fake.response_url(&id)
+    }
+}
+
+/// Serves the local Slack page on `listener` until `stop` is cancelled, for the bot at
+/// `bot_url` (`http://127.0.0.1:PORT`) that checks signatures with `signing_secret`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    fake: FakeSlack,
+    dir: Directory,
+    bot_url: &str,
+    signing_secret: &[u8],
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    dir.install(&fake);
+    let page = Page {
+        fake: fake.clone(),
+        dir: Arc::new(dir),
+        bot: Arc::from(bot_url.trim_end_matches('/')),
+        secret: Arc::from(signing_secret),
+        ws: Arc::default(),
+        version: Arc::new(tokio::sync::watch::Sender::new(0)),
+        http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+        stop: stop.clone(),
+    };
+    // Follow the fake's log: every call the bot makes shows on the page.
+    let follower = page.clone();
+    let mut changes = fake.subscribe();
+    tokio::spawn(async move {
+        loop {
+            follower.catch_up();
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = follower.stop.cancelled() => break,
+            }
+        }
+        tracing::debug!("local Slack: stopped following the fake's log");
+    });
+    let app = router(page);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+fn router(page: Page) -> Router {
+    Router::new()
+        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route("/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
+        .route("/api/people", get(people))
+        .route("/api/state", get(state))
+        .route("/api/events", get(events))
+        .route("/api/command", post(command))
+        .route("/api/action", post(action))
+        .route("/api/home_opened", post(home_opened))
+        .layer(middleware::from_fn(loopback_only))
+        .with_state(page)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Answers only requests addressed to a loopback name (a DNS-rebinding page gets 403),
+/// and refuses cross-site requests a browser marks as such.
+async fn loopback_only(req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => host,
+    };
+    let loopback = matches!(name, "127.0.0.1" | "localhost" | "[::1]");
+    let cross_site = req
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site");
+    if !loopback || cross_site {
+        return (
+            StatusCode::FORBIDDEN,
+            "the local Slack answers only on 127.0.0.1 or localhost, from its own page\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// The people one can act as.
+async fn people(State(page): State<Page>) -> Response {
+    Json(&page.dir.people).into_response()
+}
+
+#[derive(Deserialize)]
+struct Who {
+    user: String,
+}
+
+/// What `user` sees: the directory, the messages visible to them, their Home tab.
+async fn state(State(page): State<Page>, Query(who): Query<Who>) -> Response {
+    page.catch_up();
+    let Some(me) = page.dir.person(&who.user).cloned() else {
+        return error(StatusCode::NOT_FOUND, "no such person in this workspace");
+    };
+    let ws = page.lock();
+    let dm = dm_channel(&me.id);
+    let messages: Vec<&Message> = ws
+        .messages
+        .iter()
+        .filter(|m| m.only_for.as_deref().is_none_or(|u| u == me.id))
+        .filter(|m| !m.channel.starts_with('D') || m.channel == dm)
+        .collect();
+    let body = json!({
+        "version": *page.version.borrow(),
+        "me": me,
+        "bot": {"id": BOT_USER, "name": "jitgate"},
+        "team_id": page.dir.team_id,
+        "command": page.dir.command,
+        "people": page.dir.people,
+        "channels": page.dir.channels,
+        "groups": page.dir.groups.iter().map(|g| json!({"id": g.id, "handle": g.handle})).collect::<Vec<_>>(),
+        "dm": dm,
+        "messages": messages,
+        "home": ws.homes.get(&me.id),
+    });
+    Json(body).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"ok": false, "error": message}))).into_response()
+}
+
+/// Server-sent events: `changed` with the new version after every change.
+async fn events(State(page): State<Page>) -> Response {
+    let rx = page.version.subscribe();
+    let stop = page.stop.clone();
+    let stream = futures_util::stream::unfold((rx, stop), |(mut rx, stop)| async move {
+        tokio::select! {
+            changed = rx.changed() => changed.ok()?,
+            _ = stop.cancelled() => return None,
+        }
+        let v = *rx.borrow_and_update();
+        let event = Event::default().event("changed").data(v.to_string());
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, stop)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+#[derive(Deserialize)]
+struct CommandReq {
+    user: String,
+    channel: String,
+    text: String,
+}
+
+/// A line typed in the composer: a slash command goes to the bot, signed; anything else
+/// is posted in the channel as the person's message.
+async fn command(State(page): State<Page>, Json(req): Json<CommandReq>) -> Response {
+    let Some(me) = page.dir.person(&req.user).cloned() else {
+        return error(StatusCode::BAD_REQUEST, "no such person in this workspace");
+    };
+    let Some(channel_name) = page.dir.channel_name(&req.channel, &me.id) else {
+        return error(StatusCode::BAD_REQUEST, "no such channel here");
+    };
+    let text = req.text.trim();
+    if text.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "type a message or a command");
+    }
+    if !text.starts_with('/') {
+        let mut ws = page.lock();
+        let ts = ws.local_ts();
+        ws.messages.push(Message {
+            channel: req.channel.clone(),
+            ts,
+            user: me.id.clone(),
+            text: text.to_string(),
+            blocks: Value::Null,
+            only_for: None,
+            command: None,
+            edited: false,
+            at: chrono::Utc::now().timestamp_millis(),
+        });
+        drop(ws);
+        page.changed();
+        return Json(json!({"ok": true})).into_response();
+    }
+    let (name, args) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    if name != page.dir.command {
+        page.ephemeral(
+            &me.id,
+            &req.channel,
+            Some(text.to_string()),
+            format!(
+                "`{name}` is not a valid command here. jitgate's command is `{}`.",
+                page.dir.command
+            ),
+        );
+        return Json(json!({"ok": true})).into_response();
+    }
+    let response_url = page.new_response_url(Origin {
+        user: me.id.clone(),
+        channel: req.channel.clone(),
+        command: Some(text.to_string()),
+        message_ts: None,
+    });
+    let form = [
+        ("token", "local-slack-legacy-token"),
+        ("team_id", &page.dir.team_id),
+        ("team_domain", "local"),
+        ("channel_id", &req.channel),
+        ("channel_name", &channel_name),
+        ("user_id", &me.id),
+        ("user_name", &me.name),
+        ("command", name),
+        ("text", args.trim()),
+        ("api_app_id", &page.dir.api_app_id),
+        ("is_enterprise_install", "false"),
+        ("response_url", &response_url),
+        ("trigger_id", &trigger_id()),
+    ];
+    let body = match serde_urlencoded::to_string(form) {
+        Ok(b) => b,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "the command cannot be encoded"),
+    };
+    let reply = page
+        .send_signed("/slack/commands", "application/x-www-form-urlencoded", body)
+        .await;
+    let typed = Some(text.to_string());
+    match reply {
+        Ok((200, ctype, bytes)) => {
+            if bytes.is_empty() {
+                // An empty 200: the bot answers later, by response_url or message.
+            } else if ctype.starts_with("application/json") {
+                let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let mut ws = page.lock();
+                let ts = ws.local_ts();
+                let in_channel = v["response_type"].as_str() == Some("in_channel");
+                ws.messages.push(Message {
+                    channel: req.channel.clone(),
+                    ts,
+                    user: BOT_USER.into(),
+                    text: str_of(&v["text"]),
+                    blocks: json_of(&v["blocks"]),
+                    only_for: (!in_channel).then(|| me.id.clone()),
+                    command: typed,
+                    edited: false,
+                    at: chrono::Utc::now().timestamp_millis(),
+                });
+                drop(ws);
+                page.changed();
+            } else {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let mut ws = page.lock();
+                let ts = ws.local_ts();
+                ws.messages.push(Message {
+                    channel: req.channel.clone(),
+                    ts,
+                    user: BOT_USER.into(),
+                    text,
+                    blocks: Value::Null,
+                    only_for: Some(me.id.clone()),
+                    command: typed,
+                    edited: false,
+                    at: chrono::Utc::now().timestamp_millis(),
+                });
+                drop(ws);
+                page.changed();
+            }
+        }
+        Ok((status, _, _)) => page.ephemeral(
+            &me.id,
+            &req.channel,
+            typed,
+            format!("{name} failed with the error \"dispatch_failed\" (jitgate answered HTTP {status})"),
+        ),
+        Err(code) => page.ephemeral(
+            &me.id,
+            &req.channel,
+            typed,
+            format!("{name} failed with the error \"{code}\""),
+        ),
+    }
+    Json(json!({"ok": true})).into_response()
+}
+
+#[derive(Deserialize)]
+struct ActionReq {
+    user: String,
+    /// The message's channel and ts; absent for a click on the Home tab.
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    ts: Option<String>,
+    block_id: String,
+    action_id: String,
+}
+
+/// Finds the button `action_id` in block `block_id` (a section's accessory or an actions
+/// element): the page says which button, the message says what it carries.
+fn find_button<'a>(blocks: &'a Value, block_id: &str, action_id: &str) -> Option<&'a Value> {
+    let blocks = blocks.as_array()?;
+    blocks.iter().enumerate().find_map(|(i, b)| {
+        let id = b["block_id"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| format!("b{i}"));
+        if id != block_id {
+            return None;
+        }
+        let mut candidates: Vec<&Value> = b["elements"].as_array().map(|e| e.iter().collect()).unwrap_or_default();
+        candidates.push(&b["accessory"]);
+        candidates
+            .into_iter()
+            .find(|e| e["type"] == "button" && e["action_id"].as_str() == Some(action_id))
+    })
+}
+
+/// A click on a button: a signed `block_actions` interaction, as Slack sends it.
+async fn action(State(page): State<Page>, Json(req): Json<ActionReq>) -> Response {
+    page.catch_up();
+    let Some(me) = page.dir.person(&req.user).cloned() else {
+        return error(StatusCode::BAD_REQUEST, "no such person in this workspace");
+    };
+    let user = json!({"id": me.id, "username": me.name.to_ascii_lowercase(), "name": me.name.to_ascii_lowercase(), "team_id": page.dir.team_id});
+    let now = chrono::Utc::now();
+    let action_ts = format!("{}.{:06}", now.timestamp(), now.timestamp_subsec_micros());
+    let mut payload = json!({
+        "type": "block_actions",
+        "token": "local-slack-legacy-token",
+        "team": {"id": page.dir.team_id, "domain": "local"},
+        "user": user,
+        "api_app_id": page.dir.api_app_id,
+        "is_enterprise_install": false,
+        "enterprise": null,
+        "trigger_id": trigger_id(),
+        "state": {"values": {}},
+    });
+    let button = match (&req.channel, &req.ts) {
+        (Some(channel), Some(ts)) => {
+            let Some(channel_name) = page.dir.channel_name(channel, &me.id) else {
+                return error(StatusCode::BAD_REQUEST, "no such channel here");
+            };
+            let ws = page.lock();
+            let Some(m) = ws
+                .messages
+                .iter()
+                .find(|m| &m.channel == channel && &m.ts == ts && m.only_for.as_deref().is_none_or(|u| u == me.id))
+            else {
+                return error(StatusCode::NOT_FOUND, "that message is gone");
+            };
+            let Some(button) = find_button(&m.blocks, &req.block_id, &req.action_id).cloned() else {
+                return error(StatusCode::NOT_FOUND, "that button is no longer on the message");
+            };
+            let ephemeral = m.only_for.is_some();
+            payload["container"] =
+                json!({"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": ephemeral});
+            payload["channel"] = json!({"id": channel, "name": channel_name});
+            // Slack leaves the message out when it was ephemeral.
+            if !ephemeral {
+                payload["message"] = json!({
+                    "type": "message", "subtype": "bot_message", "user": m.user, "bot_id": "B0JITGATE",
+                    "ts": m.ts, "text": m.text, "blocks": m.blocks, "team": page.dir.team_id,
+                });
+            }
+            drop(ws);
+            payload["response_url"] = json!(page.new_response_url(Origin {
+                user: me.id.clone(),
+                channel: channel.clone(),
+                command: None,
+                message_ts: Some(ts.clone()),
+            }));
+            button
+        }
+        (None, None) => {
+            let ws = page.lock();
+            let Some(view) = ws.homes.get(&me.id) else {
+                return error(StatusCode::NOT_FOUND, "no Home tab is published for you");
+            };
+            let Some(button) = find_button(&view["blocks"], &req.block_id, &req.action_id).cloned() else {
+                return error(StatusCode::NOT_FOUND, "that button is no longer on the Home tab");
+            };
+            payload["container"] = json!({"type": "view", "view_id": view["id"]});
+            payload["view"] = view.clone();
+            button
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "give both channel and ts, or neither (Home)"),
+    };
+    let mut clicked = json!({
+        "type": "button",
+        "action_id": req.action_id,
+        "block_id": req.block_id,
+        "text": button["text"],
+        "action_ts": action_ts,
+    });
+    for key in ["value", "style"] {
+        if !button[key].is_null() {
+            clicked[key] = button[key].clone();
+        }
+    }
+    payload["actions"] = json!([clicked]);
+    let body = match serde_urlencoded::to_string([("payload", payload.to_string())]) {
+        Ok(b) => b,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "the click cannot be encoded"),
+    };
+    let channel = req.channel.clone().unwrap_or_else(|| dm_channel(&me.id));
+    match page
+        .send_signed("/slack/interactions", "application/x-www-form-urlencoded", body)
+        .await
+    {
+        Ok((200, _, _)) => {}
+        Ok((status, _, _)) => page.ephemeral(
+            &me.id,
+            &channel,
+            None,
+            format!("That didn't work: jitgate answered HTTP {status} (dispatch_failed)"),
+        ),
+        Err(code) => page.ephemeral(&me.id, &channel, None, format!("That didn't work: \"{code}\"")),
+    }
+    Json(json!({"ok": true})).into_response()
+}
+
+/// Opening the app's Home tab: a signed `app_home_opened` event (Events API).
+async fn home_opened(State(page): State<Page>, Json(who): Json<Who>) -> Response {
+    let Some(me) = page.dir.person(&who.user).cloned() else {
+        return error(StatusCode::BAD_REQUEST, "no such person in this workspace");
+    };
+    let now = chrono::Utc::now();
+    let event_ts = format!("{}.{:06}", now.timestamp(), now.timestamp_subsec_micros());
+    let mut event = json!({
+        "type": "app_home_opened",
+        "user": me.id,
+        "channel": dm_channel(&me.id),
+        "tab": "home",
+        "event_ts": event_ts,
+    });
+    if let Some(view) = page.lock().homes.get(&me.id) {
+        event["view"] = view.clone();
+    }
+    let envelope = json!({
+        "token": "local-slack-legacy-token",
+        "team_id": page.dir.team_id,
+        "api_app_id": page.dir.api_app_id,
+        "event": event,
+        "type": "event_callback",
+        "event_id": format!("Ev{}", hex::encode_upper(rand::random::<[u8; 8]>())),
+        "event_time": now.timestamp(),
+        "authorizations": [{"team_id": page.dir.team_id, "user_id": BOT_USER, "is_bot": true}],
+        "is_ext_shared_channel": false,
+    });
+    match page
+        .send_signed("/slack/events", "application/json", envelope.to_string())
+        .await
+    {
+        Ok((200, _, _)) => Json(json!({"ok": true})).into_response(),
+        Ok((status, _, _)) => error(StatusCode::BAD_GATEWAY, &format!("jitgate answered HTTP {status}")),
+        Err(code) => error(StatusCode::BAD_GATEWAY, &code),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buttons_are_found_in_actions_and_accessories_only_where_they_are() {
+        let blocks = json!([
+            {"type": "section", "block_id": "s", "text": {"type": "mrkdwn", "text": "x"},
+             "accessory": {"type": "button", "action_id": "more", "value": "7", "text": {"type": "plain_text", "text": "More"}}},
+            {"type": "actions", "block_id": "a", "elements": [
+                {"type": "button", "action_id": "jit_approve", "value": "42", "text": {"type": "plain_text", "text": "Approve"}}]},
+            {"type": "actions", "elements": [
+                {"type": "button", "action_id": "nameless", "value": "1", "text": {"type": "plain_text", "text": "N"}}]}
+        ]);
+        assert_eq!(find_button(&blocks, "a", "jit_approve").unwrap()["value"], "42");
+        assert_eq!(find_button(&blocks, "s", "more").unwrap()["value"], "7");
+        assert_eq!(find_button(&blocks, "b2", "nameless").unwrap()["value"], "1");
+        assert!(find_button(&blocks, "s", "jit_approve").is_none());
+        assert!(find_button(&json!(null), "a", "jit_approve").is_none());
+    }
+
+    #[test]
+    fn a_response_url_answer_is_ephemeral_unless_in_channel_and_replaces_when_asked() {
+        let mut ws = Workspace::default();
+        ws.response_urls.insert(
+            "r1".into(),
+            Origin {
+                user: "U1".into(),
+                channel: "C1".into(),
+                command: Some("/jit list".into()),
+                message_ts: None,
+            },
+        );
+        ws.answer(&json!({"response_url_id": "r1", "text": "hello"}), 0);
+        assert_eq!(ws.messages[0].only_for.as_deref(), Some("U1"));
+        ws.answer(
+            &json!({"response_url_id": "r1", "text": "all", "response_type": "in_channel"}),
+            0,
+        );
+        assert_eq!(ws.messages[1].only_for, None);
+        ws.messages.push(Message {
+            channel: "C1".into(),
+            ts: "5.0".into(),
+            user: BOT_USER.into(),
+            text: "card".into(),
+            blocks: Value::Null,
+            only_for: None,
+            command: None,
+            edited: false,
+            at: 0,
+        });
+        ws.response_urls.insert(
+            "r2".into(),
+            Origin {
+                user: "U2".into(),
+                channel: "C1".into(),
+                command: None,
+                message_ts: Some("5.0".into()),
+            },
+        );
+        ws.answer(
+            &json!({"response_url_id": "r2", "text": "new", "replace_original": true}),
+            0,
+        );
+        assert_eq!(ws.messages[2].text, "new");
+        ws.answer(&json!({"response_url_id": "r2", "delete_original": true}), 0);
+        assert_eq!(ws.messages.len(), 2);
+        // An unknown response_url changes nothing.
+        ws.answer(&json!({"response_url_id": "nope", "text": "x"}), 0);
+        assert_eq!(ws.messages.len(), 2);
+    }
+
+    #[test]
+    fn a_dm_channel_is_the_user_id_with_d() {
+        assert_eq!(dm_channel("U0ALICE"), "D0ALICE");
+        assert_eq!(dm_channel(""), "D");
+    }
+}

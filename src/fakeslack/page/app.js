@@ -1,0 +1,362 @@
+// The local Slack page. Plain JavaScript, no build step. Every piece of text reaches the
+// page through textContent or createTextNode, never innerHTML.
+"use strict";
+
+const state = { data: null, user: null, room: null, seen: {} };
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = text;
+  return e;
+}
+
+function personName(id) {
+  const p = state.data && state.data.people.find((x) => x.id === id);
+  if (p) return p.name;
+  if (state.data && id === state.data.bot.id) return state.data.bot.name;
+  return id;
+}
+
+function channelName(id) {
+  const c = state.data && state.data.channels.find((x) => x.id === id);
+  return c ? c.name : id;
+}
+
+function groupHandle(id) {
+  const g = state.data && state.data.groups.find((x) => x.id === id);
+  return g ? g.handle : id;
+}
+
+function decodeEntities(s) {
+  return s.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&amp;/g, "&");
+}
+
+// <…> tokens of Slack's mrkdwn: mentions, channels, user groups, special mentions,
+// dates and links.
+function specialToken(inner) {
+  const [target, label] = splitOnce(inner, "|");
+  if (target.startsWith("@")) return mention("@" + (label || personName(target.slice(1))));
+  if (target.startsWith("#")) return mention("#" + (label || channelName(target.slice(1))));
+  if (target.startsWith("!subteam^")) return mention("@" + (label || groupHandle(target.slice(9))).replace(/^@/, ""));
+  if (target.startsWith("!date^")) {
+    const parts = target.split("^");
+    const secs = Number(parts[1]);
+    return document.createTextNode(label || (Number.isFinite(secs) ? new Date(secs * 1000).toLocaleString() : ""));
+  }
+  if (target.startsWith("!")) return mention("@" + (label || target.slice(1)));
+  const url = decodeEntities(target);
+  const text = decodeEntities(label || target);
+  if (/^(https?:|mailto:)/i.test(url)) {
+    const a = el("a", null, text);
+    a.href = url;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    return a;
+  }
+  return document.createTextNode(text);
+}
+
+function splitOnce(s, sep) {
+  const i = s.indexOf(sep);
+  return i < 0 ? [s, ""] : [s.slice(0, i), s.slice(i + 1)];
+}
+
+function mention(text) {
+  return el("span", "mention", text);
+}
+
+// A mrkdwn string → DOM. Formatting markers may wrap mentions and links
+// (`*<@U1>*`): tokens are resolved inside each formatted stretch.
+function mrkdwn(text) {
+  const root = el("div", "mrkdwn");
+  const parts = String(text).split(/```/);
+  parts.forEach((part, i) => {
+    if (i % 2 === 1) {
+      root.appendChild(el("pre", null, decodeEntities(part.replace(/^\n/, ""))));
+      return;
+    }
+    formatted(part, root);
+  });
+  return root;
+}
+
+function formatted(text, into) {
+  const re = /\*([^*\n]+)\*|(^|[^\w])_([^_\n]+)_(?!\w)|~([^~\n]+)~|`([^`\n]+)`/g;
+  let last = 0;
+  let m;
+  while ((m = re.exec(text)) !== null) {
+    let before = text.slice(last, m.index);
+    if (m[3] !== undefined) before += m[2];
+    tokens(before, into);
+    let wrap;
+    let inner;
+    if (m[1] !== undefined) { wrap = el("b"); inner = m[1]; }
+    else if (m[3] !== undefined) { wrap = el("i"); inner = m[3]; }
+    else if (m[4] !== undefined) { wrap = el("s"); inner = m[4]; }
+    else { into.appendChild(el("code", null, decodeEntities(m[5]))); last = re.lastIndex; continue; }
+    tokens(inner, wrap);
+    into.appendChild(wrap);
+    last = re.lastIndex;
+  }
+  tokens(text.slice(last), into);
+}
+
+function tokens(text, into) {
+  const re = /<([^<>\n]+)>/g;
+  let last = 0;
+  let m;
+  while ((m = re.exec(text)) !== null) {
+    into.appendChild(document.createTextNode(decodeEntities(text.slice(last, m.index))));
+    into.appendChild(specialToken(m[1]));
+    last = re.lastIndex;
+  }
+  into.appendChild(document.createTextNode(decodeEntities(text.slice(last))));
+}
+
+function textObject(t) {
+  if (!t) return document.createTextNode("");
+  if (t.type === "mrkdwn") return mrkdwn(t.text || "");
+  const span = el("span", "plain", t.text || "");
+  span.style.whiteSpace = "pre-wrap";
+  return span;
+}
+
+function button(b, where, blockId) {
+  const btn = el("button", "btn" + (b.style ? " " + b.style : ""), b.text ? b.text.text : "");
+  btn.type = "button";
+  btn.dataset.actionId = b.action_id || "";
+  btn.dataset.blockId = blockId;
+  btn.addEventListener("click", () => {
+    const go = () => click(where, blockId, b.action_id || "", btn);
+    if (b.confirm) confirmDialog(b.confirm, go);
+    else go();
+  });
+  return btn;
+}
+
+function renderBlocks(blocks, where) {
+  const out = el("div", "blocks");
+  (blocks || []).forEach((b, i) => {
+    const blockId = b.block_id || "b" + i;
+    let node;
+    switch (b.type) {
+      case "header":
+        node = el("div", "block block-header", b.text ? b.text.text : "");
+        break;
+      case "section": {
+        node = el("div", "block block-section");
+        const main = el("div", "section-main");
+        if (b.text) main.appendChild(textObject(b.text));
+        if (b.fields && b.fields.length) {
+          const f = el("div", "fields");
+          b.fields.forEach((x) => f.appendChild(textObject(x)));
+          main.appendChild(f);
+        }
+        node.appendChild(main);
+        if (b.accessory && b.accessory.type === "button") node.appendChild(button(b.accessory, where, blockId));
+        break;
+      }
+      case "context":
+        node = el("div", "block block-context");
+        (b.elements || []).forEach((x) => {
+          if (x.type === "image") node.appendChild(el("span", null, x.alt_text || ""));
+          else node.appendChild(textObject(x));
+        });
+        break;
+      case "divider":
+        node = el("hr", "block block-divider");
+        break;
+      case "actions":
+        node = el("div", "block block-actions");
+        (b.elements || []).forEach((x) => {
+          if (x.type === "button") node.appendChild(button(x, where, blockId));
+          else node.appendChild(el("span", "unsupported", "[" + x.type + "]"));
+        });
+        break;
+      case "image":
+        node = el("div", "block unsupported", "[image: " + (b.alt_text || "") + "]");
+        break;
+      default:
+        node = el("div", "block unsupported", "[" + b.type + " block]");
+    }
+    node.dataset.blockId = blockId;
+    out.appendChild(node);
+  });
+  return out;
+}
+
+function confirmDialog(c, go) {
+  const back = document.getElementById("dialog-backdrop");
+  document.getElementById("dialog-title").textContent = c.title ? c.title.text : "Are you sure?";
+  const text = document.getElementById("dialog-text");
+  text.replaceChildren(textObject(c.text));
+  const yes = document.getElementById("dialog-confirm");
+  const no = document.getElementById("dialog-deny");
+  yes.textContent = c.confirm ? c.confirm.text : "Yes";
+  no.textContent = c.deny ? c.deny.text : "Cancel";
+  yes.className = "btn " + (c.style === "danger" ? "danger" : "primary");
+  const close = () => { back.hidden = true; yes.onclick = null; no.onclick = null; };
+  yes.onclick = () => { close(); go(); };
+  no.onclick = close;
+  back.hidden = false;
+}
+
+async function api(path, body) {
+  const res = await fetch(path, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (!res.ok) {
+    let msg = "HTTP " + res.status;
+    try { msg = (await res.json()).error || msg; } catch (_) { /* not JSON */ }
+    showError(msg);
+  }
+  await refresh();
+}
+
+function showError(msg) {
+  let bar = document.getElementById("error-bar");
+  if (!bar) {
+    bar = el("div");
+    bar.id = "error-bar";
+    document.getElementById("main").prepend(bar);
+  }
+  bar.textContent = msg;
+}
+
+function click(where, blockId, actionId, btn) {
+  btn.disabled = true;
+  const body = { user: state.user, block_id: blockId, action_id: actionId };
+  if (where.channel) { body.channel = where.channel; body.ts = where.ts; }
+  api("/api/action", body).finally(() => { btn.disabled = false; });
+}
+
+function initials(name) {
+  return name.split(/\s+/).map((w) => w[0] || "").join("").slice(0, 2).toUpperCase();
+}
+
+function renderMessage(m) {
+  const row = el("div", "message" + (m.only_for ? " ephemeral" : ""));
+  row.dataset.ts = m.ts;
+  row.dataset.channel = m.channel;
+  const isBot = m.user === state.data.bot.id || m.user === "USLACKBOT";
+  const author = m.user === "USLACKBOT" ? "Slackbot" : personName(m.user);
+  row.appendChild(el("div", "avatar" + (isBot ? " bot" : ""), initials(author)));
+  const body = el("div", "body");
+  const meta = el("div", "meta");
+  meta.appendChild(el("span", "author", author));
+  if (isBot) meta.appendChild(el("span", "app-tag", "APP"));
+  meta.appendChild(el("span", "time", new Date(m.at).toLocaleTimeString()));
+  if (m.edited) meta.appendChild(el("span", "edited", " (edited)"));
+  body.appendChild(meta);
+  if (m.only_for) body.appendChild(el("div", "only-you", "Only visible to you"));
+  if (m.command) body.appendChild(el("div", "typed", m.command));
+  if (Array.isArray(m.blocks) && m.blocks.length) {
+    body.appendChild(renderBlocks(m.blocks, { channel: m.channel, ts: m.ts }));
+  } else {
+    body.appendChild(mrkdwn(m.text || ""));
+  }
+  row.appendChild(body);
+  return row;
+}
+
+function li(id, label, count) {
+  const item = el("li", state.room === id ? "active" : "", label);
+  item.dataset.room = id;
+  if (count) item.appendChild(el("span", "badge", String(count)));
+  item.addEventListener("click", () => openRoom(id));
+  return item;
+}
+
+function openRoom(id) {
+  state.room = id;
+  if (id === "home") api("/api/home_opened", { user: state.user });
+  render();
+}
+
+function unread(channel) {
+  const list = state.data.messages.filter((m) => m.channel === channel);
+  const seen = state.seen[state.user + channel] || 0;
+  return state.room === channel ? 0 : Math.max(0, list.length - seen);
+}
+
+function render() {
+  const d = state.data;
+  if (!d) return;
+  const sel = document.getElementById("acting-as");
+  if (sel.options.length !== d.people.length) {
+    sel.replaceChildren();
+    d.people.forEach((p) => {
+      const o = el("option", null, p.name + (p.title ? " — " + p.title : ""));
+      o.value = p.id;
+      sel.appendChild(o);
+    });
+  }
+  sel.value = state.user;
+  if (!state.room) state.room = d.channels.length ? d.channels[0].id : "home";
+  document.getElementById("apps").replaceChildren(li("home", "jitgate (Home)"));
+  document.getElementById("channels").replaceChildren(...d.channels.map((c) => li(c.id, "# " + c.name, unread(c.id))));
+  document.getElementById("dms").replaceChildren(li(d.dm, "jitgate", unread(d.dm)));
+  const box = document.getElementById("messages");
+  const title = document.getElementById("room-title");
+  const composer = document.getElementById("composer");
+  if (state.room === "home") {
+    title.textContent = "jitgate — Home";
+    composer.hidden = true;
+    const home = el("div", "home");
+    home.id = "home";
+    if (d.home && Array.isArray(d.home.blocks)) home.appendChild(renderBlocks(d.home.blocks, { home: true }));
+    else home.appendChild(el("div", "empty", "jitgate has not published a Home tab for you yet."));
+    box.replaceChildren(home);
+    return;
+  }
+  composer.hidden = false;
+  title.textContent = state.room === d.dm ? "jitgate" : "# " + channelName(state.room);
+  const list = d.messages.filter((m) => m.channel === state.room);
+  state.seen[state.user + state.room] = list.length;
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  if (list.length) box.replaceChildren(...list.map(renderMessage));
+  else box.replaceChildren(el("div", "empty", "No messages yet. Type " + d.command + " help below."));
+  if (atBottom || list.length) box.scrollTop = box.scrollHeight;
+}
+
+async function refresh() {
+  const res = await fetch("/api/state?user=" + encodeURIComponent(state.user));
+  if (!res.ok) { showError("cannot load the workspace: HTTP " + res.status); return; }
+  state.data = await res.json();
+  document.body.dataset.version = String(state.data.version);
+  render();
+}
+
+async function start() {
+  const params = new URLSearchParams(location.search);
+  const res = await fetch("/api/people");
+  if (!res.ok) { showError("cannot load the workspace: HTTP " + res.status); return; }
+  const people = await res.json();
+  const wanted = params.get("as");
+  state.user = people.some((p) => p.id === wanted) ? wanted : people[0].id;
+  if (params.get("room")) state.room = params.get("room");
+  await refresh();
+  document.getElementById("acting-as").addEventListener("change", (e) => {
+    state.user = e.target.value;
+    if (state.room && state.room.startsWith("D")) state.room = null;
+    refresh().then(() => { if (state.room === "home") openRoom("home"); });
+  });
+  document.getElementById("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = document.getElementById("composer-input");
+    const text = input.value;
+    if (!text.trim()) return;
+    input.value = "";
+    api("/api/command", { user: state.user, channel: state.room, text });
+  });
+  const events = new EventSource("/api/events");
+  const live = document.getElementById("live");
+  events.onopen = () => live.classList.add("on");
+  events.onerror = () => live.classList.remove("on");
+  events.addEventListener("changed", () => refresh());
+}
+
+document.addEventListener("DOMContentLoaded", start);
