@@ -16,6 +16,7 @@ mod floods;
 mod fuzz_corpus;
 mod group_commit;
 mod lifecycle;
+mod local_slack;
 mod manifest;
 mod module_graph;
 mod observe;

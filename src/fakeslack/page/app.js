@@ -28,6 +28,20 @@ function groupHandle(id) {
   return g ? g.handle : id;
 }
 
+// The emoji jitgate's messages use, and a few more; others stay as :name:.
+const EMOJI = {
+  arrows_counterclockwise: "\u{1F504}", bell: "\u{1F514}", hourglass: "\u231B",
+  hourglass_flowing_sand: "\u23F3", information_source: "\u2139\uFE0F", key: "\u{1F511}",
+  leftwards_arrow_with_hook: "\u21A9\uFE0F", lock: "\u{1F512}", unlock: "\u{1F513}",
+  no_entry: "\u26D4", robot_face: "\u{1F916}", rotating_light: "\u{1F6A8}",
+  warning: "\u26A0\uFE0F", white_check_mark: "\u2705", x: "\u274C", eyes: "\u{1F440}",
+  heavy_check_mark: "\u2714\uFE0F", tada: "\u{1F389}", wave: "\u{1F44B}",
+};
+
+function emoji(s) {
+  return s.replace(/:([a-z0-9_+-]+):/g, (m, name) => EMOJI[name] || m);
+}
+
 function decodeEntities(s) {
   return s.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&amp;/g, "&");
 }
@@ -107,17 +121,17 @@ function tokens(text, into) {
   let last = 0;
   let m;
   while ((m = re.exec(text)) !== null) {
-    into.appendChild(document.createTextNode(decodeEntities(text.slice(last, m.index))));
+    into.appendChild(document.createTextNode(emoji(decodeEntities(text.slice(last, m.index)))));
     into.appendChild(specialToken(m[1]));
     last = re.lastIndex;
   }
-  into.appendChild(document.createTextNode(decodeEntities(text.slice(last))));
+  into.appendChild(document.createTextNode(emoji(decodeEntities(text.slice(last)))));
 }
 
 function textObject(t) {
   if (!t) return document.createTextNode("");
   if (t.type === "mrkdwn") return mrkdwn(t.text || "");
-  const span = el("span", "plain", t.text || "");
+  const span = el("span", "plain", t.emoji === false ? t.text || "" : emoji(t.text || ""));
   span.style.whiteSpace = "pre-wrap";
   return span;
 }

@@ -1,0 +1,335 @@
+//! `jitgate dev` and the local Slack: the binary's own behaviour (loopback, no `SLACK_*`
+//! variables, SIGTERM) and the whole flow in headless Chromium — a typed command, the
+//! card, another person's Approve, the card updated for everyone without a reload, the
+//! requester's DM and Home tab.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, Locator};
+use serde_json::Value;
+
+use crate::support::{browser, wait_for, DEADLINE};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
+
+/// A raw HTTP/1.0 GET, to see exactly what the page server answers.
+fn get(addr: &str, path: &str, host: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn dev_needs_no_slack_variables_serves_on_loopback_and_exits_0_soon_after_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["dev", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("SLACK_BOT_TOKEN")
+        .env_remove("SLACK_SIGNING_SECRET")
+        .env_remove("SLACK_APP_TOKEN")
+        .env_remove("JITGATE_AUDIT_KEY")
+        .env_remove("JITGATE_CONFIG")
+        .env("JITGATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("dev prints the URL").unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {first:?}"))
+        .to_string();
+    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    let page = get(&addr, "/", &addr);
+    assert!(
+        page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"),
+        "{page}"
+    );
+    assert!(page.contains("<script src=\"/app.js\""), "{page}");
+    // A page on another host name (DNS rebinding) gets nothing.
+    let rebound = get(&addr, "/api/people", "evil.example");
+    assert!(rebound.contains(" 403 "), "{rebound}");
+    let people = get(&addr, "/api/people", "localhost");
+    assert!(people.contains("\"U0ALICE\""), "{people}");
+
+    // Its data stays in the data directory: its own database and audit key.
+    assert!(dir.path().join("jitgate-dev.db").is_file());
+    assert!(dir.path().join("jitgate-dev-audit.key").is_file());
+
+    let asked = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(exit.success(), "{exit:?}\n{stderr}");
+    assert!(!stderr.contains("xoxb-"), "a token reached the log:\n{stderr}");
+}
+
+#[test]
+fn dev_refuses_real_adapters_without_a_configuration_and_a_busy_port_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["dev", "--real-adapters", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("JITGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--real-adapters needs --config"));
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let out = Command::new(BIN)
+        .args(["dev", "--port", &port, "--data-dir"])
+        .arg(dir.path())
+        .env_remove("JITGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("--port"),
+        "{err}"
+    );
+}
+
+/// Polls `script` (a function body returning a value) in the page until it returns
+/// something truthy, failing the test after the deadline with `what`.
+async fn until(c: &Client, what: &str, script: &str) -> Value {
+    let script = script.to_string();
+    wait_for(what, || {
+        let c = c.clone();
+        let script = script.clone();
+        async move {
+            let v = c.execute(&script, vec![]).await.ok()?;
+            let truthy = match &v {
+                Value::Null | Value::Bool(false) => false,
+                Value::String(s) => !s.is_empty(),
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                _ => true,
+            };
+            truthy.then_some(v)
+        }
+    })
+    .await
+}
+
+/// The text of the messages in the open channel.
+const MESSAGES: &str =
+    "return [...document.querySelectorAll('#messages .message')].map(m => m.innerText).join('\\n---\\n');";
+
+async fn open_room(c: &Client, room: &str) {
+    until(
+        c,
+        &format!("the sidebar entry {room}"),
+        &format!("return document.querySelector('#sidebar li[data-room=\"{room}\"]') !== null;"),
+    )
+    .await;
+    c.find(Locator::Css(&format!("#sidebar li[data-room=\"{room}\"]")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Clicks the first button `action_id` in the open channel, confirming its dialog if it
+/// has one.
+async fn click_button(c: &Client, action_id: &str) {
+    let css = format!("#messages button[data-action-id=\"{action_id}\"]");
+    until(
+        c,
+        &format!("a {action_id} button"),
+        &format!("return document.querySelector('{css}') !== null;"),
+    )
+    .await;
+    c.find(Locator::Css(&css)).await.unwrap().click().await.unwrap();
+    let dialog = c
+        .execute("return !document.getElementById('dialog-backdrop').hidden;", vec![])
+        .await
+        .unwrap();
+    if dialog == Value::Bool(true) {
+        c.find(Locator::Id("dialog-confirm"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_request_typed_on_the_local_slack_is_approved_by_another_person_and_everyone_sees_it() {
+    let Some(browser) = browser::launch().await else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = jitgate::dev::start(jitgate::dev::DevOptions {
+        port: 0,
+        data_dir: dir.path().to_path_buf(),
+        config: None,
+        real_adapters: false,
+    })
+    .await
+    .unwrap();
+    let c = &browser.client;
+
+    // Alice, in #general, types the command.
+    c.goto(&format!("{}?as=U0ALICE", dev.url)).await.unwrap();
+    until(
+        c,
+        "the page as Alice",
+        "return document.getElementById('acting-as').value === 'U0ALICE';",
+    )
+    .await;
+    open_room(c, "C0GENERAL").await;
+    let input = c.find(Locator::Id("composer-input")).await.unwrap();
+    input
+        .send_keys("/jit request prod-db:read 2h investigating INC-1234")
+        .await
+        .unwrap();
+    c.find(Locator::Id("composer-send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let reply = until(
+        c,
+        "the command's ephemeral answer",
+        "return [...document.querySelectorAll('#messages .message.ephemeral')].map(m => m.innerText).find(t => t.includes('JIT-1')) || '';",
+    )
+    .await;
+    let reply = reply.as_str().unwrap();
+    assert!(reply.contains("Only visible to you"), "{reply}");
+    // The channel mention is shown by name, and the mrkdwn as formatting, not markup.
+    assert!(reply.contains("#db-approvals") && !reply.contains("<#"), "{reply}");
+    assert!(!reply.contains('*'), "{reply}");
+
+    // The card in #db-approvals, with names instead of IDs.
+    open_room(c, "C0DBAPPROVE").await;
+    let card = until(
+        c,
+        "the approval card",
+        "return [...document.querySelectorAll('#messages .message')].map(m => m.innerText).find(t => t.includes('Access request JIT-1')) || '';",
+    )
+    .await;
+    let card = card.as_str().unwrap();
+    assert!(card.contains("Alice") && !card.contains("U0ALICE"), "{card}");
+    assert!(card.contains("investigating INC-1234"), "{card}");
+    // Marks this page: a reload would lose it.
+    c.execute("window.__notReloaded = 42; return true;", vec![])
+        .await
+        .unwrap();
+    let alice_window = c.window().await.unwrap();
+
+    // Bob, in another window, approves.
+    let bob_window = c.new_window(true).await.unwrap();
+    c.switch_to_window(bob_window.handle).await.unwrap();
+    c.goto(&format!("{}?as=U0BOB", dev.url)).await.unwrap();
+    until(
+        c,
+        "the page as Bob",
+        "return document.getElementById('acting-as').value === 'U0BOB';",
+    )
+    .await;
+    open_room(c, "C0DBAPPROVE").await;
+    // Alice's ephemeral answer is not Bob's to see.
+    let seen = c.execute(MESSAGES, vec![]).await.unwrap();
+    assert!(!seen.as_str().unwrap().contains("Only visible to you"), "{seen}");
+    click_button(c, "jit_approve").await;
+    until(
+        c,
+        "the card approved by Bob, in Bob's window",
+        "return document.querySelector('#messages').innerText.includes('Approved by @Bob');",
+    )
+    .await;
+
+    // Alice's window shows it too, without a reload.
+    c.switch_to_window(alice_window).await.unwrap();
+    let granted = until(
+        c,
+        "the card approved and granted, in Alice's window",
+        "const t = document.querySelector('#messages').innerText; \
+         return t.includes('Approved by @Bob') && t.includes('Access granted') ? t : '';",
+    )
+    .await;
+    assert!(granted.as_str().unwrap().contains("(edited)"), "{granted}");
+    let marker = c.execute("return window.__notReloaded;", vec![]).await.unwrap();
+    assert_eq!(marker, 42, "Alice's page was reloaded");
+    assert_eq!(
+        dev.fake.posted_to("C0DBAPPROVE").len(),
+        1,
+        "the card was updated in place, not posted again"
+    );
+    assert!(!dev.fake.ok_calls("chat.update").is_empty());
+
+    // The README's picture: the approved card, as Alice sees it.
+    c.set_window_size(1280, 820).await.unwrap();
+    let png = c.screenshot().await.unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    if std::env::var("JITGATE_UPDATE_SCREENSHOT").as_deref() == Ok("1") {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/local-slack.png");
+        std::fs::write(&target, &png).unwrap();
+    }
+
+    // Alice's DM from jitgate.
+    open_room(c, "D0ALICE").await;
+    let dm = until(
+        c,
+        "the requester's DM",
+        "const t = document.querySelector('#messages').innerText; return t.includes('prod-db') ? t : '';",
+    )
+    .await;
+    assert!(dm.as_str().unwrap().contains("jitgate"), "{dm}");
+
+    // The record adapter was asked to grant.
+    let record = std::fs::read_to_string(dir.path().join("jitgate-dev-grants.jsonl")).unwrap();
+    assert!(
+        record.contains("\"action\":\"grant\"") && record.contains("U0ALICE"),
+        "{record}"
+    );
+
+    // Her Home tab, published when she opens it (a signed app_home_opened event).
+    open_room(c, "home").await;
+    let home = until(
+        c,
+        "Alice's Home tab",
+        "const h = document.getElementById('home'); return h && h.innerText.includes('prod-db') ? h.innerText : '';",
+    )
+    .await;
+    assert!(home.as_str().unwrap().contains("Your just-in-time access"), "{home}");
+
+    browser.close().await;
+    dev.shutdown().await.unwrap();
+    let _ = writeln!(
+        std::io::stderr(),
+        "local Slack browser flow took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
