@@ -157,6 +157,10 @@ struct Workspace {
     /// User ID → their published Home tab.
     homes: HashMap<String, Value>,
     response_urls: HashMap<String, Origin>,
+    /// trigger_id → the person whose command or click it came with.
+    triggers: HashMap<String, String>,
+    /// User ID → their open modal views, the top last.
+    modals: HashMap<String, Vec<Value>>,
     next_ts: u64,
     /// The fake's log is applied up to here.
     applied: usize,
@@ -218,9 +222,48 @@ impl Workspace {
                     self.homes.insert(user.to_string(), view);
                 }
             }
+            "views.open" | "views.push" => {
+                let trigger = str_of(&o.body["trigger_id"]);
+                if let Some(user) = self.triggers.get(&trigger).cloned() {
+                    let view = view_of(o);
+                    let stack = self.modals.entry(user).or_default();
+                    // views.open starts a new stack; views.push adds to the open one.
+                    if o.method == "views.open" {
+                        stack.clear();
+                    }
+                    stack.push(view);
+                }
+            }
+            "views.update" => {
+                let view = view_of(o);
+                let id = o.body["view_id"]
+                    .as_str()
+                    .or_else(|| view["id"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let external = o.body["external_id"].as_str().unwrap_or_default().to_string();
+                for stack in self.modals.values_mut() {
+                    for v in stack.iter_mut() {
+                        let same = (!id.is_empty() && v["id"].as_str() == Some(id.as_str()))
+                            || (!external.is_empty() && v["external_id"].as_str() == Some(external.as_str()));
+                        if same {
+                            *v = view.clone();
+                        }
+                    }
+                }
+            }
             "response_url" => self.answer(&o.body, now),
             _ => {}
         }
+    }
+
+    /// The open modal `view_id` of `user`, and its place in their stack.
+    fn modal(&self, user: &str, view_id: &str) -> Option<(usize, &Value)> {
+        self.modals
+            .get(user)?
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v["id"].as_str() == Some(view_id))
     }
 
     /// A post to a `response_url` the page handed out, with Slack's semantics.
@@ -260,6 +303,15 @@ impl Workspace {
     }
 }
 
+/// The view a `views.*` call left: the fake's answer (with its `id` and `hash`), else
+/// the one sent.
+fn view_of(o: &Observed) -> Value {
+    match o.reply.get("view") {
+        Some(v) if v.is_object() => v.clone(),
+        _ => json_of(&o.body["view"]),
+    }
+}
+
 fn str_of(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
@@ -272,9 +324,8 @@ fn json_of(v: &Value) -> Value {
     }
 }
 
-/// A trigger_id for a command or a click: unique (jitgate acts on each once), in Slack's
-/// shape. The one place they are made.
-fn trigger_id() -> String {
+/// A trigger_id in Slack's shape, unique (jitgate acts on each once).
+fn new_trigger_id() -> String {
     format!(
         "{}.{}.{}",
         rand::random::<u32>(),
@@ -378,6 +429,14 @@ impl Page {
         self.changed();
     }
 
+    /// A trigger_id for `user`'s command or click; a `views.open` or `views.push` with it
+    /// opens a modal for them. The one place they are made.
+    fn trigger_id(&self, user: &str) -> String {
+        let id = new_trigger_id();
+        self.lock().triggers.insert(id.clone(), user.to_string());
+        id
+    }
+
     fn new_response_url(&self, origin: Origin) -> String {
         let id = hex::encode(rand::random::<[u8; 12]>());
         self.lock().response_urls.insert(id.clone(), origin);
@@ -439,6 +498,8 @@ fn router(page: Page) -> Router {
         .route("/api/command", post(command))
         .route("/api/action", post(action))
         .route("/api/home_opened", post(home_opened))
+        .route("/api/view_submission", post(view_submission))
+        .route("/api/view_closed", post(view_closed))
         .layer(middleware::from_fn(loopback_only))
         .with_state(page)
 }
@@ -522,6 +583,7 @@ async fn state(State(page): State<Page>, Query(who): Query<Who>) -> Response {
         "dm": dm,
         "messages": messages,
         "home": ws.homes.get(&me.id),
+        "modals": ws.modals.get(&me.id).cloned().unwrap_or_default(),
     });
     Json(body).into_response()
 }
@@ -616,7 +678,7 @@ async fn command(State(page): State<Page>, Json(req): Json<CommandReq>) -> Respo
         ("api_app_id", &page.dir.api_app_id),
         ("is_enterprise_install", "false"),
         ("response_url", &response_url),
-        ("trigger_id", &trigger_id()),
+        ("trigger_id", &page.trigger_id(&me.id)),
     ];
     let body = match serde_urlencoded::to_string(form) {
         Ok(b) => b,
@@ -691,6 +753,12 @@ struct ActionReq {
     channel: Option<String>,
     #[serde(default)]
     ts: Option<String>,
+    /// A click in an open modal.
+    #[serde(default)]
+    view_id: Option<String>,
+    /// What the modal's inputs hold at the click, as for a submission.
+    #[serde(default)]
+    values: Option<HashMap<String, HashMap<String, Input>>>,
     block_id: String,
     action_id: String,
 }
@@ -732,7 +800,7 @@ async fn action(State(page): State<Page>, Json(req): Json<ActionReq>) -> Respons
         "api_app_id": page.dir.api_app_id,
         "is_enterprise_install": false,
         "enterprise": null,
-        "trigger_id": trigger_id(),
+        "trigger_id": page.trigger_id(&me.id),
         "state": {"values": {}},
     });
     let button = match (&req.channel, &req.ts) {
@@ -769,6 +837,24 @@ async fn action(State(page): State<Page>, Json(req): Json<ActionReq>) -> Respons
                 command: None,
                 message_ts: Some(ts.clone()),
             }));
+            button
+        }
+        (None, None) if req.view_id.is_some() => {
+            let ws = page.lock();
+            let view_id = req.view_id.as_deref().unwrap_or_default();
+            let Some((_, view)) = ws.modal(&me.id, view_id) else {
+                return error(StatusCode::NOT_FOUND, "that modal is closed");
+            };
+            let Some(button) = find_button(&view["blocks"], &req.block_id, &req.action_id).cloned() else {
+                return error(StatusCode::NOT_FOUND, "that button is no longer in the modal");
+            };
+            let mut view = view.clone();
+            match state_values(&view, req.values.as_ref().unwrap_or(&HashMap::new())) {
+                Ok(values) => view["state"] = json!({ "values": values }),
+                Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+            }
+            payload["container"] = json!({"type": "view", "view_id": view_id});
+            payload["view"] = view;
             button
         }
         (None, None) => {
@@ -857,6 +943,226 @@ async fn home_opened(State(page): State<Page>, Json(who): Json<Who>) -> Response
     }
 }
 
+/// What the page says one input holds: a text, or the value of the chosen option.
+#[derive(Debug, Clone, Deserialize)]
+struct Input {
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    selected: Option<String>,
+}
+
+/// `view.state.values` as Slack sends it, built from the view's own input blocks (the
+/// page says what was typed or chosen; the view says what each element is and what its
+/// options read). Unknown blocks, elements or options are refused.
+fn state_values(view: &Value, inputs: &HashMap<String, HashMap<String, Input>>) -> Result<Value, String> {
+    let blocks = view["blocks"].as_array().cloned().unwrap_or_default();
+    let mut values = serde_json::Map::new();
+    for (i, b) in blocks.iter().enumerate() {
+        if b["type"] != "input" {
+            continue;
+        }
+        let block_id = b["block_id"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| format!("b{i}"));
+        let element = &b["element"];
+        let action_id = element["action_id"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| format!("a{i}"));
+        let given = inputs.get(&block_id).and_then(|m| m.get(&action_id));
+        let kind = element["type"].as_str().unwrap_or_default();
+        let value = match kind {
+            "plain_text_input" => {
+                let text = given.and_then(|g| g.value.clone()).filter(|v| !v.is_empty());
+                json!({"type": kind, "value": text})
+            }
+            "static_select" | "radio_buttons" => {
+                let chosen = given.and_then(|g| g.selected.clone()).filter(|v| !v.is_empty());
+                let option = match chosen {
+                    None => Value::Null,
+                    Some(v) => options_of(element)
+                        .into_iter()
+                        .find(|o| o["value"].as_str() == Some(v.as_str()))
+                        .ok_or_else(|| format!("`{v}` is not an option of {block_id}"))?,
+                };
+                json!({"type": kind, "selected_option": option})
+            }
+            _ => continue,
+        };
+        values.insert(block_id, json!({ action_id: value }));
+    }
+    for (block_id, actions) in inputs {
+        if !values
+            .get(block_id)
+            .is_some_and(|v| actions.keys().all(|a| v.get(a).is_some()))
+        {
+            return Err(format!("the modal has no input {block_id}"));
+        }
+    }
+    Ok(Value::Object(values))
+}
+
+/// A select's or radio group's options, option groups included.
+fn options_of(element: &Value) -> Vec<Value> {
+    let mut all: Vec<Value> = element["options"].as_array().cloned().unwrap_or_default();
+    for g in element["option_groups"].as_array().into_iter().flatten() {
+        all.extend(g["options"].as_array().cloned().unwrap_or_default());
+    }
+    all
+}
+
+#[derive(Deserialize)]
+struct SubmitReq {
+    user: String,
+    view_id: String,
+    #[serde(default)]
+    values: HashMap<String, HashMap<String, Input>>,
+}
+
+/// Submitting a modal: a signed `view_submission`, and Slack's handling of the answer —
+/// empty (close this view), `errors` (shown under their inputs), `update`, `push`, `clear`.
+async fn view_submission(State(page): State<Page>, Json(req): Json<SubmitReq>) -> Response {
+    page.catch_up();
+    let Some(me) = page.dir.person(&req.user).cloned() else {
+        return error(StatusCode::BAD_REQUEST, "no such person in this workspace");
+    };
+    let view = {
+        let ws = page.lock();
+        let Some((_, view)) = ws.modal(&me.id, &req.view_id) else {
+            return error(StatusCode::NOT_FOUND, "that modal is closed");
+        };
+        view.clone()
+    };
+    let values = match state_values(&view, &req.values) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let mut submitted = view.clone();
+    submitted["state"] = json!({ "values": values });
+    let payload = json!({
+        "type": "view_submission",
+        "token": "local-slack-legacy-token",
+        "team": {"id": page.dir.team_id, "domain": "local"},
+        "user": {"id": me.id, "username": me.name.to_ascii_lowercase(), "name": me.name.to_ascii_lowercase(), "team_id": page.dir.team_id},
+        "api_app_id": page.dir.api_app_id,
+        "trigger_id": page.trigger_id(&me.id),
+        "view": submitted,
+        "response_urls": [],
+        "is_enterprise_install": false,
+        "enterprise": null,
+    });
+    let body = match serde_urlencoded::to_string([("payload", payload.to_string())]) {
+        Ok(b) => b,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "the submission cannot be encoded"),
+    };
+    let answer = page
+        .send_signed("/slack/interactions", "application/x-www-form-urlencoded", body)
+        .await;
+    let (status, bytes) = match answer {
+        Ok((status, _, bytes)) => (status, bytes),
+        Err(code) => return Json(json!({"ok": false, "error": code})).into_response(),
+    };
+    if status != 200 {
+        return Json(json!({"ok": false, "error": format!("jitgate answered HTTP {status}")})).into_response();
+    }
+    let reply: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(_) => {
+                return Json(json!({"ok": false, "error": "jitgate's answer is not JSON"})).into_response();
+            }
+        }
+    };
+    let result = page.lock().after_submission(&me.id, &req.view_id, &reply);
+    page.changed();
+    Json(result).into_response()
+}
+
+impl Workspace {
+    /// Applies a view_submission's answer to `user`'s modal stack; what the page shows.
+    fn after_submission(&mut self, user: &str, view_id: &str, reply: &Value) -> Value {
+        let Some((at, _)) = self.modal(user, view_id) else {
+            return json!({"ok": true});
+        };
+        let stack = self.modals.entry(user.to_string()).or_default();
+        let new_view = |v: &Value, id: String| {
+            let mut v = v.clone();
+            if v["id"].is_null() {
+                v["id"] = json!(id);
+            }
+            v
+        };
+        match reply["response_action"].as_str() {
+            None => {
+                stack.truncate(at);
+                json!({"ok": true})
+            }
+            Some("errors") => json!({"ok": true, "errors": reply["errors"]}),
+            Some("update") => {
+                let id = stack[at]["id"].as_str().unwrap_or_default().to_string();
+                stack[at] = new_view(&reply["view"], id);
+                json!({"ok": true})
+            }
+            Some("push") => {
+                let id = format!("V{}", hex::encode_upper(rand::random::<[u8; 5]>()));
+                stack.truncate(at + 1);
+                stack.push(new_view(&reply["view"], id));
+                json!({"ok": true})
+            }
+            Some("clear") => {
+                stack.clear();
+                json!({"ok": true})
+            }
+            Some(other) => json!({"ok": false, "error": format!("unknown response_action `{other}`")}),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CloseReq {
+    user: String,
+    view_id: String,
+}
+
+/// Closing a modal (Cancel or ×): gone from the stack, and a signed `view_closed` when
+/// the view asked for `notify_on_close`.
+async fn view_closed(State(page): State<Page>, Json(req): Json<CloseReq>) -> Response {
+    let Some(me) = page.dir.person(&req.user).cloned() else {
+        return error(StatusCode::BAD_REQUEST, "no such person in this workspace");
+    };
+    let closed = {
+        let mut ws = page.lock();
+        let Some((at, _)) = ws.modal(&me.id, &req.view_id) else {
+            return Json(json!({"ok": true})).into_response();
+        };
+        let stack = ws.modals.entry(me.id.clone()).or_default();
+        let view = stack[at].clone();
+        stack.truncate(at);
+        view
+    };
+    page.changed();
+    if closed["notify_on_close"].as_bool() == Some(true) {
+        let payload = json!({
+            "type": "view_closed",
+            "team": {"id": page.dir.team_id, "domain": "local"},
+            "user": {"id": me.id, "name": me.name.to_ascii_lowercase(), "team_id": page.dir.team_id},
+            "api_app_id": page.dir.api_app_id,
+            "view": closed,
+            "is_cleared": false,
+        });
+        if let Ok(body) = serde_urlencoded::to_string([("payload", payload.to_string())]) {
+            let _ = page
+                .send_signed("/slack/interactions", "application/x-www-form-urlencoded", body)
+                .await;
+        }
+    }
+    Json(json!({"ok": true})).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -927,6 +1233,122 @@ mod tests {
         // An unknown response_url changes nothing.
         ws.answer(&json!({"response_url_id": "nope", "text": "x"}), 0);
         assert_eq!(ws.messages.len(), 2);
+    }
+
+    fn modal() -> Value {
+        json!({"id": "V1", "type": "modal", "callback_id": "jit_request", "blocks": [
+            {"type": "input", "block_id": "resource", "label": {"type": "plain_text", "text": "Resource"},
+             "element": {"type": "static_select", "action_id": "pick", "options": [
+                {"text": {"type": "plain_text", "text": "prod-db"}, "value": "prod-db"}],
+                "option_groups": [{"label": {"type": "plain_text", "text": "More"}, "options": [
+                {"text": {"type": "plain_text", "text": "staging-db"}, "value": "staging-db"}]}]}},
+            {"type": "input", "block_id": "why", "label": {"type": "plain_text", "text": "Reason"},
+             "element": {"type": "plain_text_input", "action_id": "text"}},
+            {"type": "input", "block_id": "how", "optional": true, "label": {"type": "plain_text", "text": "How"},
+             "element": {"type": "radio_buttons", "action_id": "r", "options": [
+                {"text": {"type": "plain_text", "text": "Read"}, "value": "read"}]}}
+        ]})
+    }
+
+    fn input(value: Option<&str>, selected: Option<&str>) -> Input {
+        Input {
+            value: value.map(String::from),
+            selected: selected.map(String::from),
+        }
+    }
+
+    #[test]
+    fn state_values_are_shaped_as_slack_sends_them_from_the_view_itself() {
+        let mut given: HashMap<String, HashMap<String, Input>> = HashMap::new();
+        given.insert(
+            "resource".into(),
+            [("pick".to_string(), input(None, Some("staging-db")))].into(),
+        );
+        given.insert("why".into(), [("text".to_string(), input(Some("INC-1"), None))].into());
+        let v = state_values(&modal(), &given).unwrap();
+        assert_eq!(v["resource"]["pick"]["type"], "static_select");
+        assert_eq!(v["resource"]["pick"]["selected_option"]["value"], "staging-db");
+        assert_eq!(v["resource"]["pick"]["selected_option"]["text"]["text"], "staging-db");
+        assert_eq!(v["why"]["text"], json!({"type": "plain_text_input", "value": "INC-1"}));
+        // Untouched inputs are there too, empty, as on Slack.
+        assert_eq!(v["how"]["r"], json!({"type": "radio_buttons", "selected_option": null}));
+
+        given.insert(
+            "resource".into(),
+            [("pick".to_string(), input(None, Some("prod-db-admin")))].into(),
+        );
+        assert!(
+            state_values(&modal(), &given).is_err(),
+            "an option the view does not offer"
+        );
+        given.remove("resource");
+        given.insert("nope".into(), [("x".to_string(), input(Some("1"), None))].into());
+        assert!(
+            state_values(&modal(), &given).is_err(),
+            "an input the view does not have"
+        );
+    }
+
+    #[test]
+    fn a_submission_answer_closes_shows_errors_updates_pushes_or_clears() {
+        let mut ws = Workspace::default();
+        ws.modals.insert("U1".into(), vec![modal()]);
+        let r = ws.after_submission(
+            "U1",
+            "V1",
+            &json!({"response_action": "errors", "errors": {"why": "Say why"}}),
+        );
+        assert_eq!(r["errors"]["why"], "Say why");
+        assert_eq!(ws.modals["U1"].len(), 1);
+        ws.after_submission(
+            "U1",
+            "V1",
+            &json!({"response_action": "push", "view": {"type": "modal", "blocks": []}}),
+        );
+        assert_eq!(ws.modals["U1"].len(), 2);
+        let pushed = ws.modals["U1"][1]["id"].as_str().unwrap().to_string();
+        ws.after_submission("U1", &pushed, &json!({"response_action": "update", "view": {"type": "modal", "blocks": [], "title": {"type": "plain_text", "text": "Done"}}}));
+        assert_eq!(ws.modals["U1"][1]["title"]["text"], "Done");
+        assert_eq!(
+            ws.modals["U1"][1]["id"],
+            pushed.as_str(),
+            "an update keeps the view's id"
+        );
+        ws.after_submission("U1", &pushed, &Value::Null);
+        assert_eq!(ws.modals["U1"].len(), 1, "an empty answer closes the top view only");
+        ws.after_submission("U1", "V1", &json!({"response_action": "clear"}));
+        assert!(ws.modals["U1"].is_empty());
+    }
+
+    #[test]
+    fn views_open_shows_a_modal_to_the_person_whose_trigger_it_was() {
+        let mut ws = Workspace::default();
+        ws.triggers.insert("t1".into(), "U1".into());
+        let observed = |method: &str, body: Value, reply: Value| Observed {
+            seq: 0,
+            method: method.into(),
+            body,
+            reply,
+        };
+        ws.apply(&observed(
+            "views.open",
+            json!({"trigger_id": "t1", "view": {"type": "modal"}}),
+            json!({"ok": true, "view": {"id": "V9", "type": "modal", "hash": "h1"}}),
+        ));
+        assert_eq!(ws.modals["U1"][0]["id"], "V9");
+        ws.apply(&observed(
+            "views.update",
+            json!({"view_id": "V9", "view": {"type": "modal"}}),
+            json!({"ok": true, "view": {"id": "V9", "type": "modal", "hash": "h2"}}),
+        ));
+        assert_eq!(ws.modals["U1"][0]["hash"], "h2");
+        // A trigger the page did not hand out opens nothing.
+        ws.apply(&observed(
+            "views.open",
+            json!({"trigger_id": "zz"}),
+            json!({"ok": true, "view": {"id": "V8"}}),
+        ));
+        assert_eq!(ws.modals.len(), 1);
     }
 
     #[test]

@@ -191,6 +191,9 @@ function renderBlocks(blocks, where) {
       case "image":
         node = el("div", "block unsupported", "[image: " + (b.alt_text || "") + "]");
         break;
+      case "input":
+        node = renderInput(b, blockId, i);
+        break;
       default:
         node = el("div", "block unsupported", "[" + b.type + " block]");
     }
@@ -244,7 +247,192 @@ function click(where, blockId, actionId, btn) {
   btn.disabled = true;
   const body = { user: state.user, block_id: blockId, action_id: actionId };
   if (where.channel) { body.channel = where.channel; body.ts = where.ts; }
+  if (where.view_id) { body.view_id = where.view_id; body.values = modalValues().values; }
   api("/api/action", body).finally(() => { btn.disabled = false; });
+}
+
+// ---- modals ------------------------------------------------------------------------
+
+function renderInput(b, blockId, i) {
+  const node = el("div", "block block-input");
+  const e = b.element || {};
+  const actionId = e.action_id || "a" + i;
+  const label = el("label", "input-label", b.label ? emoji(b.label.text || "") : "");
+  if (b.optional) label.appendChild(el("span", "optional", " (optional)"));
+  node.appendChild(label);
+  let field;
+  switch (e.type) {
+    case "plain_text_input":
+      field = el(e.multiline ? "textarea" : "input", "input-field");
+      if (!e.multiline) field.type = "text";
+      if (e.initial_value) field.value = e.initial_value;
+      if (e.placeholder) field.placeholder = e.placeholder.text || "";
+      if (e.max_length) field.maxLength = e.max_length;
+      break;
+    case "static_select": {
+      field = el("select", "input-field");
+      const none = el("option", null, e.placeholder ? e.placeholder.text : "Select an item");
+      none.value = "";
+      field.appendChild(none);
+      (e.options || []).forEach((o) => field.appendChild(optionEl(o)));
+      (e.option_groups || []).forEach((g) => {
+        const group = el("optgroup");
+        group.label = g.label ? g.label.text : "";
+        (g.options || []).forEach((o) => group.appendChild(optionEl(o)));
+        field.appendChild(group);
+      });
+      if (e.initial_option) field.value = e.initial_option.value;
+      break;
+    }
+    case "radio_buttons":
+      field = el("div", "input-field radios");
+      (e.options || []).forEach((o) => {
+        const row = el("label", "radio");
+        const r = el("input");
+        r.type = "radio";
+        r.name = "radio-" + blockId;
+        r.value = o.value;
+        if (e.initial_option && e.initial_option.value === o.value) r.checked = true;
+        row.appendChild(r);
+        row.appendChild(textObject(o.text));
+        if (o.description) row.appendChild(el("span", "hint", " " + (o.description.text || "")));
+        field.appendChild(row);
+      });
+      break;
+    default:
+      field = el("div", "unsupported", "[" + e.type + " input]");
+  }
+  field.dataset.kind = e.type || "";
+  field.dataset.actionId = actionId;
+  field.classList.add("input-element");
+  node.appendChild(field);
+  if (b.hint) node.appendChild(el("div", "hint", b.hint.text || ""));
+  const err = el("div", "input-error");
+  err.dataset.errorFor = blockId;
+  node.appendChild(err);
+  node.dataset.optional = b.optional ? "1" : "";
+  return node;
+}
+
+function optionEl(o) {
+  const opt = el("option", null, o.text ? o.text.text : o.value);
+  opt.value = o.value;
+  return opt;
+}
+
+// What the open modal's inputs hold: {values: {block_id: {action_id: {value|selected}}}}
+// and the required inputs left empty.
+function modalValues() {
+  const values = {};
+  const missing = [];
+  document.querySelectorAll("#modal .block-input").forEach((node) => {
+    const blockId = node.dataset.blockId;
+    const field = node.querySelector(".input-element");
+    if (!field) return;
+    const kind = field.dataset.kind;
+    let v = null;
+    if (kind === "plain_text_input") v = { value: field.value };
+    else if (kind === "static_select") v = { selected: field.value };
+    else if (kind === "radio_buttons") {
+      const r = field.querySelector("input:checked");
+      v = { selected: r ? r.value : "" };
+    }
+    if (!v) return;
+    values[blockId] = { [field.dataset.actionId]: v };
+    if (!node.dataset.optional && !(v.value || v.selected)) missing.push(blockId);
+  });
+  return { values, missing };
+}
+
+function showFieldErrors(errors) {
+  document.querySelectorAll("#modal .input-error").forEach((e) => {
+    e.textContent = (errors && errors[e.dataset.errorFor]) || "";
+  });
+}
+
+async function submitModal(view) {
+  const { values, missing } = modalValues();
+  if (missing.length) {
+    // Slack checks required inputs itself before sending anything.
+    const errors = {};
+    missing.forEach((b) => { errors[b] = "Please complete this required field."; });
+    showFieldErrors(errors);
+    return;
+  }
+  showFieldErrors({});
+  const btn = document.getElementById("modal-submit");
+  btn.disabled = true;
+  try {
+    const res = await fetch("/api/view_submission", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user: state.user, view_id: view.id, values }),
+    });
+    const answer = await res.json().catch(() => ({ ok: false, error: "HTTP " + res.status }));
+    if (answer.errors) showFieldErrors(answer.errors);
+    const bar = document.getElementById("modal-error");
+    bar.textContent = answer.ok === false ? "We had some trouble connecting: " + (answer.error || "") : "";
+  } finally {
+    btn.disabled = false;
+  }
+  await refresh();
+}
+
+function closeModal(view) {
+  api("/api/view_closed", { user: state.user, view_id: view.id });
+}
+
+function renderModal() {
+  const stack = (state.data && state.data.modals) || [];
+  let back = document.getElementById("modal-backdrop");
+  if (!stack.length) {
+    if (back) back.remove();
+    state.modalKey = null;
+    return;
+  }
+  const view = stack[stack.length - 1];
+  const key = state.user + "/" + view.id + "/" + (view.hash || "") + "/" + stack.length;
+  if (back && state.modalKey === key) return; // keep what is typed
+  state.modalKey = key;
+  if (back) back.remove();
+  back = el("div");
+  back.id = "modal-backdrop";
+  const m = el("div");
+  m.id = "modal";
+  m.setAttribute("role", "dialog");
+  m.dataset.viewId = view.id || "";
+  m.dataset.callbackId = view.callback_id || "";
+  const head = el("header", "modal-head");
+  head.appendChild(el("h2", null, view.title ? emoji(view.title.text || "") : ""));
+  const x = el("button", "modal-x", "\u00D7");
+  x.type = "button";
+  x.setAttribute("aria-label", "Close");
+  x.addEventListener("click", () => closeModal(view));
+  head.appendChild(x);
+  m.appendChild(head);
+  const err = el("div");
+  err.id = "modal-error";
+  m.appendChild(err);
+  const body = el("div");
+  body.id = "modal-body";
+  body.appendChild(renderBlocks(view.blocks || [], { view_id: view.id }));
+  m.appendChild(body);
+  const foot = el("footer", "modal-foot");
+  const close = el("button", "btn", view.close ? view.close.text : "Cancel");
+  close.type = "button";
+  close.id = "modal-close";
+  close.addEventListener("click", () => closeModal(view));
+  foot.appendChild(close);
+  if (view.submit) {
+    const submit = el("button", "btn primary", view.submit.text);
+    submit.type = "button";
+    submit.id = "modal-submit";
+    submit.addEventListener("click", () => submitModal(view));
+    foot.appendChild(submit);
+  }
+  m.appendChild(foot);
+  back.appendChild(m);
+  document.body.appendChild(back);
 }
 
 function initials(name) {
@@ -299,6 +487,7 @@ function unread(channel) {
 function render() {
   const d = state.data;
   if (!d) return;
+  renderModal();
   const sel = document.getElementById("acting-as");
   if (sel.options.length !== d.people.length) {
     sel.replaceChildren();
