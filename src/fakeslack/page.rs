@@ -324,6 +324,11 @@ fn json_of(v: &Value) -> Value {
     }
 }
 
+/// Slack escapes `&`, `<` and `>` in what people type before sending it to an app.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
 /// A trigger_id in Slack's shape, unique (jitgate acts on each once).
 fn new_trigger_id() -> String {
     format!(
@@ -674,7 +679,7 @@ async fn command(State(page): State<Page>, Json(req): Json<CommandReq>) -> Respo
         ("user_id", &me.id),
         ("user_name", &me.name),
         ("command", name),
-        ("text", args.trim()),
+        ("text", &slack_escape(args.trim())),
         ("api_app_id", &page.dir.api_app_id),
         ("is_enterprise_install", "false"),
         ("response_url", &response_url),
