@@ -16,6 +16,8 @@ use crate::text::{escape, unescape};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Help,
+    /// `/jit` or `/jit request` alone: open the request form.
+    OpenForm,
     List,
     Request(RequestInput),
     /// End a grant early.
@@ -57,7 +59,9 @@ pub fn usage(config: &Config) -> String {
          • `{cmd} breakglass <resource>[:<role>] [<duration>] <reason>` — emergency access at once, \
          where the resource allows it; loudly announced and reviewed afterwards\n\
          • `{cmd} help` — this message\n\
-         Durations look like `45m`, `2h`, `1h30m`, `1d`; without one you get the resource's default.\n\
+         • `{cmd}` alone, or `{cmd} request` alone — a form to fill in instead\n\
+         The duration goes right after the resource: `45m`, `90min`, `2h`, `1.5h`, `1h 30m`, `2 hours`, `1d`; \
+         without one you get the resource's default. The reason is everything after it.\n\
          *Resources*\n{}",
         config.resources[0].name,
         config.resources[0].default_role(),
@@ -66,19 +70,11 @@ pub fn usage(config: &Config) -> String {
     )
 }
 
-/// True for a token that can only have been meant as a duration, like `2h` or `90`.
-fn looks_like_duration(token: &str) -> bool {
-    token.starts_with(|c: char| c.is_ascii_digit())
-        && token
-            .chars()
-            .all(|c| c.is_ascii_digit() || matches!(c.to_ascii_lowercase(), 'd' | 'h' | 'm' | 's'))
-}
-
 /// Reads the text after the slash command. The error is the reply to show.
 pub fn parse(text: &str, config: &Config) -> Result<Command, String> {
     let mut tokens = text.split_whitespace().peekable();
     let Some(first) = tokens.peek().copied() else {
-        return Ok(Command::Help);
+        return Ok(Command::OpenForm);
     };
     let first_lower = first.to_ascii_lowercase();
     match first_lower.as_str() {
@@ -89,6 +85,9 @@ pub fn parse(text: &str, config: &Config) -> Result<Command, String> {
         }
         "request" | "req" => {
             tokens.next();
+            if tokens.peek().is_none() {
+                return Ok(Command::OpenForm);
+            }
         }
         "breakglass" | "break-glass" => {
             tokens.next();
@@ -101,7 +100,7 @@ pub fn parse(text: &str, config: &Config) -> Result<Command, String> {
                     config.resources[0].default_role(),
                 ));
             }
-            return match parse(&tokens.collect::<Vec<_>>().join(" "), config)? {
+            return match parse_request("breakglass", tokens, config)? {
                 Command::Request(input) => Ok(Command::BreakGlass(input)),
                 _ => Err(format!(
                     "Write it like `{} breakglass <resource>[:<role>] [<duration>] <reason>`.",
@@ -138,10 +137,24 @@ pub fn parse(text: &str, config: &Config) -> Result<Command, String> {
             }
         }
     }
+    parse_request("request", tokens, config)
+}
+
+/// `<resource>[:<role>] [<duration>] <reason>`, after `request` or `breakglass` (`verb`).
+///
+/// The duration is the words right after the resource that form one (see
+/// [`crate::duration::read_typed`]); the reason is everything after them. A role typed as
+/// a separate word (`prod-db write …`) is refused with the fix, as is a duration that
+/// appears only in the reason: neither is ever read as something else.
+fn parse_request<'a>(
+    verb: &str,
+    mut tokens: std::iter::Peekable<impl Iterator<Item = &'a str>>,
+    config: &Config,
+) -> Result<Command, String> {
     let cmd = &config.slack.command;
     let Some(target) = tokens.next() else {
         return Err(format!(
-            "Say which resource you need, for example `{cmd} request {}:{} {} investigating INC-1234`. You can ask for:\n{}",
+            "Say which resource you need, for example `{cmd} {verb} {}:{} {} investigating INC-1234`. You can ask for:\n{}",
             config.resources[0].name,
             config.resources[0].default_role(),
             config.resources[0].default_duration,
@@ -153,15 +166,64 @@ pub fn parse(text: &str, config: &Config) -> Result<Command, String> {
         Some((res, role)) => (res.to_string(), Some(role.to_string()).filter(|r| !r.is_empty())),
         None => (target, None),
     };
-    let duration = match tokens.peek() {
-        Some(t) if looks_like_duration(t) => {
-            let d = t.parse::<HumanDuration>().map_err(|e| e.to_string())?;
-            tokens.next();
-            Some(d)
+    let rest: Vec<&str> = tokens.collect();
+    if role.is_none() {
+        let known = config.resource(&resource);
+        if let (Some(r), Some(word)) = (known, rest.first()) {
+            let word = word.to_ascii_lowercase();
+            if r.roles.contains(&word) {
+                let after = rest[1..].join(" ");
+                let example = if after.is_empty() {
+                    format!("{cmd} {verb} {resource}:{word} <reason>")
+                } else {
+                    format!("{cmd} {verb} {resource}:{word} {after}")
+                };
+                return Err(format!(
+                    "`{word}` is a role of `{resource}`: a role goes after the resource with a colon. \
+                     Nothing was done; did you mean `{}`?",
+                    escape(&example)
+                ));
+            }
         }
-        _ => None,
-    };
-    let reason = tokens.collect::<Vec<_>>().join(" ");
+    }
+    let (duration, used) = crate::duration::read_typed(&rest).map_err(|e| {
+        format!(
+            "{e}. Nothing was done. The duration goes right after the resource, for example \
+             `{cmd} {verb} {resource}:{} 1h30m investigating INC-1234`.",
+            role.clone().unwrap_or_else(|| {
+                config
+                    .resource(&resource)
+                    .map(|r| r.default_role().to_string())
+                    .unwrap_or_else(|| "<role>".into())
+            })
+        )
+    })?;
+    let reason_words = &rest[used..];
+    if duration.is_none() {
+        // `prod-db:read for 2h …`: a duration in the reason would silently become the
+        // default; ask for it where it is read.
+        if let Some(pos) = reason_words
+            .iter()
+            .position(|w| matches!(crate::duration::read_typed(&[w]), Ok((Some(_), _))))
+        {
+            let mut without = reason_words.to_vec();
+            let found = without.remove(pos);
+            let role = role.clone().unwrap_or_else(|| {
+                config
+                    .resource(&resource)
+                    .map(|r| r.default_role().to_string())
+                    .unwrap_or_else(|| "<role>".into())
+            });
+            return Err(format!(
+                "I read no duration right after `{}`, but your reason mentions `{}`; nothing was done. \
+                 Put the duration right after the resource, like `{}`.",
+                escape(&resource),
+                escape(found),
+                escape(&format!("{cmd} {verb} {resource}:{role} {found} {}", without.join(" "))).trim_end()
+            ));
+        }
+    }
+    let reason = reason_words.join(" ");
     Ok(Command::Request(RequestInput {
         resource,
         role,
@@ -196,11 +258,13 @@ fn parse_id_command<'a>(
     };
     match verb {
         "extend" => {
-            let Some(d) = tokens.next() else {
+            let rest: Vec<&str> = tokens.collect();
+            let (duration, used) = crate::duration::read_typed(&rest)
+                .map_err(|e| format!("{e}. Nothing was done; for example {example}."))?;
+            let Some(duration) = duration else {
                 return Err(format!("Say how much longer, for example {example}."));
             };
-            let duration = d.parse::<HumanDuration>().map_err(|e| e.to_string())?;
-            let reason = tokens.collect::<Vec<_>>().join(" ");
+            let reason = rest[used..].join(" ");
             Ok(Command::Extend { id, duration, reason })
         }
         "cancel" => Ok(Command::Cancel { id }),
@@ -237,6 +301,33 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
     };
     match command {
         Command::Help => Ok(usage(&app.config)),
+        Command::OpenForm => {
+            let Some(trigger) = cmd.trigger_id.clone().filter(|t| !t.is_empty()) else {
+                return Ok(usage(&app.config));
+            };
+            // The trigger_id is good for 3 s: open the form now, before anything slow.
+            let view = crate::forms::request_modal(&app.config, None, crate::forms::Origin::channel(&cmd.channel_id));
+            let task_app = app.clone();
+            let url = cmd.response_url.clone();
+            app.tasks.spawn(async move {
+                if let Err(e) = task_app.slack.open_view(&trigger, view).await {
+                    tracing::warn!(error = %e, "could not open the request form");
+                    reply_later(
+                        &task_app,
+                        url,
+                        format!(
+                            "Slack did not open the request form ({e}). Type it instead: {}",
+                            usage(&task_app.config)
+                        ),
+                    )
+                    .await;
+                }
+            });
+            Ok(format!(
+                "Opening the request form… (`{} help` lists the commands.)",
+                app.config.slack.command
+            ))
+        }
         Command::List => list(app, &cmd.user_id).await,
         Command::Revoke { id } => match crate::approvals::revoke_as(app, id, &cmd.user_id, false).await? {
             Some(reply) => Ok(reply),
@@ -274,7 +365,7 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
             }
         }
         Command::Extend { id, duration, reason } => {
-            let Some(_slot) = pending_slot(app, cmd).await? else {
+            let Some(_slot) = pending_slot(app, &cmd.user_id).await? else {
                 return Ok(too_many_pending(app, cmd).await);
             };
             extend(app, cmd, id, duration, reason).await
@@ -347,70 +438,96 @@ pub async fn handle(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<String
             Ok("Working out the policy…".into())
         }
         Command::Request(input) => {
-            let valid = match requests::validate(&app.config, &input) {
-                Ok(v) => v,
-                Err(message) => {
-                    app.metrics.request("refused");
-                    tracing::info!(
-                        actor = %cmd.user_id,
-                        resource = %input.resource,
-                        role = input.role.as_deref().unwrap_or_default(),
-                        "request refused: not valid"
-                    );
-                    return Ok(refuse(app, cmd, "invalid request", message).await);
-                }
-            };
-            // Held until the request is stored, so parallel requests cannot pass the cap.
-            let Some(_slot) = pending_slot(app, cmd).await? else {
-                return Ok(too_many_pending(app, cmd).await);
-            };
             let who = Requester {
                 user_id: cmd.user_id.clone(),
                 team_id: cmd.team_id.clone(),
                 channel_id: cmd.channel_id.clone(),
                 response_url: cmd.response_url.clone(),
             };
-            let id = requests::create(app, &who, &valid).await?;
-            if crate::oncall::could_auto_approve(
-                &app.config,
-                &valid.resource,
-                &valid.role,
-                valid.duration,
-                &cmd.channel_id,
-            ) {
-                return Ok(format!(
-                    "Request *{}* for `{}:{}` ({}) is being checked against on-call: if this is an incident channel \
-                     and you are on call now, it is approved automatically; otherwise it goes to the approvers in <#{}>. \
-                     I'll message you either way.",
-                    label(id),
-                    valid.resource,
-                    valid.role,
-                    valid.duration,
-                    valid.approval_channel
-                ));
+            match request_access(app, &who, &input).await? {
+                Ok((_, reply)) => Ok(reply),
+                Err(refused) => Ok(refuse(app, cmd, refused.why, refused.message).await),
             }
-            let mut reply = format!(
-                "Request *{}* for `{}:{}` ({}) is waiting for approval in <#{}>. I'll message you when it is decided.",
-                label(id),
-                valid.resource,
-                valid.role,
-                valid.duration,
-                valid.approval_channel
-            );
-            if let Some(cap) = crate::oncall::cap_exceeded(
-                &app.config,
-                &valid.resource,
-                &valid.role,
-                valid.duration,
-                &cmd.channel_id,
-            ) {
-                reply.push_str(&format!(
-                    " On-call auto-approval covers at most {cap}; ask for {cap} or less to have it approved on call."
-                ));
-            }
-            Ok(reply)
         }
     }
+}
+
+/// Why a request was not created: for the audit log (`why`), the person (`message`)
+/// and the form field it concerns (`field`, a modal input's block_id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub why: &'static str,
+    pub message: String,
+    pub field: &'static str,
+}
+
+/// Creates a request for `who`: the one path for `/jit request` and the request modal.
+/// Validates it against the configuration, holds the sender's pending cap, stores it,
+/// and returns its id with the confirmation to show, which repeats what was understood
+/// (resource, role, duration, reason). A refusal changes nothing; the caller audits it.
+pub async fn request_access(
+    app: &AppState,
+    who: &Requester,
+    input: &RequestInput,
+) -> anyhow::Result<Result<(i64, String), Refused>> {
+    let valid = match requests::validate(&app.config, input) {
+        Ok(v) => v,
+        Err(message) => {
+            app.metrics.request("refused");
+            tracing::info!(
+                actor = %who.user_id,
+                resource = %input.resource,
+                role = input.role.as_deref().unwrap_or_default(),
+                "request refused: not valid"
+            );
+            return Ok(Err(Refused {
+                why: "invalid request",
+                field: requests::refused_field(&app.config, input),
+                message,
+            }));
+        }
+    };
+    // Held until the request is stored, so parallel requests cannot pass the cap.
+    let Some(_slot) = pending_slot(app, &who.user_id).await? else {
+        return Ok(Err(Refused {
+            why: "too many pending requests",
+            message: too_many_pending_message(app),
+            field: "resource",
+        }));
+    };
+    let id = requests::create(app, who, &valid).await?;
+    Ok(Ok((id, confirmation(app, id, &valid, &who.channel_id))))
+}
+
+/// What `/jit request` and the modal confirm: exactly what was understood.
+fn confirmation(app: &AppState, id: i64, valid: &requests::ValidRequest, channel: &str) -> String {
+    let understood = format!(
+        "`{}:{}` for {}, reason: \u{201c}{}\u{201d}",
+        valid.resource,
+        valid.role,
+        valid.duration,
+        escape(&crate::text::truncate(&valid.reason, 500)),
+    );
+    if crate::oncall::could_auto_approve(&app.config, &valid.resource, &valid.role, valid.duration, channel) {
+        return format!(
+            "Request *{}* for {understood} is being checked against on-call: if this is an incident channel \
+             and you are on call now, it is approved automatically; otherwise it goes to the approvers in <#{}>. \
+             I'll message you either way.",
+            label(id),
+            valid.approval_channel
+        );
+    }
+    let mut reply = format!(
+        "Request *{}* for {understood} is waiting for approval in <#{}>. I'll message you when it is decided.",
+        label(id),
+        valid.approval_channel
+    );
+    if let Some(cap) = crate::oncall::cap_exceeded(&app.config, &valid.resource, &valid.role, valid.duration, channel) {
+        reply.push_str(&format!(
+            " On-call auto-approval covers at most {cap}; ask for {cap} or less to have it approved on call."
+        ));
+    }
+    reply
 }
 
 /// Sends a reply to a command after its request was answered.
@@ -437,24 +554,25 @@ async fn refuse(app: &AppState, cmd: &SlashCommand, why: &str, reply: String) ->
 /// The right to add one pending request for the sender: `None` when they have
 /// `[requests] max_pending_per_user` already. The guard serialises one person's new
 /// requests (only theirs) until the caller has stored its request.
-async fn pending_slot(app: &AppState, cmd: &SlashCommand) -> anyhow::Result<Option<tokio::sync::OwnedMutexGuard<()>>> {
-    let guard = app
-        .access_locks
-        .lock_key(format!("pending-cap\u{1f}{}", cmd.user_id))
-        .await;
+pub async fn pending_slot(app: &AppState, user: &str) -> anyhow::Result<Option<tokio::sync::OwnedMutexGuard<()>>> {
+    let guard = app.access_locks.lock_key(format!("pending-cap\u{1f}{user}")).await;
     let mut conn = app.db.read.acquire().await?;
-    let pending = store::count_pending_of(&mut conn, &cmd.user_id).await?;
+    let pending = store::count_pending_of(&mut conn, user).await?;
     Ok((pending < app.config.requests.max_pending_per_user as i64).then_some(guard))
 }
 
 async fn too_many_pending(app: &AppState, cmd: &SlashCommand) -> String {
+    refuse(app, cmd, "too many pending requests", too_many_pending_message(app)).await
+}
+
+/// The reply when the sender has `[requests] max_pending_per_user` pending requests.
+pub fn too_many_pending_message(app: &AppState) -> String {
     let max = app.config.requests.max_pending_per_user;
-    let reply = format!(
+    format!(
         "You have {max} requests waiting for approval already, the most allowed; nothing was done. \
          Withdraw one with `{cmd} cancel <id>` (`{cmd} list` shows them) or wait for a decision.",
         cmd = app.config.slack.command
-    );
-    refuse(app, cmd, "too many pending requests", reply).await
+    )
 }
 
 async fn extend(
@@ -464,6 +582,29 @@ async fn extend(
     add: HumanDuration,
     reason: String,
 ) -> anyhow::Result<String> {
+    let who = Requester {
+        user_id: cmd.user_id.clone(),
+        team_id: cmd.team_id.clone(),
+        channel_id: cmd.channel_id.clone(),
+        response_url: cmd.response_url.clone(),
+    };
+    Ok(match extend_as(app, &who, id, add, reason).await? {
+        Ok((_, reply)) => reply,
+        Err(refused) => refuse(app, cmd, refused.why, refused.message).await,
+    })
+}
+
+/// Asks for `add` more time on request `id`'s grant for `who`: the one path for
+/// `/jit extend` and the Extend modal. `Ok((Some(extension id), reply))` when an
+/// extension was created, `Ok((None, reply))` when nothing could be done (the reply says
+/// why), `Err` for a refusal the caller audits. The caller holds the pending cap.
+pub async fn extend_as(
+    app: &AppState,
+    who: &Requester,
+    id: i64,
+    add: HumanDuration,
+    reason: String,
+) -> anyhow::Result<Result<(Option<i64>, String), Refused>> {
     let (request, grant) = {
         let mut conn = app.db.read.acquire().await?;
         (
@@ -471,25 +612,29 @@ async fn extend(
             store::grant_of(&mut conn, id).await?,
         )
     };
+    let nothing = |text: String| Ok(Ok((None, text)));
     let (Some(request), Some(grant)) = (request, grant) else {
-        return Ok(format!(
+        return nothing(format!(
             "{} has no access to extend. `{} list` shows yours.",
             label(id),
             app.config.slack.command
         ));
     };
-    if request.requester_id != cmd.user_id {
-        let reply = format!("Only <@{}> can extend {}.", request.requester_id, label(id));
-        return Ok(refuse(app, cmd, "not the requester", reply).await);
+    if request.requester_id != who.user_id {
+        return Ok(Err(Refused {
+            why: "not the requester",
+            message: format!("Only <@{}> can extend {}.", request.requester_id, label(id)),
+            field: "duration",
+        }));
     }
     if grant.state != GrantState::Active || grant.revoke_requested_by.is_some() {
-        return Ok(format!(
+        return nothing(format!(
             "{} is not active, so it cannot be extended; ask for new access instead.",
             label(id)
         ));
     }
     let Some(resource) = app.config.resource(&request.resource) else {
-        return Ok(format!(
+        return nothing(format!(
             "`{}` is no longer configured, so {} cannot be extended.",
             request.resource,
             label(id)
@@ -507,7 +652,7 @@ async fn extend(
         } else {
             "ask for new access when it ends".to_string()
         };
-        return Ok(format!(
+        return nothing(format!(
             "{} has {so_far} so far and `{}` allows {} in all, so {add} more is too much; {hint}.",
             label(id),
             resource.name,
@@ -518,16 +663,16 @@ async fn extend(
     let reason = match crate::text::check_typed("reason", &reason, app.config.requests.max_reason_length) {
         Ok(r) if r.is_empty() => format!("extend {}", label(id)),
         Ok(r) => r,
-        Err(message) => return Ok(refuse(app, cmd, "invalid reason", message).await),
+        Err(message) => {
+            return Ok(Err(Refused {
+                why: "invalid reason",
+                message,
+                field: "reason",
+            }))
+        }
     };
-    let who = Requester {
-        user_id: cmd.user_id.clone(),
-        team_id: cmd.team_id.clone(),
-        channel_id: cmd.channel_id.clone(),
-        response_url: cmd.response_url.clone(),
-    };
-    let ext = requests::create_extension(app, &who, &request, resource, add, reason).await?;
-    Ok(if resource.self_extend {
+    let ext = requests::create_extension(app, who, &request, resource, add, reason).await?;
+    let reply = if resource.self_extend {
         format!(
             "Extending {} by {add} ({}); I'll message you when it is done.",
             label(id),
@@ -540,7 +685,8 @@ async fn extend(
             label(id),
             resource.approval_channel
         )
-    })
+    };
+    Ok(Ok((Some(ext), reply)))
 }
 
 /// The caller's pending requests and live grants, as `/jit list` and the Home tab show them.
@@ -658,7 +804,8 @@ type = "noop"
 
     #[test]
     fn empty_text_and_help_show_usage() {
-        assert_eq!(parse("", &config()).unwrap(), Command::Help);
+        assert_eq!(parse("", &config()).unwrap(), Command::OpenForm);
+        assert_eq!(parse("request", &config()).unwrap(), Command::OpenForm);
         assert_eq!(parse("  help ", &config()).unwrap(), Command::Help);
         assert_eq!(parse("list", &config()).unwrap(), Command::List);
     }

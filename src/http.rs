@@ -296,8 +296,10 @@ async fn interaction(State(app): State<AppState>, Signed(body): Signed) -> Respo
             return StatusCode::BAD_REQUEST.into_response();
         }
     };
-    inputs::interaction(&app, interaction);
-    StatusCode::OK.into_response()
+    match inputs::interaction(&app, interaction).await {
+        Some(answer) => Json(answer).into_response(),
+        None => StatusCode::OK.into_response(),
+    }
 }
 
 async fn event(State(app): State<AppState>, Signed(body): Signed) -> Response {

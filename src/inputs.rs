@@ -8,13 +8,16 @@
 
 use std::time::Duration;
 
+use serde_json::{json, Value};
 use slack_morphism::prelude::SlackCommandEventResponse;
 
 use crate::app::AppState;
 use crate::approvals::{self, Click};
 use crate::commands;
+use crate::forms::{self, FieldErrors, Origin};
 use crate::home;
-use crate::slack::payloads::{BlockActions, EventEnvelope, Interaction, SlashCommand};
+use crate::requests::Requester;
+use crate::slack::payloads::{BlockActions, EventEnvelope, Interaction, Shortcut, SlashCommand, ViewSubmission};
 use crate::store;
 
 /// How long a delivery's key (trigger_id, event_id) is remembered. Slack re-delivers
@@ -29,6 +32,8 @@ pub mod delivery_kind {
     pub const INTERACTION: &str = "interaction";
     /// An Events API event_id.
     pub const EVENT: &str = "event";
+    /// A form submission's trigger_id.
+    pub const SUBMISSION: &str = "view_submission";
 }
 
 /// True the first time Slack delivers `key` of `kind`; false for re-deliveries. Durable
@@ -92,17 +97,22 @@ pub async fn command_once(app: &AppState, cmd: &SlashCommand) -> SlackCommandEve
 }
 
 /// An interaction that Slack may deliver more than once: acted on once per `trigger_id`.
-pub async fn interaction_once(app: &AppState, input: Interaction) {
+/// Returns what [`interaction`] returns (a form submission's answer).
+pub async fn interaction_once(app: &AppState, input: Interaction) -> Option<Value> {
     if let Interaction::BlockActions(BlockActions {
+        trigger_id: Some(trigger),
+        ..
+    })
+    | Interaction::Shortcut(Shortcut {
         trigger_id: Some(trigger),
         ..
     }) = &input
     {
         if !trigger.is_empty() && !first_delivery(app, delivery_kind::INTERACTION, trigger).await {
-            return;
+            return None;
         }
     }
-    interaction(app, input);
+    interaction(app, input).await
 }
 
 /// Why an input from outside the configured workspace and app is refused, if it is.
@@ -146,9 +156,11 @@ pub async fn command(app: &AppState, cmd: &SlashCommand) -> SlackCommandEventRes
     }
 }
 
-/// An interaction. Clicks are decided after the answer: who may approve can need Slack
-/// (user-group membership).
-pub fn interaction(app: &AppState, interaction: Interaction) {
+/// An interaction, answered at once: `Some(body)` is the answer to send back (a form
+/// submission's field errors, on the HTTP response or in the Socket Mode ack), `None` an
+/// empty acknowledgement (which also closes a submitted form). Clicks are decided after
+/// the answer: who may approve can need Slack (user-group membership).
+pub async fn interaction(app: &AppState, interaction: Interaction) -> Option<Value> {
     match interaction {
         Interaction::BlockActions(BlockActions {
             user,
@@ -156,50 +168,307 @@ pub fn interaction(app: &AppState, interaction: Interaction) {
             api_app_id,
             response_url,
             actions,
+            trigger_id,
+            view,
             ..
         }) => {
             if let Some(why) = foreign(app, team.as_ref().map(|t| t.id.as_str()), api_app_id.as_deref()) {
-                let task_app = app.clone();
-                app.tasks.spawn(async move {
-                    task_app
-                        .audit_refusal(
-                            &user.id,
-                            "click.refused",
-                            None,
-                            serde_json::json!({ "why": format!("sent from {why}"),
-                                                "team_id": team.map(|t| t.id), "api_app_id": api_app_id }),
-                        )
-                        .await;
-                });
-                return;
+                refuse_foreign(app, &user.id, "click.refused", why, team.map(|t| t.id), api_app_id);
+                return None;
             }
             // One action per payload: jitgate's buttons send one each; a payload listing
             // more is not from a real click, and acting on each would multiply the work.
             if actions.len() > 1 {
                 tracing::warn!(user = %user.id, actions = actions.len(), "interaction with several actions; acting on the first only");
             }
-            if let Some(action) = actions.into_iter().next() {
-                click(
+            let action = actions.into_iter().next()?;
+            let trigger = trigger_id.unwrap_or_default();
+            let from_home = view.as_ref().is_some_and(|v| v.kind == "home");
+            let value = action.value.clone().unwrap_or_default();
+            let task_app = app.clone();
+            let user = user.id;
+            match action.action_id.as_str() {
+                forms::RESOURCE_CHOSEN => {
+                    // The request form's resource changed: offer its roles and durations.
+                    let view = view.filter(|v| v.callback_id == forms::REQUEST_CALLBACK)?;
+                    let chosen = action.selected_option.map(|o| o.value);
+                    let modal =
+                        forms::request_modal(&app.config, chosen.as_deref(), Origin::read(&view.private_metadata));
+                    app.tasks.spawn(async move {
+                        let hash = Some(view.hash.as_str()).filter(|h| !h.is_empty());
+                        if let Err(e) = task_app.slack.update_view(&view.id, hash, modal).await {
+                            tracing::warn!(error = %e, "could not update the request form");
+                        }
+                    });
+                }
+                forms::OPEN_REQUEST => {
+                    let modal = forms::request_modal(&app.config, None, Origin::default());
+                    app.tasks.spawn(async move {
+                        if let Err(e) = task_app.slack.open_view(&trigger, modal).await {
+                            tracing::warn!(error = %e, "could not open the request form");
+                        }
+                    });
+                }
+                forms::OPEN_EXTEND => {
+                    app.tasks.spawn(async move {
+                        if let Err(e) = home::open_extend(&task_app, &trigger, &user, &value).await {
+                            tracing::warn!(error = format!("{e:#}"), "could not open the extend form");
+                        }
+                    });
+                }
+                home::CANCEL => {
+                    app.tasks.spawn(async move {
+                        if let Err(e) = home::cancel(&task_app, &user, &value).await {
+                            tracing::error!(error = format!("{e:#}"), "cancel from the Home tab failed");
+                        }
+                        home::refresh(&task_app, &user);
+                    });
+                }
+                _ => click(
                     app,
                     Click {
-                        user_id: user.id,
+                        user_id: user,
                         action_id: action.action_id,
-                        value: action.value.unwrap_or_default(),
+                        value,
                         response_url,
                     },
-                );
+                    from_home,
+                ),
             }
+            None
         }
-        Interaction::Other => {}
+        Interaction::Shortcut(Shortcut {
+            user,
+            team,
+            api_app_id,
+            callback_id,
+            trigger_id,
+        }) => {
+            if let Some(why) = foreign(app, team.as_ref().map(|t| t.id.as_str()), api_app_id.as_deref()) {
+                refuse_foreign(app, &user.id, "shortcut.refused", why, team.map(|t| t.id), api_app_id);
+                return None;
+            }
+            if callback_id != forms::SHORTCUT_CALLBACK {
+                tracing::debug!(callback_id, "ignoring a shortcut jitgate does not own");
+                return None;
+            }
+            let trigger = trigger_id.unwrap_or_default();
+            let modal = forms::request_modal(&app.config, None, Origin::default());
+            let task_app = app.clone();
+            app.tasks.spawn(async move {
+                if let Err(e) = task_app.slack.open_view(&trigger, modal).await {
+                    tracing::warn!(error = %e, "could not open the request form");
+                }
+            });
+            None
+        }
+        Interaction::ViewSubmission(submission) => view_submission(app, submission).await,
+        Interaction::Other => None,
     }
 }
 
-/// One click on one of jitgate's buttons.
-pub fn click(app: &AppState, click: Click) {
+fn refuse_foreign(
+    app: &AppState,
+    user: &str,
+    action: &'static str,
+    why: &'static str,
+    team: Option<String>,
+    api_app_id: Option<String>,
+) {
+    let (task_app, user) = (app.clone(), user.to_string());
+    app.tasks.spawn(async move {
+        task_app
+            .audit_refusal(
+                &user,
+                action,
+                None,
+                json!({ "why": format!("sent from {why}"), "team_id": team, "api_app_id": api_app_id }),
+            )
+            .await;
+    });
+}
+
+/// A form's Submit: checked field by field and answered within Slack's 3 s, with field
+/// errors (keyed by block_id) or by closing the form. A valid request form creates the
+/// request through the same function as `/jit request`; a valid extend form is `/jit
+/// extend`. The confirmation goes to the person by DM. Acted on once per `trigger_id`
+/// (a re-delivery gets the first answer again).
+pub async fn view_submission(app: &AppState, sub: ViewSubmission) -> Option<Value> {
+    if let Some(why) = foreign(app, sub.team.as_ref().map(|t| t.id.as_str()), sub.api_app_id.as_deref()) {
+        refuse_foreign(
+            app,
+            &sub.user.id,
+            "form.refused",
+            why,
+            sub.team.map(|t| t.id),
+            sub.api_app_id,
+        );
+        let mut errors = FieldErrors::new();
+        errors.insert(
+            forms::block::REASON,
+            format!("This jitgate serves a different Slack workspace or app ({why}); nothing was done."),
+        );
+        return Some(forms::errors_response(&errors));
+    }
+    let trigger = sub.trigger_id.clone().filter(|t| !t.is_empty());
+    if let Some(t) = &trigger {
+        if !first_delivery(app, delivery_kind::SUBMISSION, t).await {
+            let earlier = match app.db.read.acquire().await {
+                Ok(mut conn) => store::delivery_reply(&mut conn, delivery_kind::SUBMISSION, t)
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            };
+            return earlier.and_then(|text| serde_json::from_str(&text).ok());
+        }
+    }
+    let answer = match sub.view.callback_id.as_str() {
+        forms::REQUEST_CALLBACK => submit_request(app, &sub).await,
+        forms::EXTEND_CALLBACK => submit_extend(app, &sub).await,
+        other => {
+            tracing::debug!(callback_id = other, "ignoring a form jitgate does not own");
+            None
+        }
+    };
+    if let (Some(t), Some(answer)) = (&trigger, &answer) {
+        if let Ok(mut conn) = app.db.write.acquire().await {
+            if let Err(e) =
+                store::set_delivery_reply(&mut conn, delivery_kind::SUBMISSION, t, &answer.to_string()).await
+            {
+                tracing::warn!(error = %e, "could not remember a form's answer");
+            }
+        }
+    }
+    answer
+}
+
+/// Audits a refused form (who, which form, each field's error) and returns Slack's answer.
+async fn refuse_form(app: &AppState, user: &str, form: &str, why: &str, errors: FieldErrors) -> Option<Value> {
+    app.audit_refusal(
+        user,
+        "form.refused",
+        None,
+        json!({ "why": why, "form": form, "errors": errors }),
+    )
+    .await;
+    Some(forms::errors_response(&errors))
+}
+
+fn one_error(field: &'static str, message: String) -> FieldErrors {
+    let mut errors = FieldErrors::new();
+    errors.insert(field, message);
+    errors
+}
+
+const FAILED: &str = "Something went wrong on jitgate's side and nothing was saved; please try again. \
+                      If it keeps happening, tell the jitgate operators.";
+
+fn requester(sub: &ViewSubmission, origin: &Origin) -> Requester {
+    Requester {
+        user_id: sub.user.id.clone(),
+        team_id: sub.team.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+        // Opened from a channel: from there (on-call auto-approval in incident channels);
+        // from a shortcut or Home: from the person's DM with the app.
+        channel_id: origin.channel.clone().unwrap_or_else(|| sub.user.id.clone()),
+        response_url: None,
+    }
+}
+
+async fn submit_request(app: &AppState, sub: &ViewSubmission) -> Option<Value> {
+    let user = &sub.user.id;
+    let input = match forms::read_request(&app.config, &sub.view) {
+        Ok(i) => i,
+        Err(errors) => {
+            app.metrics.request("refused");
+            return refuse_form(app, user, forms::REQUEST_CALLBACK, "invalid form", errors).await;
+        }
+    };
+    let who = requester(sub, &Origin::read(&sub.view.private_metadata));
+    match commands::request_access(app, &who, &input).await {
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), user = %user, "request form failed");
+            Some(forms::errors_response(&one_error(forms::block::REASON, FAILED.into())))
+        }
+        Ok(Err(refused)) => {
+            refuse_form(
+                app,
+                user,
+                forms::REQUEST_CALLBACK,
+                refused.why,
+                one_error(refused.field, refused.message),
+            )
+            .await
+        }
+        Ok(Ok((id, reply))) => {
+            confirm(app, user, reply, Some(id)).await;
+            None
+        }
+    }
+}
+
+async fn submit_extend(app: &AppState, sub: &ViewSubmission) -> Option<Value> {
+    let user = &sub.user.id;
+    let input = match forms::read_extend(&app.config, &sub.view) {
+        Ok(i) => i,
+        Err(errors) => return refuse_form(app, user, forms::EXTEND_CALLBACK, "invalid form", errors).await,
+    };
+    let who = requester(sub, &Origin::default());
+    let outcome = async {
+        let Some(_slot) = commands::pending_slot(app, user).await? else {
+            return Ok(Err(commands::Refused {
+                why: "too many pending requests",
+                message: commands::too_many_pending_message(app),
+                field: forms::block::DURATION,
+            }));
+        };
+        commands::extend_as(app, &who, input.request_id, input.duration, input.reason).await
+    };
+    match outcome.await {
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), user = %user, "extend form failed");
+            Some(forms::errors_response(&one_error(
+                forms::block::DURATION,
+                FAILED.into(),
+            )))
+        }
+        Ok(Err(refused)) => {
+            refuse_form(
+                app,
+                user,
+                forms::EXTEND_CALLBACK,
+                refused.why,
+                one_error(refused.field, refused.message),
+            )
+            .await
+        }
+        // Nothing could be done (the grant ended meanwhile, the limit): say so on the form.
+        Ok(Ok((None, reply))) => Some(forms::errors_response(&one_error(forms::block::DURATION, reply))),
+        Ok(Ok((Some(id), reply))) => {
+            confirm(app, user, reply, Some(id)).await;
+            None
+        }
+    }
+}
+
+/// Confirms a form's outcome to its sender by DM, and refreshes their Home tab.
+async fn confirm(app: &AppState, user: &str, reply: String, request_id: Option<i64>) {
+    if let Err(e) = app.send_now(store::Outgoing::message(user, reply, request_id)).await {
+        tracing::error!(error = format!("{e:#}"), "could not queue a form's confirmation");
+    }
+    home::refresh(app, user);
+}
+
+/// One click on one of jitgate's buttons; one in the Home tab refreshes it afterwards.
+pub fn click(app: &AppState, click: Click, from_home: bool) {
     let task_app = app.clone();
     app.tasks.spawn(async move {
+        let user = click.user_id.clone();
         if let Err(e) = approvals::handle_click(&task_app, click).await {
             tracing::error!(error = format!("{e:#}"), "click failed");
+        }
+        if from_home {
+            home::refresh(&task_app, &user);
         }
     });
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod dev;
 pub mod duration;
 pub mod fakeslack;
+pub mod forms;
 pub mod fuzzing;
 pub mod grants;
 pub mod healthcheck;

@@ -111,6 +111,17 @@ pub fn validate(config: &Config, input: &RequestInput) -> Result<ValidRequest, S
     })
 }
 
+/// Which form field a refusal by [`validate`] concerns (a request modal's block_id).
+pub fn refused_field(config: &Config, input: &RequestInput) -> &'static str {
+    use crate::policy::{requestable, RequestRefusal};
+    match requestable(config, &input.resource, input.role.as_deref(), input.duration) {
+        Err(RequestRefusal::UnknownResource) => "resource",
+        Err(RequestRefusal::UnknownRole { .. }) => "role",
+        Err(RequestRefusal::TooLong { .. }) => "duration",
+        Ok(_) => "reason",
+    }
+}
+
 /// Who asked, and from where.
 #[derive(Debug, Clone)]
 pub struct Requester {

@@ -254,13 +254,14 @@ pub async fn handle_envelope(app: &AppState, envelope: Value) -> Value {
                 None
             }
         },
-        Some("interactive") => {
-            match serde_json::from_value::<Interaction>(payload) {
-                Ok(i) => inputs::interaction_once(app, i).await,
-                Err(e) => tracing::warn!(error = %e, "Socket Mode: unreadable interaction"),
+        // A form submission's answer (field errors) rides in the ack's payload.
+        Some("interactive") => match serde_json::from_value::<Interaction>(payload) {
+            Ok(i) => inputs::interaction_once(app, i).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "Socket Mode: unreadable interaction");
+                None
             }
-            None
-        }
+        },
         Some("events_api") => {
             match serde_json::from_value::<EventEnvelope>(payload) {
                 Ok(e) => match inputs::event(app, e).await {

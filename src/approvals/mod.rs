@@ -150,7 +150,8 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
             };
             return match &click.response_url {
                 Some(url) => app.send_now(Outgoing::ephemeral(url, text)).await,
-                None => Ok(()),
+                // A click in the Home tab (or a DM without response_url): answer by DM.
+                None => app.send_now(Outgoing::message(&click.user_id, text, None)).await,
             };
         }
         REVOKE => {
@@ -160,7 +161,8 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
             };
             return match &click.response_url {
                 Some(url) => app.send_now(Outgoing::ephemeral(url, text)).await,
-                None => Ok(()),
+                // A click in the Home tab (or a DM without response_url): answer by DM.
+                None => app.send_now(Outgoing::message(&click.user_id, text, None)).await,
             };
         }
         other => {
@@ -170,11 +172,13 @@ pub async fn handle_click(app: &AppState, click: Click) -> anyhow::Result<()> {
     };
     let reply = |text: String| {
         let url = click.response_url.clone();
+        let user = click.user_id.clone();
         async move {
             if let Some(url) = url {
                 app.send_now(Outgoing::ephemeral(&url, text)).await
             } else {
-                Ok(())
+                // A Home tab click has no response_url: answer by DM.
+                app.send_now(Outgoing::message(&user, text, None)).await
             }
         }
     };

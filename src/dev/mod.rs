@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, AdapterConfig, Config, RecordAdapterConfig};
 use crate::duration::HumanDuration;
-use crate::fakeslack::page::{self, Directory, Group, Person, Room};
+use crate::fakeslack::page::{self, Directory, Group, Person, Room, Shortcut};
 use crate::fakeslack::{self, FakeSlack};
 
 /// The demo configuration run when no `--config` is given.
@@ -35,6 +35,13 @@ pub const AUDIT_KEY_FILE: &str = "jitgate-dev-audit.key";
 /// The workspace and app the local Slack's commands and clicks come from.
 pub const TEAM_ID: &str = "T0TEAM";
 pub const API_APP_ID: &str = "A0JITGATE";
+/// The app manifest: the local Slack offers the global shortcuts it declares.
+const MANIFEST: &str = include_str!("../../manifest/slack-app.yaml");
+
+fn shortcuts() -> Vec<Shortcut> {
+    page::manifest_shortcuts(MANIFEST)
+}
+
 /// How long shutdown waits for open clients and running adapter calls, at most.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -274,6 +281,7 @@ pub fn demo_directory() -> Directory {
             handle: "dbas".into(),
             members: vec!["U0CAROL".into()],
         }],
+        shortcuts: shortcuts(),
     }
 }
 
@@ -341,6 +349,7 @@ pub fn directory_for(config: &Config) -> Directory {
         people,
         channels,
         groups,
+        shortcuts: shortcuts(),
     }
 }
 
@@ -409,6 +418,10 @@ mod tests {
         assert!(dir.people.iter().any(|p| p.id == "U0DBASM"), "a member of S0DBAS");
         assert!(dir.channels.iter().any(|c| c.id == "C0DBAPPROVE"));
         assert!(dir.channels.iter().any(|c| c.name.starts_with("inc-")));
+        assert!(
+            dir.shortcuts.iter().any(|s| s.callback_id == "request_access"),
+            "the manifest's shortcut"
+        );
     }
 
     #[test]

@@ -7,6 +7,19 @@
 //! of the Socket Mode server in [`socket`]. Failures can be scripted (`fail_next`), a
 //! channel can refuse posts for good (`refuse_channel`), calls can hang (`hang_channel`),
 //! and the bot token can be revoked (`set_token_revoked`).
+//!
+//! Modals and the Home tab follow Slack's rules, so code that works here works on Slack:
+//! `views.open` and `views.push` take only a `trigger_id` the fake issued
+//! ([`FakeSlack::new_trigger_id`]: the test harness and a local Slack give one to each
+//! command and click), at most [`TRIGGER_TTL`] old (`expired_trigger_id`) and once
+//! (`exchanged_trigger_id`); `views.update` needs a `view_id` (or `external_id`) the fake
+//! handed out (`not_found`) and a matching `hash` when one is sent (`hash_conflict`);
+//! `views.publish` needs a `user_id`. Block Kit is checked against Slack's limits
+//! ([`check_view`], [`check_message_blocks`]: `invalid_blocks`, or `invalid_arguments` for
+//! a modal's title, buttons and `private_metadata`). A post to a private channel (`G…`) the
+//! bot is not in answers `not_in_channel`. Every call is recorded with its full body,
+//! views included ([`FakeSlack::calls`]); the views the fake holds are in
+//! [`FakeSlack::view`] and [`FakeSlack::home_of`].
 
 pub mod page;
 pub mod socket;
@@ -40,6 +53,9 @@ pub const ALL_SCOPES: &[&str] = &[
     "users:read",
     "users:read.email",
 ];
+
+/// How long a `trigger_id` may be exchanged for a view, as on Slack.
+pub const TRIGGER_TTL: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One recorded call.
 #[derive(Debug, Clone)]
@@ -114,6 +130,14 @@ struct Inner {
     /// User ID → e-mail (`None`: a profile without one), for `users.info`.
     emails: HashMap<String, Option<String>>,
     next_ts: u64,
+    /// trigger_id → when it was issued and whether it was used.
+    triggers: HashMap<String, (std::time::Instant, bool)>,
+    next_trigger: u64,
+    /// view_id → the view as the fake holds it (with id, hash, state).
+    views: HashMap<String, Value>,
+    /// user ID → view_id of their published Home tab.
+    homes: HashMap<String, String>,
+    next_view: u64,
     /// Successful calls with their answers (see [`Observed`]).
     observed: Vec<Observed>,
 }
@@ -301,6 +325,36 @@ impl FakeSlack {
         self.lock().emails.insert(user.into(), email.map(String::from));
     }
 
+    /// A fresh `trigger_id`, as Slack puts in every command and click: `views.open` and
+    /// `views.push` accept it once, within [`TRIGGER_TTL`] of this call.
+    pub fn new_trigger_id(&self) -> String {
+        let mut g = self.lock();
+        g.next_trigger += 1;
+        let id = format!("{}.{}.{:016x}", g.next_trigger, 1_700_000_000u64, rand::random::<u64>());
+        g.triggers.insert(id.clone(), (std::time::Instant::now(), false));
+        id
+    }
+
+    /// Makes `trigger_id` look issued `by` earlier (a person who waited, a slow app).
+    pub fn age_trigger_id(&self, trigger_id: &str, by: std::time::Duration) {
+        if let Some((issued, _)) = self.lock().triggers.get_mut(trigger_id) {
+            if let Some(earlier) = issued.checked_sub(by) {
+                *issued = earlier;
+            }
+        }
+    }
+
+    /// The view the fake holds under `view_id` (opened, pushed, updated or published).
+    pub fn view(&self, view_id: &str) -> Option<Value> {
+        self.lock().views.get(view_id).cloned()
+    }
+
+    /// `user`'s Home tab as last published.
+    pub fn home_of(&self, user: &str) -> Option<Value> {
+        let g = self.lock();
+        g.homes.get(user).and_then(|id| g.views.get(id)).cloned()
+    }
+
     /// Sets the members `usergroups.users.list` returns for `group`.
     pub fn set_group(&self, group: &str, members: &[&str]) {
         self.lock()
@@ -417,7 +471,40 @@ async fn api_post(
             return Json(json!({"ok": false, "error": code})).into_response();
         }
     }
+    if matches!(method.as_str(), "chat.postMessage" | "chat.update") {
+        if let Err(code) = check_message_blocks(&body) {
+            g.calls.push(Call {
+                method,
+                body,
+                ok: false,
+            });
+            return Json(json!({"ok": false, "error": code})).into_response();
+        }
+        // chat:write.public reaches public channels; a private one needs the bot in it.
+        if channel.starts_with('G') && g.not_member.contains(&channel) {
+            g.calls.push(Call {
+                method,
+                body,
+                ok: false,
+            });
+            return Json(json!({"ok": false, "error": "not_in_channel"})).into_response();
+        }
+    }
     let reply = match method.as_str() {
+        "views.open" | "views.push" | "views.update" | "views.publish" => {
+            let mut body = body;
+            // Form-encoded calls carry the view as a JSON string.
+            if let Some(text) = body["view"].as_str() {
+                body["view"] = serde_json::from_str(text).unwrap_or(Value::Null);
+            }
+            let reply = views_call(&mut g, &method, &body);
+            let ok = reply["ok"].as_bool().unwrap_or(false);
+            if ok {
+                g.observe(&state.changes, &method, &body, &reply);
+            }
+            g.calls.push(Call { method, body, ok });
+            return Json(reply).into_response();
+        }
         "auth.test" => {
             let scopes = g.scopes.join(",");
             g.calls.push(Call { method, body, ok: true });
@@ -439,13 +526,6 @@ async fn api_post(
                 None => channel,
             };
             json!({"ok": true, "channel": channel, "ts": ts, "message": {"ts": ts, "type": "message", "text": body["text"]}})
-        }
-        "views.publish" => {
-            let mut view = body["view"].clone();
-            view["id"] = json!("V0HOME");
-            view["team_id"] = json!("T0TEAM");
-            view["hash"] = json!("1700000000.abc");
-            json!({"ok": true, "view": view})
         }
         "chat.update" => {
             json!({"ok": true, "channel": channel, "ts": body["ts"], "text": body["text"], "message": {"text": body["text"]}})
@@ -559,4 +639,299 @@ async fn response_url(State(state): State<Shared>, Path(id): Path<String>, body:
     });
     // Slack answers a response_url post with a bare "ok".
     (StatusCode::OK, "ok").into_response()
+}
+
+/// Slack's limits on Block Kit, as the fake enforces them.
+pub mod limits {
+    /// Blocks in one message.
+    pub const MESSAGE_BLOCKS: usize = 50;
+    /// Blocks in a modal or a Home tab.
+    pub const VIEW_BLOCKS: usize = 100;
+    /// A modal's title, submit and close texts.
+    pub const MODAL_TEXT: usize = 24;
+    /// A section's text (and each field).
+    pub const SECTION_TEXT: usize = 3000;
+    /// A header block's text.
+    pub const HEADER_TEXT: usize = 150;
+    /// A button's text.
+    pub const BUTTON_TEXT: usize = 75;
+    /// A button's (or option's) value.
+    pub const VALUE: usize = 2000;
+    /// `block_id` and `action_id`.
+    pub const ID: usize = 255;
+    /// A view's `private_metadata`.
+    pub const PRIVATE_METADATA: usize = 3000;
+    /// An input block's label and an option's text.
+    pub const LABEL: usize = 2000;
+    /// Options in a static select.
+    pub const OPTIONS: usize = 100;
+}
+
+fn chars(v: &Value) -> usize {
+    v.as_str().map(|s| s.chars().count()).unwrap_or(0)
+}
+
+/// Why Slack would refuse these blocks (`invalid_blocks`), if it would.
+fn check_blocks(blocks: &Value, max: usize) -> Result<(), String> {
+    let Some(list) = blocks.as_array() else {
+        return if blocks.is_null() {
+            Ok(())
+        } else {
+            Err("blocks is not a list".into())
+        };
+    };
+    if list.len() > max {
+        return Err(format!("{} blocks, more than {max}", list.len()));
+    }
+    let mut ids = HashSet::new();
+    for (i, b) in list.iter().enumerate() {
+        if let Some(id) = b["block_id"].as_str() {
+            if chars(&b["block_id"]) > limits::ID {
+                return Err(format!("block {i}: block_id too long"));
+            }
+            if !ids.insert(id.to_string()) {
+                return Err(format!("block {i}: duplicate block_id {id}"));
+            }
+        }
+        match b["type"].as_str() {
+            Some("section") => {
+                if chars(&b["text"]["text"]) > limits::SECTION_TEXT {
+                    return Err(format!("block {i}: section text over {}", limits::SECTION_TEXT));
+                }
+                if let Some(fields) = b["fields"].as_array() {
+                    if fields.iter().any(|f| chars(&f["text"]) > 2000) || fields.len() > 10 {
+                        return Err(format!("block {i}: section fields over Slack's limits"));
+                    }
+                }
+                if b["text"].is_null() && b["fields"].is_null() {
+                    return Err(format!("block {i}: section without text or fields"));
+                }
+                check_element(&b["accessory"], i)?;
+            }
+            Some("header") => {
+                if b["text"]["type"] != "plain_text" || chars(&b["text"]["text"]) > limits::HEADER_TEXT {
+                    return Err(format!(
+                        "block {i}: header must be plain_text of at most {}",
+                        limits::HEADER_TEXT
+                    ));
+                }
+            }
+            Some("actions") => {
+                let elements = b["elements"].as_array().map(Vec::as_slice).unwrap_or_default();
+                if elements.is_empty() || elements.len() > 25 {
+                    return Err(format!("block {i}: actions needs 1 to 25 elements"));
+                }
+                for e in elements {
+                    check_element(e, i)?;
+                }
+            }
+            Some("context") => {
+                let elements = b["elements"].as_array().map(Vec::as_slice).unwrap_or_default();
+                if elements.is_empty() || elements.len() > 10 {
+                    return Err(format!("block {i}: context needs 1 to 10 elements"));
+                }
+            }
+            Some("input") => {
+                if chars(&b["label"]["text"]) == 0 || chars(&b["label"]["text"]) > limits::LABEL {
+                    return Err(format!("block {i}: input label missing or too long"));
+                }
+                if b["element"].is_null() {
+                    return Err(format!("block {i}: input without element"));
+                }
+                check_element(&b["element"], i)?;
+            }
+            Some("divider") | Some("image") | Some("rich_text") | Some("file") | Some("video") => {}
+            other => return Err(format!("block {i}: unknown block type {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Why Slack would refuse one interactive element, if it would.
+fn check_element(e: &Value, block: usize) -> Result<(), String> {
+    if e.is_null() {
+        return Ok(());
+    }
+    if chars(&e["action_id"]) > limits::ID {
+        return Err(format!("block {block}: action_id too long"));
+    }
+    match e["type"].as_str() {
+        Some("button") => {
+            let text = chars(&e["text"]["text"]);
+            if text == 0 || text > limits::BUTTON_TEXT {
+                return Err(format!(
+                    "block {block}: button text must be 1 to {} characters",
+                    limits::BUTTON_TEXT
+                ));
+            }
+            if chars(&e["value"]) > limits::VALUE {
+                return Err(format!("block {block}: button value over {}", limits::VALUE));
+            }
+        }
+        Some("static_select") | Some("radio_buttons") | Some("checkboxes") | Some("overflow") => {
+            let options = e["options"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if e["option_groups"].is_null() && (options.is_empty() || options.len() > limits::OPTIONS) {
+                return Err(format!(
+                    "block {block}: a select needs 1 to {} options",
+                    limits::OPTIONS
+                ));
+            }
+            for o in options {
+                if chars(&o["text"]["text"]) == 0 || chars(&o["text"]["text"]) > 75 || chars(&o["value"]) > 150 {
+                    return Err(format!(
+                        "block {block}: an option's text or value is over Slack's limits"
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Why Slack would refuse a message's blocks (`invalid_blocks`), if it would.
+pub fn check_message_blocks(body: &Value) -> Result<(), &'static str> {
+    let blocks = match body["blocks"].as_str() {
+        // Form-encoded calls carry blocks as a JSON string.
+        Some(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        None => body["blocks"].clone(),
+    };
+    check_blocks(&blocks, limits::MESSAGE_BLOCKS).map_err(|why| {
+        tracing::warn!(why, "fake Slack: invalid_blocks");
+        "invalid_blocks"
+    })
+}
+
+/// Why Slack would refuse a view (`invalid_arguments` for its frame, `invalid_blocks`
+/// for its blocks), if it would.
+pub fn check_view(view: &Value) -> Result<(), &'static str> {
+    let kind = view["type"].as_str();
+    if !matches!(kind, Some("modal") | Some("home")) {
+        return Err("invalid_arguments");
+    }
+    if kind == Some("modal") {
+        let title = chars(&view["title"]["text"]);
+        if title == 0 || title > limits::MODAL_TEXT {
+            return Err("invalid_arguments");
+        }
+        for key in ["submit", "close"] {
+            if chars(&view[key]["text"]) > limits::MODAL_TEXT {
+                return Err("invalid_arguments");
+            }
+        }
+        let has_input = view["blocks"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["type"] == "input"));
+        if has_input && view["submit"].is_null() {
+            return Err("invalid_arguments");
+        }
+    }
+    if chars(&view["private_metadata"]) > limits::PRIVATE_METADATA
+        || chars(&view["callback_id"]) > limits::ID
+        || chars(&view["external_id"]) > limits::ID
+    {
+        return Err("invalid_arguments");
+    }
+    check_blocks(&view["blocks"], limits::VIEW_BLOCKS).map_err(|why| {
+        tracing::warn!(why, "fake Slack: invalid_blocks in a view");
+        "invalid_blocks"
+    })
+}
+
+/// Takes a trigger_id for a view, as Slack does: issued by the fake, fresh, once.
+fn exchange_trigger(g: &mut Inner, trigger: Option<&str>) -> Result<(), &'static str> {
+    let Some(trigger) = trigger.filter(|t| !t.is_empty()) else {
+        return Err("invalid_arguments");
+    };
+    match g.triggers.get_mut(trigger) {
+        None => Err("invalid_trigger_id"),
+        Some((_, true)) => Err("exchanged_trigger_id"),
+        Some((issued, used)) => {
+            if issued.elapsed() > TRIGGER_TTL {
+                return Err("expired_trigger_id");
+            }
+            *used = true;
+            Ok(())
+        }
+    }
+}
+
+/// `views.open`, `views.push`, `views.update` and `views.publish`, with Slack's answers.
+fn views_call(g: &mut Inner, method: &str, body: &Value) -> Value {
+    let fail = |code: &str| json!({"ok": false, "error": code});
+    let view = &body["view"];
+    if let Err(code) = check_view(view) {
+        return fail(code);
+    }
+    let previous: Option<String> = match method {
+        "views.open" | "views.push" => {
+            if view["type"] != "modal" {
+                return fail("invalid_arguments");
+            }
+            if let Err(code) = exchange_trigger(g, body["trigger_id"].as_str()) {
+                return fail(code);
+            }
+            None
+        }
+        "views.update" => {
+            let id = match (body["view_id"].as_str(), body["external_id"].as_str()) {
+                (Some(id), _) => Some(id.to_string()),
+                (None, Some(ext)) => g
+                    .views
+                    .iter()
+                    .find(|(_, v)| v["external_id"] == ext)
+                    .map(|(id, _)| id.clone()),
+                (None, None) => return fail("invalid_arguments"),
+            };
+            let Some(old) = id.as_ref().and_then(|id| g.views.get(id)) else {
+                return fail("not_found");
+            };
+            if old["type"] != view["type"] {
+                return fail("invalid_arguments");
+            }
+            if let Some(hash) = body["hash"].as_str() {
+                if old["hash"] != hash {
+                    return fail("hash_conflict");
+                }
+            }
+            id
+        }
+        _ => {
+            if view["type"] != "home" {
+                return fail("invalid_arguments");
+            }
+            let Some(user) = body["user_id"].as_str().filter(|u| !u.is_empty()) else {
+                return fail("invalid_arguments");
+            };
+            g.homes.get(user).cloned()
+        }
+    };
+    g.next_view += 1;
+    let n = g.next_view;
+    let id = previous.clone().unwrap_or_else(|| format!("V{n:08}"));
+    let mut stored = view.clone();
+    stored["id"] = json!(id);
+    stored["team_id"] = json!("T0TEAM");
+    stored["app_id"] = json!("A0APP");
+    stored["bot_id"] = json!("B0JITGATE");
+    stored["hash"] = json!(format!("{}.{n:08x}", 1_700_000_000u64 + n));
+    stored["state"] = json!({"values": {}});
+    for key in ["private_metadata", "callback_id", "external_id"] {
+        if stored[key].is_null() {
+            stored[key] = json!("");
+        }
+    }
+    let root = match (method, previous.as_ref().and_then(|p| g.views.get(p))) {
+        (_, Some(old)) => old["root_view_id"].clone(),
+        _ => json!(id),
+    };
+    stored["root_view_id"] = root;
+    stored["previous_view_id"] = Value::Null;
+    if method == "views.publish" {
+        if let Some(user) = body["user_id"].as_str() {
+            g.homes.insert(user.to_string(), id.clone());
+        }
+    }
+    g.views.insert(id, stored.clone());
+    json!({"ok": true, "view": stored})
 }

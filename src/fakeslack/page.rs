@@ -85,6 +85,71 @@ pub struct Directory {
     pub people: Vec<Person>,
     pub channels: Vec<Room>,
     pub groups: Vec<Group>,
+    /// Global shortcuts the app declares (the manifest's `features.shortcuts`).
+    pub shortcuts: Vec<Shortcut>,
+}
+
+/// A global shortcut, offered in the composer's shortcuts menu.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Shortcut {
+    pub name: String,
+    pub callback_id: String,
+}
+
+/// The global shortcuts declared in an app manifest (YAML): the `name` and `callback_id`
+/// of each item under `features.shortcuts` with `type: global`.
+pub fn manifest_shortcuts(manifest: &str) -> Vec<Shortcut> {
+    let mut out = Vec::new();
+    let mut inside: Option<usize> = None;
+    let mut item: Option<(Option<String>, Option<String>, bool)> = None;
+    let flush = |item: &mut Option<(Option<String>, Option<String>, bool)>, out: &mut Vec<Shortcut>| {
+        if let Some((Some(name), Some(callback_id), true)) = item.take() {
+            out.push(Shortcut { name, callback_id });
+        }
+    };
+    for line in manifest.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        match inside {
+            None => {
+                if trimmed == "shortcuts:" {
+                    inside = Some(indent);
+                }
+                continue;
+            }
+            Some(level) if indent <= level && !trimmed.starts_with('-') => {
+                flush(&mut item, &mut out);
+                inside = None;
+                continue;
+            }
+            Some(_) => {}
+        }
+        let field = match trimmed.strip_prefix("- ") {
+            Some(rest) => {
+                flush(&mut item, &mut out);
+                item = Some((None, None, false));
+                rest
+            }
+            None => trimmed,
+        };
+        let Some((key, value)) = field.split_once(':') else {
+            continue;
+        };
+        let value = value.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
+        if let Some(it) = item.as_mut() {
+            match key.trim() {
+                "name" => it.0 = Some(value),
+                "callback_id" => it.1 = Some(value),
+                "type" => it.2 = value == "global",
+                _ => {}
+            }
+        }
+    }
+    flush(&mut item, &mut out);
+    out
 }
 
 impl Directory {
@@ -329,16 +394,6 @@ fn slack_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// A trigger_id in Slack's shape, unique (jitgate acts on each once).
-fn new_trigger_id() -> String {
-    format!(
-        "{}.{}.{}",
-        rand::random::<u32>(),
-        rand::random::<u32>(),
-        hex::encode(rand::random::<[u8; 16]>())
-    )
-}
-
 type HttpClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 #[derive(Clone)]
@@ -437,7 +492,7 @@ impl Page {
     /// A trigger_id for `user`'s command or click; a `views.open` or `views.push` with it
     /// opens a modal for them. The one place they are made.
     fn trigger_id(&self, user: &str) -> String {
-        let id = new_trigger_id();
+        let id = self.fake.new_trigger_id();
         self.lock().triggers.insert(id.clone(), user.to_string());
         id
     }
@@ -504,6 +559,7 @@ fn router(page: Page) -> Router {
         .route("/api/action", post(action))
         .route("/api/home_opened", post(home_opened))
         .route("/api/view_submission", post(view_submission))
+        .route("/api/shortcut", post(shortcut))
         .route("/api/view_closed", post(view_closed))
         .layer(middleware::from_fn(loopback_only))
         .with_state(page)
@@ -584,6 +640,7 @@ async fn state(State(page): State<Page>, Query(who): Query<Who>) -> Response {
         "command": page.dir.command,
         "people": page.dir.people,
         "channels": page.dir.channels,
+        "shortcuts": page.dir.shortcuts,
         "groups": page.dir.groups.iter().map(|g| json!({"id": g.id, "handle": g.handle})).collect::<Vec<_>>(),
         "dm": dm,
         "messages": messages,
@@ -766,11 +823,15 @@ struct ActionReq {
     values: Option<HashMap<String, HashMap<String, Input>>>,
     block_id: String,
     action_id: String,
+    /// For a select or radio group: the chosen option's value.
+    #[serde(default)]
+    selected: Option<String>,
 }
 
-/// Finds the button `action_id` in block `block_id` (a section's accessory or an actions
-/// element): the page says which button, the message says what it carries.
-fn find_button<'a>(blocks: &'a Value, block_id: &str, action_id: &str) -> Option<&'a Value> {
+/// Finds the interactive element `action_id` in block `block_id`: a section's accessory,
+/// an actions block's element, or an input block's element (`dispatch_action` only): the
+/// page says which element, the message or view says what it carries.
+fn find_element<'a>(blocks: &'a Value, block_id: &str, action_id: &str) -> Option<&'a Value> {
     let blocks = blocks.as_array()?;
     blocks.iter().enumerate().find_map(|(i, b)| {
         let id = b["block_id"]
@@ -782,10 +843,50 @@ fn find_button<'a>(blocks: &'a Value, block_id: &str, action_id: &str) -> Option
         }
         let mut candidates: Vec<&Value> = b["elements"].as_array().map(|e| e.iter().collect()).unwrap_or_default();
         candidates.push(&b["accessory"]);
+        if b["type"] == "input" && b["dispatch_action"].as_bool() == Some(true) {
+            candidates.push(&b["element"]);
+        }
         candidates
             .into_iter()
-            .find(|e| e["type"] == "button" && e["action_id"].as_str() == Some(action_id))
+            .find(|e| e["action_id"].as_str() == Some(action_id) && e["type"].is_string())
     })
+}
+
+/// The `actions[0]` Slack sends for a click on `element` (a button) or a choice in it (a
+/// select or radio group: `selected` must be one of its options).
+fn action_of(element: &Value, block_id: &str, selected: Option<&str>, action_ts: &str) -> Result<Value, String> {
+    let kind = element["type"].as_str().unwrap_or_default();
+    let mut action = json!({
+        "type": kind,
+        "action_id": element["action_id"],
+        "block_id": block_id,
+        "action_ts": action_ts,
+    });
+    match kind {
+        "button" => {
+            action["text"] = element["text"].clone();
+            for key in ["value", "style"] {
+                if !element[key].is_null() {
+                    action[key] = element[key].clone();
+                }
+            }
+        }
+        "static_select" | "radio_buttons" => {
+            let Some(chosen) = selected else {
+                return Err("say which option was chosen".into());
+            };
+            let option = options_of(element)
+                .into_iter()
+                .find(|o| o["value"].as_str() == Some(chosen))
+                .ok_or_else(|| format!("`{chosen}` is not one of its options"))?;
+            action["selected_option"] = option;
+            if !element["placeholder"].is_null() {
+                action["placeholder"] = element["placeholder"].clone();
+            }
+        }
+        other => return Err(format!("the local Slack cannot send a {other} action")),
+    }
+    Ok(action)
 }
 
 /// A click on a button: a signed `block_actions` interaction, as Slack sends it.
@@ -821,7 +922,7 @@ async fn action(State(page): State<Page>, Json(req): Json<ActionReq>) -> Respons
             else {
                 return error(StatusCode::NOT_FOUND, "that message is gone");
             };
-            let Some(button) = find_button(&m.blocks, &req.block_id, &req.action_id).cloned() else {
+            let Some(button) = find_element(&m.blocks, &req.block_id, &req.action_id).cloned() else {
                 return error(StatusCode::NOT_FOUND, "that button is no longer on the message");
             };
             let ephemeral = m.only_for.is_some();
@@ -850,7 +951,7 @@ async fn action(State(page): State<Page>, Json(req): Json<ActionReq>) -> Respons
             let Some((_, view)) = ws.modal(&me.id, view_id) else {
                 return error(StatusCode::NOT_FOUND, "that modal is closed");
             };
-            let Some(button) = find_button(&view["blocks"], &req.block_id, &req.action_id).cloned() else {
+            let Some(button) = find_element(&view["blocks"], &req.block_id, &req.action_id).cloned() else {
                 return error(StatusCode::NOT_FOUND, "that button is no longer in the modal");
             };
             let mut view = view.clone();
@@ -867,7 +968,7 @@ async fn action(State(page): State<Page>, Json(req): Json<ActionReq>) -> Respons
             let Some(view) = ws.homes.get(&me.id) else {
                 return error(StatusCode::NOT_FOUND, "no Home tab is published for you");
             };
-            let Some(button) = find_button(&view["blocks"], &req.block_id, &req.action_id).cloned() else {
+            let Some(button) = find_element(&view["blocks"], &req.block_id, &req.action_id).cloned() else {
                 return error(StatusCode::NOT_FOUND, "that button is no longer on the Home tab");
             };
             payload["container"] = json!({"type": "view", "view_id": view["id"]});
@@ -876,18 +977,10 @@ async fn action(State(page): State<Page>, Json(req): Json<ActionReq>) -> Respons
         }
         _ => return error(StatusCode::BAD_REQUEST, "give both channel and ts, or neither (Home)"),
     };
-    let mut clicked = json!({
-        "type": "button",
-        "action_id": req.action_id,
-        "block_id": req.block_id,
-        "text": button["text"],
-        "action_ts": action_ts,
-    });
-    for key in ["value", "style"] {
-        if !button[key].is_null() {
-            clicked[key] = button[key].clone();
-        }
-    }
+    let clicked = match action_of(&button, &req.block_id, req.selected.as_deref(), &action_ts) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
     payload["actions"] = json!([clicked]);
     let body = match serde_urlencoded::to_string([("payload", payload.to_string())]) {
         Ok(b) => b,
@@ -908,6 +1001,47 @@ async fn action(State(page): State<Page>, Json(req): Json<ActionReq>) -> Respons
         Err(code) => page.ephemeral(&me.id, &channel, None, format!("That didn't work: \"{code}\"")),
     }
     Json(json!({"ok": true})).into_response()
+}
+
+#[derive(Deserialize)]
+struct ShortcutReq {
+    user: String,
+    callback_id: String,
+}
+
+/// Choosing a global shortcut: a signed `shortcut` interaction.
+async fn shortcut(State(page): State<Page>, Json(req): Json<ShortcutReq>) -> Response {
+    let Some(me) = page.dir.person(&req.user).cloned() else {
+        return error(StatusCode::BAD_REQUEST, "no such person in this workspace");
+    };
+    if !page.dir.shortcuts.iter().any(|s| s.callback_id == req.callback_id) {
+        return error(StatusCode::BAD_REQUEST, "the app declares no such shortcut");
+    }
+    let now = chrono::Utc::now();
+    let payload = json!({
+        "type": "shortcut",
+        "token": "local-slack-legacy-token",
+        "action_ts": format!("{}.{:06}", now.timestamp(), now.timestamp_subsec_micros()),
+        "team": {"id": page.dir.team_id, "domain": "local"},
+        "user": {"id": me.id, "username": me.name.to_ascii_lowercase(), "team_id": page.dir.team_id},
+        "api_app_id": page.dir.api_app_id,
+        "is_enterprise_install": false,
+        "enterprise": null,
+        "callback_id": req.callback_id,
+        "trigger_id": page.trigger_id(&me.id),
+    });
+    let body = match serde_urlencoded::to_string([("payload", payload.to_string())]) {
+        Ok(b) => b,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "the shortcut cannot be encoded"),
+    };
+    match page
+        .send_signed("/slack/interactions", "application/x-www-form-urlencoded", body)
+        .await
+    {
+        Ok((200, _, _)) => Json(json!({"ok": true})).into_response(),
+        Ok((status, _, _)) => error(StatusCode::BAD_GATEWAY, &format!("jitgate answered HTTP {status}")),
+        Err(code) => error(StatusCode::BAD_GATEWAY, &code),
+    }
 }
 
 /// Opening the app's Home tab: a signed `app_home_opened` event (Events API).
@@ -1173,7 +1307,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buttons_are_found_in_actions_and_accessories_only_where_they_are() {
+    fn elements_are_found_in_actions_accessories_and_dispatching_inputs_only_where_they_are() {
         let blocks = json!([
             {"type": "section", "block_id": "s", "text": {"type": "mrkdwn", "text": "x"},
              "accessory": {"type": "button", "action_id": "more", "value": "7", "text": {"type": "plain_text", "text": "More"}}},
@@ -1182,11 +1316,29 @@ mod tests {
             {"type": "actions", "elements": [
                 {"type": "button", "action_id": "nameless", "value": "1", "text": {"type": "plain_text", "text": "N"}}]}
         ]);
-        assert_eq!(find_button(&blocks, "a", "jit_approve").unwrap()["value"], "42");
-        assert_eq!(find_button(&blocks, "s", "more").unwrap()["value"], "7");
-        assert_eq!(find_button(&blocks, "b2", "nameless").unwrap()["value"], "1");
-        assert!(find_button(&blocks, "s", "jit_approve").is_none());
-        assert!(find_button(&json!(null), "a", "jit_approve").is_none());
+        assert_eq!(find_element(&blocks, "a", "jit_approve").unwrap()["value"], "42");
+        assert_eq!(find_element(&blocks, "s", "more").unwrap()["value"], "7");
+        assert_eq!(find_element(&blocks, "b2", "nameless").unwrap()["value"], "1");
+        assert!(find_element(&blocks, "s", "jit_approve").is_none());
+        assert!(find_element(&json!(null), "a", "jit_approve").is_none());
+        let form = modal();
+        assert!(
+            find_element(&form["blocks"], "resource", "pick").is_none(),
+            "not a dispatching input"
+        );
+        let mut dispatching = form.clone();
+        dispatching["blocks"][0]["dispatch_action"] = json!(true);
+        let select = find_element(&dispatching["blocks"], "resource", "pick").unwrap();
+        let action = action_of(select, "resource", Some("staging-db"), "1.2").unwrap();
+        assert_eq!(action["type"], "static_select");
+        assert_eq!(action["selected_option"]["value"], "staging-db");
+        assert!(action_of(select, "resource", Some("other"), "1.2").is_err());
+        let button = find_element(&blocks, "a", "jit_approve").unwrap();
+        let action = action_of(button, "a", None, "1.2").unwrap();
+        assert_eq!(
+            (action["value"].as_str(), action["type"].as_str()),
+            (Some("42"), Some("button"))
+        );
     }
 
     #[test]
@@ -1354,6 +1506,19 @@ mod tests {
             json!({"ok": true, "view": {"id": "V8"}}),
         ));
         assert_eq!(ws.modals.len(), 1);
+    }
+
+    #[test]
+    fn global_shortcuts_are_read_from_a_manifest() {
+        let manifest = "features:\n  bot_user:\n    display_name: jitgate\n  shortcuts:\n    - name: Request access\n      type: global\n      callback_id: request_access\n      description: Ask\n    - name: On a message\n      type: message\n      callback_id: msg\n  slash_commands:\n    - command: /jit\n";
+        assert_eq!(
+            manifest_shortcuts(manifest),
+            vec![Shortcut {
+                name: "Request access".into(),
+                callback_id: "request_access".into()
+            }]
+        );
+        assert!(manifest_shortcuts("features: {}").is_empty());
     }
 
     #[test]

@@ -412,6 +412,35 @@ impl SlackApi {
         Ok(())
     }
 
+    /// Opens a modal with a `trigger_id` (valid 3 s, once); returns the new view's id.
+    /// `view` is Block Kit JSON of `"type": "modal"`.
+    pub async fn open_view(&self, trigger_id: &str, view: serde_json::Value) -> Result<String, SlackCallError> {
+        let view: SlackView = serde_json::from_value(view)
+            .map_err(|e| SlackCallError::Permanent(format!("jitgate built a view slack-morphism cannot read: {e}")))?;
+        let session = self.client.open_session(&self.token);
+        let req = SlackApiViewsOpenRequest::new(trigger_id.into(), view);
+        let resp = self.call("views.open", session.views_open(&req)).await?;
+        Ok(resp.view.state_params.id.to_string())
+    }
+
+    /// Replaces an open modal (`view_id`); with `hash`, only if nobody changed it since.
+    pub async fn update_view(
+        &self,
+        view_id: &str,
+        hash: Option<&str>,
+        view: serde_json::Value,
+    ) -> Result<(), SlackCallError> {
+        let view: SlackView = serde_json::from_value(view)
+            .map_err(|e| SlackCallError::Permanent(format!("jitgate built a view slack-morphism cannot read: {e}")))?;
+        let session = self.client.open_session(&self.token);
+        let mut req = SlackApiViewsUpdateRequest::new(view).with_view_id(view_id.into());
+        if let Some(h) = hash {
+            req = req.with_hash(h.to_string());
+        }
+        self.call("views.update", session.views_update(&req)).await?;
+        Ok(())
+    }
+
     /// The members of a user group.
     pub async fn group_members(&self, group: &str) -> Result<Vec<String>, SlackCallError> {
         let session = self.client.open_session(&self.token);

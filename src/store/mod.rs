@@ -277,6 +277,15 @@ pub async fn pending_requests_of(conn: &mut SqliteConnection, user: &str) -> sql
         .await
 }
 
+/// Pending requests of anyone, oldest first, at most `limit` (the Home tab's "waiting
+/// for you" filters them by approver).
+pub async fn pending_requests(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<RequestRow>> {
+    sqlx::query_as("SELECT * FROM requests WHERE state = 'pending' ORDER BY id LIMIT ?")
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
 // ---- decisions -----------------------------------------------------------------------
 
 /// An approver's verdict.

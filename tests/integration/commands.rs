@@ -3,9 +3,9 @@
 use crate::support::*;
 
 #[tokio::test]
-async fn help_and_empty_command_show_usage_with_resources() {
+async fn help_shows_usage_with_resources() {
     let app = TestApp::start().await;
-    for text in ["", "help"] {
+    for text in ["help", "HELP"] {
         let reply = app.command(REQUESTER, text).await;
         assert!(
             reply.contains("/jit request <resource>[:<role>] [<duration>] <reason>"),
@@ -33,7 +33,11 @@ async fn bad_requests_are_explained_and_store_nothing() {
         ),
         ("request prod-db:read 1h", "Please say why you need access"),
         ("request prod-db 2 x", "is not a duration"),
-        ("request", "Say which resource you need"),
+        (
+            "request prod-db write 1h x",
+            "did you mean `/jit request prod-db:write 1h x`?",
+        ),
+        ("request prod-db:read 1h30 x", "`1h30` is not a duration"),
         ("dance", "I don't know the command `dance`"),
     ];
     for (text, expected) in cases {
@@ -54,7 +58,7 @@ async fn confirmation_names_the_request_and_the_approval_channel() {
     let app = TestApp::start().await;
     let reply = app.command(REQUESTER, "request prod-db:write 90m deploy hotfix").await;
     assert!(
-        reply.contains("Request *JIT-1*") && reply.contains("`prod-db:write` (1h30m)"),
+        reply.contains("Request *JIT-1*") && reply.contains("`prod-db:write` for 1h30m"),
         "{reply}"
     );
     assert!(reply.contains("<#C0APPROVALS>"), "{reply}");
@@ -147,7 +151,7 @@ async fn opening_the_home_tab_shows_the_persons_access_once_per_event() {
     assert_eq!(calls[0].body["user_id"], REQUESTER);
     let text = calls[0].all_text();
     assert!(
-        text.contains(&format!("JIT-{id} `prod-db:read` for 1h")) && text.contains("/jit request"),
+        text.contains(&format!("*JIT-{id}* `prod-db:read` for 1h")) && text.contains("/jit request"),
         "{text}"
     );
     app.command(REQUESTER, "help").await; // something else to wait behind

@@ -13,6 +13,7 @@ mod early_end;
 mod expiry_wave;
 mod explain;
 mod floods;
+mod forms;
 mod fuzz_corpus;
 mod group_commit;
 mod lifecycle;

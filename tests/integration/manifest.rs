@@ -44,6 +44,11 @@ fn checked_manifest(file: &str) -> serde_json::Value {
     );
     assert_eq!(manifest["features"]["slash_commands"][0]["command"], "/jit");
     assert_eq!(manifest["settings"]["interactivity"]["is_enabled"], true);
+    // The global shortcut that opens the request form; its callback_id is the code's.
+    let shortcut = &manifest["features"]["shortcuts"][0];
+    assert_eq!(shortcut["type"], "global", "{file}");
+    assert_eq!(shortcut["name"], "Request access", "{file}");
+    assert_eq!(shortcut["callback_id"], jitgate::forms::SHORTCUT_CALLBACK, "{file}");
     manifest
 }
 

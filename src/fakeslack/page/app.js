@@ -137,7 +137,7 @@ function textObject(t) {
 }
 
 function button(b, where, blockId) {
-  const btn = el("button", "btn" + (b.style ? " " + b.style : ""), b.text ? b.text.text : "");
+  const btn = el("button", "btn" + (b.style ? " " + b.style : ""), b.text ? emoji(b.text.text || "") : "");
   btn.type = "button";
   btn.dataset.actionId = b.action_id || "";
   btn.dataset.blockId = blockId;
@@ -156,7 +156,7 @@ function renderBlocks(blocks, where) {
     let node;
     switch (b.type) {
       case "header":
-        node = el("div", "block block-header", b.text ? b.text.text : "");
+        node = el("div", "block block-header", b.text ? emoji(b.text.text || "") : "");
         break;
       case "section": {
         node = el("div", "block block-section");
@@ -192,7 +192,7 @@ function renderBlocks(blocks, where) {
         node = el("div", "block unsupported", "[image: " + (b.alt_text || "") + "]");
         break;
       case "input":
-        node = renderInput(b, blockId, i);
+        node = renderInput(b, blockId, i, where);
         break;
       default:
         node = el("div", "block unsupported", "[" + b.type + " block]");
@@ -253,7 +253,7 @@ function click(where, blockId, actionId, btn) {
 
 // ---- modals ------------------------------------------------------------------------
 
-function renderInput(b, blockId, i) {
+function renderInput(b, blockId, i, where) {
   const node = el("div", "block block-input");
   const e = b.element || {};
   const actionId = e.action_id || "a" + i;
@@ -304,6 +304,17 @@ function renderInput(b, blockId, i) {
   }
   field.dataset.kind = e.type || "";
   field.dataset.actionId = actionId;
+  if (b.dispatch_action && where && where.view_id && (e.type === "static_select" || e.type === "radio_buttons")) {
+    // A choice here is sent to the app at once (block_actions), as on Slack.
+    field.addEventListener("change", () => {
+      const chosen = e.type === "static_select" ? field.value : (field.querySelector("input:checked") || {}).value;
+      if (!chosen) return;
+      api("/api/action", {
+        user: state.user, view_id: where.view_id, block_id: blockId, action_id: actionId,
+        selected: chosen, values: modalValues().values,
+      });
+    });
+  }
   field.classList.add("input-element");
   node.appendChild(field);
   if (b.hint) node.appendChild(el("div", "hint", b.hint.text || ""));
@@ -393,6 +404,8 @@ function renderModal() {
   const view = stack[stack.length - 1];
   const key = state.user + "/" + view.id + "/" + (view.hash || "") + "/" + stack.length;
   if (back && state.modalKey === key) return; // keep what is typed
+  // An update of the same view keeps what was typed in inputs it still has, as on Slack.
+  const kept = back && back.querySelector("#modal").dataset.viewId === (view.id || "") ? modalValues().values : {};
   state.modalKey = key;
   if (back) back.remove();
   back = el("div");
@@ -433,6 +446,22 @@ function renderModal() {
   m.appendChild(foot);
   back.appendChild(m);
   document.body.appendChild(back);
+  restoreValues(kept);
+}
+
+function restoreValues(kept) {
+  document.querySelectorAll("#modal .block-input").forEach((node) => {
+    const field = node.querySelector(".input-element");
+    const v = field && kept[node.dataset.blockId] && kept[node.dataset.blockId][field.dataset.actionId];
+    if (!v) return;
+    if (field.dataset.kind === "plain_text_input" && v.value) field.value = v.value;
+    if (field.dataset.kind === "static_select" && v.selected && [...field.options].some((o) => o.value === v.selected)) {
+      field.value = v.selected;
+    }
+    if (field.dataset.kind === "radio_buttons" && v.selected) {
+      field.querySelectorAll("input").forEach((r) => { r.checked = r.value === v.selected; });
+    }
+  });
 }
 
 function initials(name) {
@@ -554,6 +583,22 @@ async function start() {
     if (!text.trim()) return;
     input.value = "";
     api("/api/command", { user: state.user, channel: state.room, text });
+  });
+  const menuButton = document.getElementById("shortcuts-button");
+  const menu = document.getElementById("shortcuts-menu");
+  menuButton.addEventListener("click", () => {
+    menu.replaceChildren(...(state.data.shortcuts || []).map((sc) => {
+      const item = el("button", "shortcut", sc.name);
+      item.type = "button";
+      item.dataset.callbackId = sc.callback_id;
+      item.addEventListener("click", () => {
+        menu.hidden = true;
+        api("/api/shortcut", { user: state.user, callback_id: sc.callback_id });
+      });
+      return item;
+    }));
+    if (!menu.children.length) menu.appendChild(el("div", "empty", "The app declares no shortcuts."));
+    menu.hidden = !menu.hidden;
   });
   const events = new EventSource("/api/events");
   const live = document.getElementById("live");

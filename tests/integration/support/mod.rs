@@ -412,7 +412,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             ("text", text),
             ("api_app_id", "A0APP"),
             ("response_url", &self.slack.response_url("cmd")),
-            ("trigger_id", "123.456.abc"),
+            ("trigger_id", &self.slack.new_trigger_id()),
         ])
         .unwrap();
         let (status, reply) = self
@@ -454,7 +454,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             "api_app_id": "A0APP",
             "token": "legacy",
             "container": {"type": "message", "message_ts": "1700000001.000100", "channel_id": APPROVAL_CHANNEL, "is_ephemeral": false},
-            "trigger_id": "123.456.def",
+            "trigger_id": self.slack.new_trigger_id(),
             "channel": {"id": APPROVAL_CHANNEL, "name": "approvals"},
             "message": {"type": "message", "ts": "1700000001.000100", "text": "card", "blocks": []},
             "response_url": self.slack.response_url(response_id),
@@ -476,6 +476,72 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
             .post_signed("/slack/interactions", &body, "application/x-www-form-urlencoded")
             .await;
         assert_eq!(status, 200, "click answered: {text}");
+    }
+
+    /// Posts an interaction payload as Slack does; returns the status and the body.
+    pub async fn interact(&self, payload: &Value) -> (u16, String) {
+        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+        self.post_signed("/slack/interactions", &body, "application/x-www-form-urlencoded")
+            .await
+    }
+
+    /// Clicks a button in `user`'s Home tab (no response_url, a `view` of type home).
+    pub async fn home_click(&self, user: &str, action_id: &str, value: &str) {
+        let payload = json!({
+            "type": "block_actions",
+            "team": {"id": "T0TEAM", "domain": "acme"},
+            "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T0TEAM"},
+            "api_app_id": "A0APP",
+            "container": {"type": "view", "view_id": "V0HOME"},
+            "trigger_id": self.slack.new_trigger_id(),
+            "view": {"id": "V0HOME", "type": "home", "callback_id": "", "private_metadata": "", "hash": "h",
+                     "state": {"values": {}}},
+            "actions": [{"type": "button", "action_id": action_id, "block_id": "b1",
+                         "text": {"type": "plain_text", "text": "x"}, "value": value, "action_ts": "1700000002.1"}]
+        });
+        let (status, text) = self.interact(&payload).await;
+        assert_eq!(status, 200, "click answered: {text}");
+    }
+
+    /// The `view_submission` payload for submitting `view` (a view as the fake holds it)
+    /// as `user` with `values` typed into its inputs (block_id → value).
+    pub fn submission(&self, user: &str, view: &Value, values: &[(&str, &str)]) -> Value {
+        let mut state = serde_json::Map::new();
+        for (block, value) in values {
+            state.insert(
+                block.to_string(),
+                json!({ *block: {"type": "plain_text_input", "value": value} }),
+            );
+        }
+        let mut view = view.clone();
+        view["state"] = json!({ "values": state });
+        json!({
+            "type": "view_submission",
+            "team": {"id": "T0TEAM", "domain": "acme"},
+            "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T0TEAM"},
+            "api_app_id": "A0APP",
+            "trigger_id": self.slack.new_trigger_id(),
+            "view": view,
+        })
+    }
+
+    /// Submits a form over HTTP; returns Slack's answer as JSON (`Null` for an empty 200).
+    pub async fn submit(&self, user: &str, view: &Value, values: &[(&str, &str)]) -> Value {
+        let (status, body) = self.interact(&self.submission(user, view, values)).await;
+        assert_eq!(status, 200, "submission answered: {body}");
+        if body.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON answer: {body}"))
+        }
+    }
+
+    /// Waits for the `n`-th successful `views.open` and returns the view it opened.
+    pub async fn wait_opened_view(&self, n: usize) -> Value {
+        let calls = self
+            .wait_calls("a modal to open", n, |c| c.method == "views.open")
+            .await;
+        calls[n - 1].body["view"].clone()
     }
 
     pub async fn approve(&self, user: &str, id: i64) {
