@@ -333,3 +333,233 @@ async fn a_request_typed_on_the_local_slack_is_approved_by_another_person_and_ev
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Fills the open modal's plain text input `block_id` with `text` (replacing what it held).
+async fn type_into(c: &Client, block_id: &str, text: &str) {
+    let css = format!("#modal [data-block-id=\"{block_id}\"] .input-element");
+    let field = c.find(Locator::Css(&css)).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+async fn modal_open(c: &Client, callback_id: &str) {
+    until(
+        c,
+        &format!("the {callback_id} modal"),
+        &format!("return document.querySelector('#modal[data-callback-id=\"{callback_id}\"]') !== null;"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn on_the_local_slack_a_modal_request_shows_field_errors_is_approved_and_ended_from_home() {
+    let Some(browser) = browser::launch().await else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = jitgate::dev::start(jitgate::dev::DevOptions {
+        port: 0,
+        data_dir: dir.path().to_path_buf(),
+        config: None,
+        real_adapters: false,
+    })
+    .await
+    .unwrap();
+    let c = &browser.client;
+    c.goto(&format!("{}?as=U0ALICE", dev.url)).await.unwrap();
+    until(
+        c,
+        "the page as Alice",
+        "return document.getElementById('acting-as').value === 'U0ALICE';",
+    )
+    .await;
+    open_room(c, "C0GENERAL").await;
+
+    // The manifest's "Request access" shortcut opens the form; Cancel closes it.
+    c.find(Locator::Id("shortcuts-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css(
+        "#shortcuts-menu button[data-callback-id=\"request_access\"]",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    modal_open(c, "jit_request").await;
+    c.find(Locator::Id("modal-close")).await.unwrap().click().await.unwrap();
+    until(
+        c,
+        "the modal closed",
+        "return document.getElementById('modal-backdrop') === null;",
+    )
+    .await;
+
+    // `/jit` alone opens it too.
+    let input = c.find(Locator::Id("composer-input")).await.unwrap();
+    input.send_keys("/jit").await.unwrap();
+    c.find(Locator::Id("composer-send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    modal_open(c, "jit_request").await;
+    // Choosing another resource updates the form (dispatch_action → views.update), and
+    // what was typed stays.
+    type_into(c, "reason", "   ").await;
+    c.find(Locator::Css("#modal [data-block-id=\"resource\"] select"))
+        .await
+        .unwrap()
+        .select_by_value("staging-db")
+        .await
+        .unwrap();
+    until(
+        c,
+        "the form updated for staging-db",
+        "return document.getElementById('modal').innerText.includes('up to 8h');",
+    )
+    .await;
+
+    // A reason of only spaces: the app answers with a field error, shown under Reason.
+    c.find(Locator::Id("modal-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let shown = until(
+        c,
+        "the reason's field error",
+        "const e = document.querySelector('#modal .input-error[data-error-for=\"reason\"]'); return e ? e.textContent : '';",
+    )
+    .await;
+    assert!(shown.as_str().unwrap().contains("Say why"), "{shown}");
+    let others = c
+        .execute(
+            "return [...document.querySelectorAll('#modal .input-error')].filter(e => e.dataset.errorFor !== 'reason').map(e => e.textContent).join('');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(others, "", "an error under another input");
+    if std::env::var("JITGATE_UPDATE_SCREENSHOT").as_deref() == Ok("1") {
+        c.set_window_size(1280, 820).await.unwrap();
+        let png = c.screenshot().await.unwrap();
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/local-slack-modal.png");
+        std::fs::write(&target, &png).unwrap();
+    }
+
+    type_into(c, "reason", "checking replication lag").await;
+    c.find(Locator::Id("modal-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        c,
+        "the modal closed after submitting",
+        "return document.getElementById('modal-backdrop') === null;",
+    )
+    .await;
+    let submissions: Vec<_> = dev
+        .fake
+        .ok_calls("views.update")
+        .into_iter()
+        .filter(|call| call.body["view"]["callback_id"] == "jit_request")
+        .collect();
+    assert!(!submissions.is_empty(), "the resource choice reached the app");
+
+    // Bob, switched to with the page's switcher, approves in #db-approvals.
+    c.find(Locator::Id("acting-as"))
+        .await
+        .unwrap()
+        .select_by_value("U0BOB")
+        .await
+        .unwrap();
+    until(
+        c,
+        "the page as Bob",
+        "return document.querySelector('#sidebar li[data-room=\"D0BOB\"]') !== null;",
+    )
+    .await;
+    open_room(c, "C0DBAPPROVE").await;
+    let card = until(
+        c,
+        "the card of the form's request",
+        "return [...document.querySelectorAll('#messages .message')].map(m => m.innerText).find(t => t.includes('staging-db:read')) || '';",
+    )
+    .await;
+    assert!(card.as_str().unwrap().contains("checking replication lag"), "{card}");
+    click_button(c, "jit_approve").await;
+    until(
+        c,
+        "the card approved and granted",
+        "const t = document.querySelector('#messages').innerText; return t.includes('Approved by @Bob') && t.includes('Access granted');",
+    )
+    .await;
+
+    // Alice: her DM, then "I'm done" on her Home tab.
+    c.find(Locator::Id("acting-as"))
+        .await
+        .unwrap()
+        .select_by_value("U0ALICE")
+        .await
+        .unwrap();
+    until(
+        c,
+        "the page as Alice again",
+        "return document.querySelector('#sidebar li[data-room=\"D0ALICE\"]') !== null;",
+    )
+    .await;
+    open_room(c, "D0ALICE").await;
+    until(
+        c,
+        "the requester's DM",
+        "return document.querySelector('#messages').innerText.includes('staging-db');",
+    )
+    .await;
+    open_room(c, "home").await;
+    until(
+        c,
+        "the I'm done button on Home",
+        "return [...document.querySelectorAll('#home button')].some(b => b.innerText.includes(\"I'm done\"));",
+    )
+    .await;
+    c.execute(
+        "[...document.querySelectorAll('#home button')].find(b => b.innerText.includes(\"I'm done\")).click(); return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let record_file = dir.path().join("jitgate-dev-grants.jsonl");
+    wait_for("the record adapter asked to revoke", || {
+        let f = record_file.clone();
+        async move {
+            std::fs::read_to_string(f)
+                .ok()
+                .filter(|t| t.contains("\"action\":\"revoke\""))
+        }
+    })
+    .await;
+    until(
+        c,
+        "Home without the ended access's buttons",
+        "const h = document.getElementById('home'); return h && ![...h.querySelectorAll('button')].some(b => b.innerText.includes(\"I'm done\"));",
+    )
+    .await;
+
+    browser.close().await;
+    dev.shutdown().await.unwrap();
+    let _ = writeln!(
+        std::io::stderr(),
+        "local Slack modal and Home flow took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
