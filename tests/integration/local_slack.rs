@@ -117,6 +117,90 @@ fn dev_refuses_real_adapters_without_a_configuration_and_a_busy_port_clearly() {
     );
 }
 
+/// A raw HTTP/1.0 POST; returns the status line and the body.
+fn post(addr: &str, path: &str, content_type: &str, body: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+}
+
+#[tokio::test]
+async fn the_page_server_sends_only_what_is_on_the_page_and_takes_actions_only_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = jitgate::dev::start(jitgate::dev::DevOptions {
+        port: 0,
+        data_dir: dir.path().to_path_buf(),
+        config: None,
+        real_adapters: false,
+    })
+    .await
+    .unwrap();
+    let addr = dev.url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let call = |path: &'static str, ctype: &'static str, body: String| {
+        let addr = addr.clone();
+        async move {
+            tokio::task::spawn_blocking(move || post(&addr, path, ctype, &body))
+                .await
+                .unwrap()
+        }
+    };
+    let (status, _) = call(
+        "/api/command",
+        "application/json",
+        r#"{"user":"U0ALICE","channel":"C0GENERAL","text":"/jit request prod-db:read 1h checking"}"#.into(),
+    )
+    .await;
+    assert!(status.contains(" 200 "), "{status}");
+    let card = wait_for("the card", || async { dev.fake.posted_to("C0DBAPPROVE").pop() }).await;
+    let ts = dev
+        .fake
+        .observed_since(0)
+        .into_iter()
+        .find(|o| o.method == "chat.postMessage" && o.reply["channel"] == "C0DBAPPROVE")
+        .map(|o| o.reply["ts"].as_str().unwrap().to_string())
+        .unwrap();
+    assert!(card.all_text().contains("jit_approve"));
+
+    // A button that is not on the message, and a message that does not exist: refused
+    // by the page's server, nothing sent to jitgate.
+    for body in [
+        format!(r#"{{"user":"U0BOB","channel":"C0DBAPPROVE","ts":"{ts}","block_id":"b6","action_id":"jit_revoke"}}"#),
+        r#"{"user":"U0BOB","channel":"C0DBAPPROVE","ts":"1.000000","block_id":"b6","action_id":"jit_approve"}"#
+            .to_string(),
+        format!(
+            r#"{{"user":"UNOBODY","channel":"C0DBAPPROVE","ts":"{ts}","block_id":"b6","action_id":"jit_approve"}}"#
+        ),
+    ] {
+        let (status, answer) = call("/api/action", "application/json", body.clone()).await;
+        assert!(
+            status.contains(" 404 ") || status.contains(" 400 "),
+            "{body}: {status} {answer}"
+        );
+        assert!(answer.contains("\"ok\":false"), "{answer}");
+    }
+    // A form post (what another web site could make a browser send) is not taken.
+    let (status, _) = call(
+        "/api/command",
+        "application/x-www-form-urlencoded",
+        "user=U0ALICE&channel=C0GENERAL&text=%2Fjit+help".into(),
+    )
+    .await;
+    assert!(status.contains(" 415 "), "{status}");
+    // Had a click reached jitgate, it would have answered by response_url or updated the card.
+    assert!(dev.fake.ok_calls("response_url").is_empty(), "a click reached jitgate");
+    assert_eq!(dev.fake.ok_calls("chat.update").len(), 0);
+    dev.shutdown().await.unwrap();
+}
+
 /// Polls `script` (a function body returning a value) in the page until it returns
 /// something truthy, failing the test after the deadline with `what`.
 async fn until(c: &Client, what: &str, script: &str) -> Value {
@@ -455,7 +539,12 @@ async fn on_the_local_slack_a_modal_request_shows_field_errors_is_approved_and_e
         std::fs::write(&target, &png).unwrap();
     }
 
-    type_into(c, "reason", "checking replication lag").await;
+    type_into(
+        c,
+        "reason",
+        "checking replication lag <img src=x onerror=window.__xss=1>",
+    )
+    .await;
     c.find(Locator::Id("modal-submit"))
         .await
         .unwrap()
@@ -496,7 +585,21 @@ async fn on_the_local_slack_a_modal_request_shows_field_errors_is_approved_and_e
         "return [...document.querySelectorAll('#messages .message')].map(m => m.innerText).find(t => t.includes('staging-db:read')) || '';",
     )
     .await;
-    assert!(card.as_str().unwrap().contains("checking replication lag"), "{card}");
+    // What was typed is shown as text: no element made of it, no script run.
+    assert!(
+        card.as_str()
+            .unwrap()
+            .contains("checking replication lag <img src=x onerror=window.__xss=1>"),
+        "{card}"
+    );
+    let injected = c
+        .execute(
+            "return document.querySelectorAll('#messages img').length + (window.__xss === undefined ? 0 : 100);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, 0, "typed markup became an element or ran");
     click_button(c, "jit_approve").await;
     until(
         c,
