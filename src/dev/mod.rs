@@ -132,6 +132,8 @@ pub async fn start(options: DevOptions) -> anyhow::Result<Dev> {
         }
     };
     let fake = FakeSlack::start().await;
+    // Before the bot starts: its self-check asks the fake about every channel.
+    directory.install(&fake);
     let audit_key = audit_key(&data_dir)?;
     let config = localize(
         config,
