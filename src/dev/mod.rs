@@ -267,8 +267,8 @@ pub fn demo_directory() -> Directory {
         people: vec![
             person("U0ALICE", "Alice", "developer"),
             person("U0BOB", "Bob", "approves prod-db, staging-db, k8s-prod"),
-            person("U0CAROL", "Carol", "DBA (@dbas), on call"),
-            person("U0DAVE", "Dave", "SRE on call, break-glass"),
+            person("U0CAROL", "Carol", "DBA (@dbas), on-call rota"),
+            person("U0DAVE", "Dave", "SRE, on-call rota, break-glass"),
             person("U0ERIN", "Erin", "approves k8s-prod"),
         ],
         channels: vec![
