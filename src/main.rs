@@ -96,6 +96,8 @@ enum Command {
     },
     /// A first look with no Slack account: jitgate with a demo configuration and a local
     /// Slack — a web page on 127.0.0.1 where you act as any demo person. Not for production.
+    /// `--config FILE` given on the command line runs that file's configuration instead
+    /// (the default path and JITGATE_CONFIG are not used by `dev`).
     Dev {
         /// The local Slack's port on 127.0.0.1.
         #[arg(long, default_value_t = 3000)]
