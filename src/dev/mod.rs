@@ -87,12 +87,18 @@ impl Dev {
 /// the page's URL.
 pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result<()> {
     let dev = start(options).await?;
-    println!("jitgate dev: the local Slack is at {}", dev.url);
-    println!(
-        "  data: {} (database {DATABASE_FILE}, grants and revokes in {RECORD_FILE})",
-        dev.data_dir.display()
-    );
-    println!("  anyone who can open this page can act as anyone: it listens on 127.0.0.1 only. Ctrl-C stops it.");
+    {
+        // One write, and no panic if nobody reads standard output any more.
+        use std::io::Write;
+        let _ = write!(
+            std::io::stdout().lock(),
+            "jitgate dev: the local Slack is at {}\n  data: {} (database {DATABASE_FILE}, grants and revokes in \
+             {RECORD_FILE})\n  anyone who can open this page can act as anyone: it listens on 127.0.0.1 only. \
+             Ctrl-C stops it.\n",
+            dev.url,
+            dev.data_dir.display()
+        );
+    }
     let bot_stopped = dev.running.state.shutdown.clone();
     tokio::select! {
         _ = stop.cancelled() => {}

@@ -25,12 +25,11 @@ fn get(addr: &str, path: &str, host: &str) -> String {
     out
 }
 
-#[test]
-fn dev_needs_no_slack_variables_serves_on_loopback_and_exits_0_soon_after_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs `jitgate dev` in `dir` until it prints its URL; returns the child and the address.
+fn start_dev(dir: &Path) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
         .args(["dev", "--port", "0", "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .env_remove("SLACK_BOT_TOKEN")
         .env_remove("SLACK_SIGNING_SECRET")
         .env_remove("SLACK_APP_TOKEN")
@@ -48,7 +47,42 @@ fn dev_needs_no_slack_variables_serves_on_loopback_and_exits_0_soon_after_sigter
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no URL in {first:?}"))
         .to_string();
-    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    // Keep reading what else it prints, as a terminal would.
+    std::thread::spawn(move || lines.for_each(drop));
+    (
+        child,
+        url.trim_start_matches("http://").trim_end_matches('/').to_string(),
+    )
+}
+
+/// Sends `signal` and waits (at most 10 s) for a clean exit.
+fn stop_dev(mut child: std::process::Child, signal: &str) {
+    let asked = Instant::now();
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "still running 10 s after {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(exit.success(), "{signal}: {exit:?}\n{stderr}");
+    assert!(!stderr.contains("xoxb-"), "a token reached the log:\n{stderr}");
+}
+
+#[test]
+fn dev_needs_no_slack_variables_serves_on_loopback_and_exits_0_soon_after_sigterm_or_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = start_dev(dir.path());
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
 
     let page = get(&addr, "/", &addr);
@@ -65,28 +99,16 @@ fn dev_needs_no_slack_variables_serves_on_loopback_and_exits_0_soon_after_sigter
 
     // Its data stays in the data directory: its own database and audit key.
     assert!(dir.path().join("jitgate-dev.db").is_file());
-    assert!(dir.path().join("jitgate-dev-audit.key").is_file());
+    let key = std::fs::read_to_string(dir.path().join("jitgate-dev-audit.key")).unwrap();
+    stop_dev(child, "-TERM");
 
-    let asked = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert!(exit.success(), "{exit:?}\n{stderr}");
-    assert!(!stderr.contains("xoxb-"), "a token reached the log:\n{stderr}");
+    // Started again on the same data: the same key, and Ctrl-C (SIGINT) stops it too.
+    let (child, _) = start_dev(dir.path());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("jitgate-dev-audit.key")).unwrap(),
+        key
+    );
+    stop_dev(child, "-INT");
 }
 
 #[test]
