@@ -21,6 +21,8 @@ pub const DENY: &str = "jit_deny";
 pub const REVOKE: &str = "jit_revoke";
 /// `action_id` of the "Reviewed — OK" button on a break-glass card awaiting review.
 pub const REVIEWED: &str = "jit_reviewed";
+/// action_id of "Extend" (Home, the ending-soon DM): opens the extend form; value: the request id.
+pub const EXTEND: &str = "jit_open_extend";
 
 /// Section text must stay under Slack's 3000-character limit.
 const MAX_SECTION: usize = 2900;
@@ -89,6 +91,18 @@ pub fn status_text(m: &CardModel<'_>) -> String {
                 ),
                 None => ":no_entry: Denied.".to_string(),
             }
+        }
+        // An extension whose grant ended before anyone decided: closed, nothing to extend.
+        RequestState::Expired
+            if r.kind == RequestKind::Extension
+                && m.grant
+                    .is_some_and(|g| matches!(g.state, GrantState::Revoked | GrantState::Superseded)) =>
+        {
+            format!(
+                ":lock: Closed {}: {} ended before anyone decided, so there is nothing left to extend.",
+                slack_date(r.decided_at.unwrap_or(r.created_at)),
+                r.extends_request_id.map(label).unwrap_or_default()
+            )
         }
         RequestState::Expired => format!(
             ":hourglass: Expired {}: nobody decided in time. Ask again with a new request if still needed.",
@@ -181,6 +195,31 @@ fn grant_line(g: &GrantRow, job: Option<&JobRow>) -> String {
             )
         }
     }
+}
+
+/// The DM `notice` before request `id`'s access (`what`) ends at `expires_at`, with
+/// "Extend" (opens the extend form) and "I'm done" (ends it now). Buttons carry the id only.
+pub fn ending_soon_message(id: i64, what: &str, expires_at: i64, notice: HumanDuration) -> SlackMessageContent {
+    let text = format!(
+        ":hourglass: Your access to `{what}` ({}) ends {} (in about {notice}).",
+        label(id),
+        slack_date(expires_at)
+    );
+    let value = id.to_string();
+    let button = |label: &str, action: &str| {
+        SlackBlockButtonElement::new(pt!(label))
+            .with_action_id(action.into())
+            .with_value(value.clone())
+    };
+    SlackMessageContent::new().with_text(text.clone()).with_blocks(vec![
+        SlackSectionBlock::new().with_text(md!(text)).into(),
+        SlackActionsBlock::new(vec![
+            button(":hourglass: Extend", EXTEND).into(),
+            button(":wave: I'm done", REVOKE).into(),
+        ])
+        .with_block_id(format!("ending_soon_{id}").into())
+        .into(),
+    ])
 }
 
 /// The one-line summary used as the notification text.

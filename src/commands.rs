@@ -202,12 +202,21 @@ fn parse_request<'a>(
     if duration.is_none() {
         // `prod-db:read for 2h …`: a duration in the reason would silently become the
         // default; ask for it where it is read.
-        if let Some(pos) = reason_words
-            .iter()
-            .position(|w| matches!(crate::duration::read_typed(&[w]), Ok((Some(_), _))))
-        {
+        let found = (0..reason_words.len()).find_map(|i| {
+            // The longest duration starting here (`2 hours`), or its first words alone
+            // when what follows spoils it (`1m 0`).
+            let tail = reason_words.len() - i;
+            [tail, 2, 1].into_iter().filter(|n| *n <= tail).find_map(|n| {
+                match crate::duration::read_typed(&reason_words[i..i + n]) {
+                    Ok((Some(_), used)) => Some((i, used)),
+                    _ => None,
+                }
+            })
+        });
+        if let Some((pos, used)) = found {
             let mut without = reason_words.to_vec();
-            let found = without.remove(pos);
+            let found = without.drain(pos..pos + used).collect::<Vec<_>>().join(" ");
+            let found = found.as_str();
             let role = role.clone().unwrap_or_else(|| {
                 config
                     .resource(&resource)
@@ -817,6 +826,30 @@ type = "noop"
     }
 
     #[test]
+    fn a_role_typed_as_a_separate_word_is_refused_with_the_fix() {
+        let e = parse("request prod-db write 2h fixing prod", &config()).unwrap_err();
+        assert!(
+            e.contains("did you mean `/jit request prod-db:write 2h fixing prod`?"),
+            "{e}"
+        );
+        let e = parse("breakglass prod-db write 30m db down", &config()).unwrap_err();
+        assert!(e.contains("`/jit breakglass prod-db:write 30m db down`"), "{e}");
+        // Not a role of the resource: the start of the reason.
+        assert_eq!(req("request prod-db writes logs").reason, "writes logs");
+    }
+
+    #[test]
+    fn extend_reads_durations_as_requests_do() {
+        let Command::Extend { duration, reason, .. } = parse("extend JIT-3 1h 30m still digging", &config()).unwrap()
+        else {
+            panic!("not extend")
+        };
+        assert_eq!((duration.as_secs(), reason.as_str()), (5400, "still digging"));
+        let e = parse("extend JIT-3 1.5x more", &config()).unwrap_err();
+        assert!(e.contains("`1.5x`"), "{e}");
+    }
+
+    #[test]
     fn unknown_commands_show_usage() {
         let e = parse("frobnicate", &config()).unwrap_err();
         assert!(
@@ -829,6 +862,48 @@ type = "noop"
         #[test]
         fn parsing_never_panics(text in "\\PC{0,80}") {
             let _ = parse(&text, &config());
+        }
+
+        #[test]
+        fn a_typed_duration_is_never_silently_dropped(
+            n in 1u64..300,
+            unit in 0usize..6,
+            spaced in proptest::bool::ANY,
+            reason in proptest::collection::vec("[a-z0-9.?]{1,6}", 0..4),
+            after in proptest::bool::ANY,
+        ) {
+            let (word, secs) = [("m", 60), ("min", 60), ("h", 3600), ("hours", 3600), ("minutes", 60), ("d", 86_400)][unit];
+            let duration = if spaced { format!("{n} {word}") } else { format!("{n}{word}") };
+            let reason = reason.join(" ");
+            // In the duration position, or (wrongly) inside the reason.
+            let text = if after {
+                format!("request prod-db:read fixing {duration} {reason}")
+            } else {
+                format!("request prod-db:read {duration} {reason}")
+            };
+            match parse(&text, &config()) {
+                Ok(Command::Request(r)) => {
+                    prop_assert!(!after, "{} was read without its duration: {:?}", text, r);
+                    prop_assert_eq!(r.duration.map(HumanDuration::as_secs), Some(n * secs), "{}", text);
+                }
+                Ok(other) => prop_assert!(false, "{}: {:?}", text, other),
+                Err(e) => prop_assert!(e.contains(&n.to_string()), "{}: {}", text, e),
+            }
+        }
+
+        #[test]
+        fn a_request_without_duration_has_none_in_its_reason(text in "[a-z0-9 .:?-]{0,40}") {
+            if let Ok(Command::Request(r)) = parse(&format!("request {text}"), &config()) {
+                if r.duration.is_none() {
+                    let words: Vec<&str> = r.reason.split_whitespace().collect();
+                    for i in 0..words.len() {
+                        for end in i + 1..=words.len() {
+                            let read = crate::duration::read_typed(&words[i..end]);
+                            prop_assert!(!matches!(read, Ok((Some(_), _))), "{} kept {} in the reason", text, words[i]);
+                        }
+                    }
+                }
+            }
         }
 
         #[test]

@@ -28,7 +28,7 @@ pub const SHORTCUT_CALLBACK: &str = "request_access";
 /// action_id of buttons that open the request form (Home).
 pub const OPEN_REQUEST: &str = "jit_open_request";
 /// action_id of "Extend" buttons (Home, the ending-soon DM); value: the request id.
-pub const OPEN_EXTEND: &str = "jit_open_extend";
+pub const OPEN_EXTEND: &str = crate::cards::EXTEND;
 /// action_id of the resource select: choosing one updates the role and duration choices.
 pub const RESOURCE_CHOSEN: &str = "resource";
 
@@ -189,10 +189,11 @@ pub fn request_modal(config: &Config, chosen: Option<&str>, origin: Origin) -> V
     let initial_role = roles.first().cloned();
     blocks.push(json!({
         "type": "input",
-        // A block_id per resource, so Slack does not keep a role of the previous one.
+        // The block_id names the field (errors are keyed by it); the action_id names the
+        // resource too, so that Slack does not keep a role of the previous one.
         "block_id": block::ROLE,
         "label": plain("Role"),
-        "element": select(block::ROLE, roles, initial_role, "Choose a role"),
+        "element": select(&format!("{}:{}", block::ROLE, resource.name), roles, initial_role, "Choose a role"),
     }));
     let durations: Vec<Value> = duration_choices(resource.default_duration, resource.max_duration)
         .into_iter()
@@ -206,7 +207,7 @@ pub fn request_modal(config: &Config, chosen: Option<&str>, origin: Origin) -> V
         "type": "input",
         "block_id": block::DURATION,
         "label": plain(&format!("Duration (up to {})", resource.max_duration)),
-        "element": select(block::DURATION, durations, initial_duration, "How long"),
+        "element": select(&format!("{}:{}", block::DURATION, resource.name), durations, initial_duration, "How long"),
     }));
     blocks.push(json!({
         "type": "input",

@@ -153,6 +153,11 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
                     .await?;
                 }
                 store::insert_job(&mut tx, request.id, JobKind::Revoke, revoke_at, now).await?;
+                if revoke_at == expires_at {
+                    if let Some(at) = ending_soon_at(app, grant.duration_secs, expires_at, now) {
+                        store::schedule_job(&mut tx, request.id, JobKind::EndingSoon, at, now).await?;
+                    }
+                }
                 audit::append(
                     &app.audit_key,
                     &mut tx,
@@ -710,10 +715,95 @@ async fn record_revokes(
             }
         }
     }
+    // Extension requests of grants that ended have nothing left to extend: closed, and
+    // their cards lose their buttons.
+    for e in &ended {
+        for ext in store::close_pending_extensions(tx, e.request_id, now).await? {
+            store::cancel_job(tx, ext.id, JobKind::ExpireRequest, now).await?;
+            store::cancel_job(tx, ext.id, JobKind::Remind, now).await?;
+            events.push(audit::Event {
+                at: now,
+                actor: audit::SYSTEM_ACTOR,
+                action: "extension.closed",
+                request_id: Some(ext.id),
+                details: json!({ "extends": label(e.request_id), "why": "the grant ended" }),
+            });
+            messages.push((Outgoing::update_card(ext.id), now));
+            messages.push((
+                Outgoing::message(
+                    &ext.requester_id,
+                    format!(
+                        ":information_source: Extension request {} is closed: {} has ended, so there is nothing to extend.",
+                        label(ext.id),
+                        label(e.request_id)
+                    ),
+                    Some(ext.id),
+                ),
+                now,
+            ));
+        }
+    }
     audit::append_all(&app.audit_key, tx, &events).await?;
     store::enqueue_all(tx, &messages).await?;
     store::finish_jobs(tx, &finished, now).await?;
     Ok(ended)
+}
+
+/// When to tell the holder of a grant lasting `duration_secs` and ending at `expires_at`
+/// that it ends soon (`[requests] ending_soon` before): `None` when the notice is off,
+/// the grant is not longer than the notice, or that moment has passed.
+pub fn ending_soon_at(app: &AppState, duration_secs: i64, expires_at: i64, now: i64) -> Option<i64> {
+    let notice = app.config.requests.ending_soon?;
+    ending_soon_due(notice, duration_secs, expires_at, now)
+}
+
+/// The decision behind [`ending_soon_at`], as a plain function.
+pub fn ending_soon_due(notice: HumanDuration, duration_secs: i64, expires_at: i64, now: i64) -> Option<i64> {
+    let notice_secs = notice.as_secs() as i64;
+    let at = expires_at - notice_secs * 1000;
+    (duration_secs > notice_secs && at > now).then_some(at)
+}
+
+/// The ending-soon job: DMs the holder that their access ends soon, with "Extend" and
+/// "I'm done". Sent once; nothing when the access has ended or is ending already; moved
+/// when the grant was extended after the job was planned. Slack's failures are retried
+/// by the scheduler (the job stays until the DM is sent or the access has ended).
+pub async fn ending_soon(app: &AppState, job: JobRow) -> anyhow::Result<()> {
+    let now = app.now_ms();
+    let (request, grant) = load(app, job.request_id).await?;
+    let Some(notice) = app.config.requests.ending_soon else {
+        return finish(app, &job).await;
+    };
+    let live = grant.filter(|g| g.state == GrantState::Active && g.revoke_requested_by.is_none());
+    let Some((grant, expires_at)) = live.and_then(|g| g.expires_at.map(|at| (g, at))) else {
+        return finish(app, &job).await;
+    };
+    if expires_at <= now {
+        return finish(app, &job).await;
+    }
+    let due = expires_at - notice.as_secs() as i64 * 1000;
+    if due > now {
+        // Extended since it was planned: come back at the new time.
+        let mut tx = app.db.begin().await?;
+        store::release_job(&mut tx, job.id).await?;
+        store::reschedule_job(&mut tx, job.request_id, JobKind::EndingSoon, due).await?;
+        tx.commit().await?;
+        app.scheduler.wake_for(due);
+        return Ok(());
+    }
+    let left = HumanDuration::from_secs(((expires_at - now) / 1000).max(1) as u64);
+    let content = crate::cards::ending_soon_message(
+        request.id,
+        &format!("{}:{}", grant.resource, grant.role),
+        expires_at,
+        left,
+    );
+    app.slack
+        .post_message(&grant.user_id, content)
+        .await
+        .map_err(|e| anyhow::anyhow!("the ending-soon DM to {}: {e}", grant.user_id))?;
+    tracing::info!(request_id = %label(request.id), user = %grant.user_id, expires_at, "ending-soon notice sent");
+    finish(app, &job).await
 }
 
 async fn finish(app: &AppState, job: &JobRow) -> anyhow::Result<()> {
@@ -835,6 +925,9 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
             if store::extend_grant(&mut tx, grant.id, add).await? {
                 extended = true;
                 store::reschedule_job(&mut tx, original_id, JobKind::Revoke, new_expiry).await?;
+                if let Some(at) = ending_soon_at(app, grant.duration_secs + add, new_expiry, now) {
+                    store::schedule_job(&mut tx, original_id, JobKind::EndingSoon, at, now).await?;
+                }
                 audit::append(&app.audit_key, &mut tx,
                     now,
                     audit::SYSTEM_ACTOR,
@@ -1033,6 +1126,18 @@ pub async fn remind(app: &AppState, job: JobRow) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ending_soon_notice_is_planned_only_when_it_means_something() {
+        let ten = HumanDuration::from_secs(600);
+        let (hour, end, now) = (3600, 10_000_000, 10_000_000 - 3_600_000);
+        assert_eq!(ending_soon_due(ten, hour, end, now), Some(end - 600_000));
+        // Access no longer than the notice: no notice.
+        assert_eq!(ending_soon_due(ten, 600, end, end - 600_000), None);
+        assert_eq!(ending_soon_due(ten, 300, end, end - 300_000), None);
+        // Extended within the last ten minutes: the moment has passed.
+        assert_eq!(ending_soon_due(ten, hour, end, end - 300_000), None);
+    }
 
     fn grant(state: GrantState, expires_at: Option<i64>, revoke_requested_by: Option<&str>) -> GrantRow {
         GrantRow {

@@ -51,11 +51,12 @@ fn more(n: usize) -> Option<Value> {
 
 /// The Home tab for `user`, as Block Kit JSON.
 pub async fn render(app: &AppState, user: &str) -> anyhow::Result<Value> {
-    let (grants, mine, pending) = {
+    let (grants, mine, mine_total, pending) = {
         let mut conn = app.db.read.acquire().await?;
         (
             store::live_grants_of(&mut conn, user).await?,
             store::pending_requests_of(&mut conn, user).await?,
+            store::count_pending_of(&mut conn, user).await?,
             store::pending_requests(&mut conn, 200).await?,
         )
     };
@@ -123,7 +124,7 @@ pub async fn render(app: &AppState, user: &str) -> anyhow::Result<Value> {
             vec![button(":x: Cancel", CANCEL, &id, None)],
         ));
     }
-    blocks.extend(more(mine.len()));
+    blocks.extend(more(mine.len().max(mine_total as usize)));
 
     let waiting = waiting_for(app, user, pending).await;
     if !waiting.is_empty() {

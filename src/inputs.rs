@@ -377,6 +377,22 @@ fn requester(sub: &ViewSubmission, origin: &Origin) -> Requester {
 
 async fn submit_request(app: &AppState, sub: &ViewSubmission) -> Option<Value> {
     let user = &sub.user.id;
+    // The same per-person budget as typed commands.
+    let per_minute = app.config.requests.commands_per_minute;
+    if let Err(wait) = app.command_rate.check(user, per_minute, app.now_ms()) {
+        let message = format!(
+            "You sent more than {per_minute} requests and commands in the last minute; nothing was done. \
+             Please try again in {wait} s."
+        );
+        return refuse_form(
+            app,
+            user,
+            forms::REQUEST_CALLBACK,
+            "rate limited",
+            one_error(forms::block::REASON, message),
+        )
+        .await;
+    }
     let input = match forms::read_request(&app.config, &sub.view) {
         Ok(i) => i,
         Err(errors) => {

@@ -21,6 +21,7 @@ impl Runner for Jobs {
             JobKind::Remind => approvals::breakglass::remind(app, job).await,
             JobKind::Extend => grants::run_extend(app, job).await,
             JobKind::AutoApprove => approvals::oncall::run(app, job).await,
+            JobKind::EndingSoon => grants::ending_soon(app, job).await,
         }
     }
 

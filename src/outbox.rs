@@ -493,6 +493,13 @@ async fn send(app: &Outbox, row: &OutboxRow) -> anyhow::Result<Delivery> {
                 // pending, so a pending request (every new card) has none to read.
                 let grant = match request.state {
                     RequestState::Pending => None,
+                    // A closed extension shows why: the grant it would have extended ended.
+                    RequestState::Expired if request.kind == store::RequestKind::Extension => {
+                        match request.extends_request_id {
+                            Some(original) => store::grant_of(&mut conn, original).await?,
+                            None => None,
+                        }
+                    }
                     _ => store::grant_of(&mut conn, request_id).await?,
                 };
                 let job_kind = match grant.as_ref().map(|g| g.state) {

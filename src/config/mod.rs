@@ -106,6 +106,9 @@ pub struct RequestsConfig {
     pub max_pending_per_user: usize,
     /// `/jit` commands one person may send per minute.
     pub commands_per_minute: u32,
+    /// The holder gets a DM this long before their access ends (with "Extend" and "I'm
+    /// done"). `None` turns it off.
+    pub ending_soon: Option<HumanDuration>,
 }
 
 /// `[jobs]`: how grant and revoke attempts are retried.
@@ -409,6 +412,7 @@ struct RawRequests {
     remind_after: Option<String>,
     max_pending_per_user: Option<usize>,
     commands_per_minute: Option<u32>,
+    ending_soon: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -645,6 +649,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 Ok(d) => Some(d),
                 Err(e) => {
                     problems.push(format!("requests.remind_after: {e}, or \"off\""));
+                    None
+                }
+            },
+        },
+        ending_soon: match raw.requests.ending_soon.as_deref().map(str::trim) {
+            None => Some(HumanDuration::from_secs(600)),
+            Some("off") | Some("never") => None,
+            Some(text) => match text.parse() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(format!("requests.ending_soon: {e}, or \"off\""));
                     None
                 }
             },

@@ -60,7 +60,8 @@ pub const TRIGGER_TTL: std::time::Duration = std::time::Duration::from_secs(3);
 /// One recorded call.
 #[derive(Debug, Clone)]
 pub struct Call {
-    /// `chat.postMessage`, `chat.update`, `usergroups.users.list` or `response_url`.
+    /// The Web API method (`chat.postMessage`, `views.open`, `usergroups.users.list`, …)
+    /// or `response_url`.
     pub method: String,
     /// The JSON body (or the query, as JSON, for GET calls).
     pub body: Value,

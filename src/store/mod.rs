@@ -687,6 +687,8 @@ pub enum JobKind {
     Remind,
     /// Apply an approved extension to the grant it extends.
     Extend,
+    /// Tell the holder their access ends soon (`[requests] ending_soon`).
+    EndingSoon,
 }
 
 /// A stored job.
@@ -820,6 +822,46 @@ pub async fn release_job(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<(
 }
 
 /// Moves a pending job of `kind` for a request to `run_at`.
+/// Schedules a job at `run_at`, or moves its time and makes it pending again when one of
+/// this kind already exists for the request (done or not) — but never one that is running.
+pub async fn schedule_job(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+    kind: JobKind,
+    run_at: i64,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO jobs (request_id, kind, state, run_at, created_at) VALUES (?, ?, 'pending', ?, ?) \
+         ON CONFLICT (kind, request_id) DO UPDATE SET state = 'pending', run_at = excluded.run_at, \
+         attempts = 0, last_error = NULL, finished_at = NULL WHERE jobs.state <> 'running'",
+    )
+    .bind(request_id)
+    .bind(kind)
+    .bind(run_at)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Closes the pending extension requests of `request_id` (its grant has ended: there is
+/// nothing left to extend); returns them.
+pub async fn close_pending_extensions(
+    conn: &mut SqliteConnection,
+    request_id: i64,
+    now: i64,
+) -> sqlx::Result<Vec<RequestRow>> {
+    sqlx::query_as(
+        "UPDATE requests SET state = 'expired', decided_at = ? \
+         WHERE extends_request_id = ? AND kind = 'extension' AND state = 'pending' RETURNING *",
+    )
+    .bind(now)
+    .bind(request_id)
+    .fetch_all(conn)
+    .await
+}
+
 pub async fn reschedule_job(
     conn: &mut SqliteConnection,
     request_id: i64,

@@ -10,6 +10,7 @@ mod commands;
 mod crash;
 mod delivery;
 mod early_end;
+mod ending_soon;
 mod expiry_wave;
 mod explain;
 mod floods;
