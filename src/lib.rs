@@ -14,6 +14,7 @@ pub mod cards;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod dev;
 pub mod duration;
 pub mod fakeslack;
 pub mod forms;

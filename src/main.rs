@@ -94,6 +94,23 @@ enum Command {
         #[arg(long, default_value = "5s")]
         timeout: HumanDuration,
     },
+    /// A first look with no Slack account: jitgate with a demo configuration and a local
+    /// Slack — a web page on 127.0.0.1 where you act as any demo person. Not for production.
+    /// `--config FILE` given on the command line runs that file's configuration instead
+    /// (the default path and JITGATE_CONFIG are not used by `dev`).
+    Dev {
+        /// The local Slack's port on 127.0.0.1.
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
+        /// Where the database (jitgate-dev.db), the record of grants and revokes and the
+        /// audit key are kept.
+        #[arg(long, default_value = ".")]
+        data_dir: PathBuf,
+        /// Keep the adapters of the configuration given with --config (default: every one
+        /// is replaced by the record adapter, since anyone at the page can approve).
+        #[arg(long)]
+        real_adapters: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -181,11 +198,19 @@ fn init_tracing() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    // `dev` runs its demo configuration unless --config is on the command line (not the
+    // default path, not JITGATE_CONFIG: an operator's environment must not turn a first
+    // look into a run of the production configuration).
+    let config_given = matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // These two need no configuration (the health check reads it only for the address).
     match &cli.command {
         Command::Completions { shell } => {
-            use clap::CommandFactory;
             clap_complete::generate(*shell, &mut Cli::command(), "jitgate", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
@@ -198,6 +223,36 @@ async fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("unhealthy: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Dev {
+            port,
+            data_dir,
+            real_adapters,
+        } => {
+            init_tracing();
+            if *real_adapters && !config_given {
+                eprintln!("error: --real-adapters needs --config FILE (the demo configuration has no real adapters)");
+                return ExitCode::from(2);
+            }
+            let options = jitgate::dev::DevOptions {
+                port: *port,
+                data_dir: data_dir.clone(),
+                config: config_given.then(|| cli.config.clone()),
+                real_adapters: *real_adapters,
+            };
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                on_signal.cancel();
+            });
+            return match jitgate::dev::run(options, stop).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             };
@@ -273,7 +328,7 @@ async fn main() -> ExitCode {
             format,
             out,
         } => report(config, &since, until.as_deref(), format, out).await,
-        Command::Healthcheck { .. } | Command::Completions { .. } => Ok(()), // answered above
+        Command::Healthcheck { .. } | Command::Completions { .. } | Command::Dev { .. } => Ok(()), // answered above
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@
 pub mod conformance;
 pub mod exec;
 pub mod postgres;
+pub mod record;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -160,6 +161,7 @@ impl Adapters {
                             .with_installation(config.server.installation_id.as_deref()),
                     ),
                     AdapterConfig::Noop => Arc::new(NoopAdapter),
+                    AdapterConfig::Record(c) => Arc::new(record::RecordAdapter::new(name, c.file.clone())),
                 };
                 Ok((name.clone(), adapter))
             })

@@ -230,6 +230,17 @@ pub enum AdapterConfig {
     Postgres(PostgresAdapterConfig),
     /// Does nothing; for trying jitgate out and for benchmarks.
     Noop,
+    /// Grants nothing; appends every grant, extension and revoke to a file as a JSON
+    /// line (`jitgate dev`'s demo adapter).
+    Record(RecordAdapterConfig),
+}
+
+/// `type = "record"`
+#[derive(Debug, Clone)]
+pub struct RecordAdapterConfig {
+    /// The JSON-lines file calls are appended to (relative paths: against the
+    /// configuration file's directory).
+    pub file: PathBuf,
 }
 
 impl AdapterConfig {
@@ -240,6 +251,7 @@ impl AdapterConfig {
             AdapterConfig::Webhook(_) => "webhook",
             AdapterConfig::Postgres(_) => "postgres",
             AdapterConfig::Noop => "noop",
+            AdapterConfig::Record(_) => "record",
         }
     }
 }
@@ -509,6 +521,12 @@ struct RawWebhook {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNoop {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    file: PathBuf,
+}
 
 // ---- loading -------------------------------------------------------------------------
 
@@ -1076,7 +1094,7 @@ impl Config {
 fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Result<AdapterConfig, Vec<String>> {
     let Some(kind) = table.remove("type") else {
         return Err(vec![format!(
-            "{key}.type: missing; write type = \"exec\" (or \"postgres\", \"webhook\", \"noop\")"
+            "{key}.type: missing; write type = \"exec\" (or \"postgres\", \"webhook\", \"record\", \"noop\")"
         )]);
     };
     let kind = kind.as_str().unwrap_or_default().to_string();
@@ -1146,8 +1164,19 @@ fn adapter_from_table(key: &str, mut table: toml::Table, base_dir: &Path) -> Res
             let _: RawNoop = crate::config::de::from_value(key, value)?;
             Ok(AdapterConfig::Noop)
         }
+        "record" => {
+            let raw: RawRecord = crate::config::de::from_value(key, value)?;
+            if raw.file.as_os_str().is_empty() {
+                return Err(vec![format!(
+                    "{key}.file: empty; write the file grants and revokes are recorded in, like \"jitgate-grants.jsonl\""
+                )]);
+            }
+            Ok(AdapterConfig::Record(RecordAdapterConfig {
+                file: resolve_path(base_dir, &raw.file),
+            }))
+        }
         other => Err(vec![format!(
-            "{key}.type: unknown adapter type `{other}`; use \"exec\", \"postgres\", \"webhook\" or \"noop\""
+            "{key}.type: unknown adapter type `{other}`; use \"exec\", \"postgres\", \"webhook\", \"record\" or \"noop\""
         )]),
     }
 }

@@ -21,6 +21,7 @@
 //! views included ([`FakeSlack::calls`]); the views the fake holds are in
 //! [`FakeSlack::view`] and [`FakeSlack::home_of`].
 
+pub mod page;
 pub mod socket;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -83,6 +84,20 @@ impl Call {
     }
 }
 
+/// One successful call with the fake's answer, in the order they were answered: what the
+/// local Slack's page replays to show messages, their edits and the Home tab.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Position in the log, from 0.
+    pub seq: usize,
+    /// `chat.postMessage`, `chat.update`, `views.publish`, … or `response_url`.
+    pub method: String,
+    /// The request's JSON body (for `response_url`, with `response_url_id` added).
+    pub body: Value,
+    /// What the fake answered (for `response_url`, `{"ok":true}`).
+    pub reply: Value,
+}
+
 /// A scripted failure for the next call(s) to a method.
 #[derive(Debug, Clone)]
 pub enum Failure {
@@ -124,6 +139,22 @@ struct Inner {
     /// user ID → view_id of their published Home tab.
     homes: HashMap<String, String>,
     next_view: u64,
+    /// Successful calls with their answers (see [`Observed`]).
+    observed: Vec<Observed>,
+}
+
+impl Inner {
+    /// Logs a successful call and its answer, and tells subscribers.
+    fn observe(&mut self, changes: &tokio::sync::watch::Sender<usize>, method: &str, body: &Value, reply: &Value) {
+        let seq = self.observed.len();
+        self.observed.push(Observed {
+            seq,
+            method: method.to_string(),
+            body: body.clone(),
+            reply: reply.clone(),
+        });
+        changes.send_replace(self.observed.len());
+    }
 }
 
 /// The fake's handle: inspect calls, script failures, set group members.
@@ -135,6 +166,8 @@ pub struct FakeSlack {
     pub socket: socket::FakeSocket,
     /// Wakes hung calls when a hang is lifted.
     unhang: Arc<tokio::sync::Notify>,
+    /// The length of the observed log, changed after every successful call.
+    changes: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl FakeSlack {
@@ -147,10 +180,12 @@ impl FakeSlack {
         }));
         let socket = socket::FakeSocket::start().await;
         let unhang = Arc::new(tokio::sync::Notify::new());
+        let changes = Arc::new(tokio::sync::watch::Sender::new(0));
         let shared = Shared {
             inner: inner.clone(),
             socket: socket.clone(),
             unhang: unhang.clone(),
+            changes: changes.clone(),
         };
         let app = Router::new()
             .route("/api/{method}", post(api_post).get(api_get))
@@ -170,7 +205,23 @@ impl FakeSlack {
             inner,
             socket,
             unhang,
+            changes,
         }
+    }
+
+    /// A receiver that changes after every successful call (its value: how many calls are
+    /// in the observed log); read them with [`FakeSlack::observed_since`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.changes.subscribe()
+    }
+
+    /// Successful calls with the fake's answers, from position `from` of the log on.
+    pub fn observed_since(&self, from: usize) -> Vec<Observed> {
+        self.lock()
+            .observed
+            .get(from..)
+            .map(<[Observed]>::to_vec)
+            .unwrap_or_default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -324,6 +375,7 @@ struct Shared {
     inner: Arc<Mutex<Inner>>,
     socket: socket::FakeSocket,
     unhang: Arc<tokio::sync::Notify>,
+    changes: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl Shared {
@@ -454,6 +506,9 @@ async fn api_post(
             }
             let reply = views_call(&mut g, &method, &body);
             let ok = reply["ok"].as_bool().unwrap_or(false);
+            if ok {
+                g.observe(&state.changes, &method, &body, &reply);
+            }
             g.calls.push(Call { method, body, ok });
             return Json(reply).into_response();
         }
@@ -485,6 +540,9 @@ async fn api_post(
         _ => json!({"ok": false, "error": "unknown_method"}),
     };
     let ok = reply["ok"].as_bool().unwrap_or(false);
+    if ok {
+        g.observe(&state.changes, &method, &body, &reply);
+    }
     g.calls.push(Call { method, body, ok });
     Json(reply).into_response()
 }
@@ -580,7 +638,9 @@ fn connections_open(state: &Shared, headers: &HeaderMap, body: Value) -> Respons
 async fn response_url(State(state): State<Shared>, Path(id): Path<String>, body: Bytes) -> Response {
     let mut body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     body["response_url_id"] = json!(id);
-    state.lock().calls.push(Call {
+    let mut g = state.lock();
+    g.observe(&state.changes, "response_url", &body, &json!({"ok": true}));
+    g.calls.push(Call {
         method: "response_url".into(),
         body,
         ok: true,

@@ -18,6 +18,7 @@ mod forms;
 mod fuzz_corpus;
 mod group_commit;
 mod lifecycle;
+mod local_slack;
 mod manifest;
 mod module_graph;
 mod observe;
