@@ -453,11 +453,36 @@ pub async fn start(
     };
     state.tasks.spawn(purge_deliveries(state.clone()));
     if options.slack_self_check {
+        let recovered = {
+            let state = state.clone();
+            async move {
+                let retried = async {
+                    let mut conn = state.db.write.acquire().await?;
+                    anyhow::Ok(store::retry_undelivered(&mut conn, None, false).await?)
+                };
+                match retried.await {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::info!(
+                                messages = n,
+                                "Slack takes the token again; sending what it refused meanwhile"
+                            );
+                        }
+                        state.outbox.wake();
+                    }
+                    Err(e) => tracing::warn!(
+                        error = format!("{e:#}"),
+                        "could not queue the messages Slack refused again; they are retried within minutes"
+                    ),
+                }
+            }
+        };
         state.tasks.spawn(selfcheck::run_until_ok(
             state.config.clone(),
             state.slack.clone(),
             state.slack_status.clone(),
             state.shutdown.clone(),
+            recovered,
         ));
     } else {
         state.slack_status.set_report(selfcheck::Report::default());

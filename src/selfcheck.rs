@@ -336,6 +336,7 @@ pub async fn run_until_ok(
     slack: SlackApi,
     status: SlackStatus,
     shutdown: tokio_util::sync::CancellationToken,
+    recovered: impl std::future::Future<Output = ()>,
 ) {
     let mut attempt = 0u32;
     loop {
@@ -364,6 +365,10 @@ pub async fn run_until_ok(
             );
         }
         if !blocked {
+            if attempt > 1 {
+                // Slack took the token again: what it refused meanwhile goes out now.
+                recovered.await;
+            }
             return;
         }
         let wait = backoff(

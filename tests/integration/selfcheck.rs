@@ -41,7 +41,16 @@ async fn a_refused_bot_token_is_reported_the_scheduler_keeps_running_and_it_reco
     // Still serving, still storing requests (the card waits in the outbox).
     let id = app.request("prod-db:read 1h while Slack refuses us").await;
     assert_eq!(app.request_state(id).await, "pending");
-    // The token is fixed: the retried check passes, and the card goes out.
+    // The card was tried and refused (invalid_auth), so it waits minutes for its retry...
+    wait_for("the card to be refused", || async {
+        let calls = app.slack.calls();
+        calls
+            .iter()
+            .any(|c| c.method == "chat.postMessage" && !c.ok)
+            .then_some(())
+    })
+    .await;
+    // ...until the token is fixed: the retried check passes, and the card goes out at once.
     app.slack.set_token_revoked(false);
     wait_for("the self-check to pass on retry", || async {
         app.state().slack_status.snapshot().ready.then_some(())
