@@ -8,3 +8,7 @@ CREATE INDEX deliveries_pending ON deliveries (seen_at) WHERE pending_input IS N
 -- request (the group commit), so a re-delivered or replayed command finds it and is
 -- answered with the same confirmation, creating nothing.
 ALTER TABLE deliveries ADD COLUMN request_id INTEGER;
+-- Pending extension requests by the request they extend: closed when its grant ends, in
+-- the revoke's transaction (without it, each revoke of an expiry wave scanned `requests`).
+CREATE INDEX requests_pending_extensions ON requests (extends_request_id)
+    WHERE kind = 'extension' AND state = 'pending';

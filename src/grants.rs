@@ -716,32 +716,33 @@ async fn record_revokes(
         }
     }
     // Extension requests of grants that ended have nothing left to extend: closed, and
-    // their cards lose their buttons.
-    for e in &ended {
-        for ext in store::close_pending_extensions(tx, e.request_id, now).await? {
-            store::cancel_job(tx, ext.id, JobKind::ExpireRequest, now).await?;
-            store::cancel_job(tx, ext.id, JobKind::Remind, now).await?;
-            events.push(audit::Event {
-                at: now,
-                actor: audit::SYSTEM_ACTOR,
-                action: "extension.closed",
-                request_id: Some(ext.id),
-                details: json!({ "extends": label(e.request_id), "why": "the grant ended" }),
-            });
-            messages.push((Outgoing::update_card(ext.id), now));
-            messages.push((
-                Outgoing::message(
-                    &ext.requester_id,
-                    format!(
-                        ":information_source: Extension request {} is closed: {} has ended, so there is nothing to extend.",
-                        label(ext.id),
-                        label(e.request_id)
-                    ),
-                    Some(ext.id),
+    // their cards lose their buttons. One statement for the whole batch (an expiry wave
+    // ends thousands at once).
+    let ended_ids: Vec<i64> = ended.iter().map(|e| e.request_id).collect();
+    for ext in store::close_pending_extensions(tx, &ended_ids, now).await? {
+        let extended = ext.extends_request_id.unwrap_or_default();
+        store::cancel_job(tx, ext.id, JobKind::ExpireRequest, now).await?;
+        store::cancel_job(tx, ext.id, JobKind::Remind, now).await?;
+        events.push(audit::Event {
+            at: now,
+            actor: audit::SYSTEM_ACTOR,
+            action: "extension.closed",
+            request_id: Some(ext.id),
+            details: json!({ "extends": label(extended), "why": "the grant ended" }),
+        });
+        messages.push((Outgoing::update_card(ext.id), now));
+        messages.push((
+            Outgoing::message(
+                &ext.requester_id,
+                format!(
+                    ":information_source: Extension request {} is closed: {} has ended, so there is nothing to extend.",
+                    label(ext.id),
+                    label(extended)
                 ),
-                now,
-            ));
-        }
+                Some(ext.id),
+            ),
+            now,
+        ));
     }
     audit::append_all(&app.audit_key, tx, &events).await?;
     store::enqueue_all(tx, &messages).await?;

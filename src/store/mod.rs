@@ -871,21 +871,25 @@ pub async fn schedule_job(
     Ok(())
 }
 
-/// Closes the pending extension requests of `request_id` (its grant has ended: there is
-/// nothing left to extend); returns them.
+/// Closes the pending extension requests of the grants of `request_ids` (they ended, so
+/// there is nothing left to extend), in one statement per chunk; returns them.
 pub async fn close_pending_extensions(
     conn: &mut SqliteConnection,
-    request_id: i64,
+    request_ids: &[i64],
     now: i64,
 ) -> sqlx::Result<Vec<RequestRow>> {
-    sqlx::query_as(
-        "UPDATE requests SET state = 'expired', decided_at = ? \
-         WHERE extends_request_id = ? AND kind = 'extension' AND state = 'pending' RETURNING *",
-    )
-    .bind(now)
-    .bind(request_id)
-    .fetch_all(conn)
-    .await
+    let mut closed = Vec::new();
+    for chunk in chunks(request_ids) {
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE requests SET state = 'expired', decided_at = ");
+        q.push_bind(now)
+            .push(" WHERE kind = 'extension' AND state = 'pending' AND extends_request_id IN ");
+        q.push_tuples(chunk, |mut b, id| {
+            b.push_bind(*id);
+        });
+        q.push(" RETURNING *");
+        closed.extend(q.build_query_as::<RequestRow>().fetch_all(&mut *conn).await?);
+    }
+    Ok(closed)
 }
 
 pub async fn reschedule_job(
