@@ -41,11 +41,16 @@ pub mod delivery_kind {
 /// cannot answer, the delivery is treated as new: acting twice on a rare retry is better
 /// than dropping a person's input.
 pub async fn first_delivery(app: &AppState, kind: &str, key: &str) -> bool {
+    claim_delivery(app, kind, key, None).await
+}
+
+/// [`first_delivery`], storing `input` with the key (see [`store::first_delivery_with_input`]).
+async fn claim_delivery(app: &AppState, kind: &str, key: &str, input: Option<&str>) -> bool {
     let now = app.now_ms();
     let expires = now + DELIVERY_RETENTION.as_millis() as i64;
     let claimed = async {
         let mut conn = app.db.write.acquire().await?;
-        anyhow::Ok(store::first_delivery(&mut conn, kind, key, now, expires).await?)
+        anyhow::Ok(store::first_delivery_with_input(&mut conn, kind, key, input, now, expires).await?)
     };
     match claimed.await {
         Ok(first) => {
@@ -497,32 +502,12 @@ async fn confirm(app: &AppState, user: &str, reply: String, request_id: Option<i
 /// recorded, then acted on after the caller has answered Slack. A key seen before is a
 /// re-delivery and changes nothing.
 pub async fn click(app: &AppState, key: &str, click: Click, from_home: bool) {
-    let now = app.now_ms();
-    let expires = now + DELIVERY_RETENTION.as_millis() as i64;
-    let recorded = async {
-        let input = serde_json::to_string(&click)?;
-        let mut conn = app.db.write.acquire().await?;
-        anyhow::Ok(
-            store::first_delivery_with_input(&mut conn, delivery_kind::INTERACTION, key, &input, now, expires).await?,
-        )
-    };
-    match recorded.await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::info!(
-                kind = delivery_kind::INTERACTION,
-                "Slack delivered an input again; it was handled the first time"
-            );
-            return;
-        }
-        // Acting without the record beats dropping the approver's click; only a crash in
-        // the next moments could lose it.
-        Err(e) => tracing::warn!(
-            error = format!("{e:#}"),
-            "cannot record a click before acting on it; acting on it anyway"
-        ),
+    // Unrecordable (it cannot fail to serialise) or a database that cannot answer: acting
+    // without the record beats dropping the approver's click.
+    let input = serde_json::to_string(&click).ok();
+    if claim_delivery(app, delivery_kind::INTERACTION, key, input.as_deref()).await {
+        spawn_click(app, key.to_string(), click, from_home);
     }
-    spawn_click(app, key.to_string(), click, from_home);
 }
 
 /// Acts on a recorded click in the background, then marks it handled (and, for a click

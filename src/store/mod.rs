@@ -1304,17 +1304,7 @@ pub async fn first_delivery(
     now: i64,
     expires_at: i64,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO deliveries (kind, key, seen_at, expires_at) VALUES (?, ?, ?, ?) \
-         ON CONFLICT (kind, key) DO NOTHING",
-    )
-    .bind(kind)
-    .bind(key)
-    .bind(now)
-    .bind(expires_at)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    first_delivery_with_input(conn, kind, key, None, now, expires_at).await
 }
 
 /// What the first delivery of a command answered, as far as stored: its reply, or the
@@ -1342,14 +1332,14 @@ pub async fn set_delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &s
     Ok(())
 }
 
-/// [`first_delivery`] for an input that must survive a crash between the acknowledgement
-/// and the work: the input (`pending_input`, JSON) is stored with the key in the same
-/// statement, so a delivery is either new and recorded, or a re-delivery.
+/// [`first_delivery`] that also stores the input (`pending_input`, JSON) with the key, in
+/// the same statement, when it must survive a crash between the acknowledgement and the
+/// work: a delivery is either new and recorded, or a re-delivery.
 pub async fn first_delivery_with_input(
     conn: &mut SqliteConnection,
     kind: &str,
     key: &str,
-    input: &str,
+    input: Option<&str>,
     now: i64,
     expires_at: i64,
 ) -> sqlx::Result<bool> {
