@@ -33,6 +33,7 @@ pub mod outbox;
 pub mod policy;
 pub mod readiness;
 pub mod reconcile;
+pub mod relocation;
 pub mod report;
 pub mod requests;
 pub mod rotation;

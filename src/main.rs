@@ -84,6 +84,15 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Move the database (the SQLite file of the configuration), with all its history, into
+    /// an empty PostgreSQL database, and verify the copy there (row counts, the audit hash
+    /// chain and its head). Stop `jitgate serve` first.
+    MoveDatabase {
+        /// The empty PostgreSQL database: postgres://user@host:5432/database (the password
+        /// may come from PGPASSWORD or ~/.pgpass instead of the URL).
+        #[arg(long)]
+        to: String,
+    },
     /// Ask a running jitgate whether it is healthy (GET /healthz); exit 0 if it is, 1 if
     /// not. For container and supervisor health checks.
     Healthcheck {
@@ -311,6 +320,9 @@ async fn main() -> ExitCode {
         Command::Audit { command } => audit(config, command).await,
         Command::Reconcile { dry_run } => reconcile(config, dry_run).await,
         Command::Backup { path, force } => jitgate::backup::run(&config, &path, force)
+            .await
+            .map(|done| println!("{done}")),
+        Command::MoveDatabase { to } => jitgate::relocation::run(&config, &to)
             .await
             .map(|done| println!("{done}")),
         Command::Policy {

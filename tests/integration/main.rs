@@ -21,6 +21,7 @@ mod lifecycle;
 mod local_slack;
 mod manifest;
 mod module_graph;
+mod move_database;
 mod observe;
 mod oncall;
 mod packaging;
