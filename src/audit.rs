@@ -18,7 +18,7 @@ use std::sync::Arc;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::{FromRow, SqliteConnection};
+use sqlx::FromRow;
 
 /// The hash before the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -187,7 +187,7 @@ pub fn next_entry(
 /// Appends an entry inside the caller's write transaction.
 pub async fn append(
     key: &AuditKey,
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     at: i64,
     actor: &str,
     action: &str,
@@ -199,7 +199,7 @@ pub async fn append(
     let details = details.to_string();
     let hash = entry_hash(key, &prev, seq, at, actor, action, request_id, &details);
     sqlx::query(
-        "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(seq)
     .bind(at)
@@ -225,7 +225,7 @@ pub struct Event<'a> {
 }
 
 /// The chain's head: the last entry's seq and hash (0 and `GENESIS` when empty).
-pub async fn head(conn: &mut SqliteConnection) -> sqlx::Result<(i64, String)> {
+pub async fn head(conn: &mut crate::store::Conn) -> sqlx::Result<(i64, String)> {
     let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await?;
@@ -260,22 +260,22 @@ pub fn insert_entries<'a>(inserts: &mut crate::store::Inserts<'a>, entries: &'a 
         "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash)",
         entries,
         "",
-        |mut b, e| {
-            b.push_bind(e.seq)
-                .push_bind(e.at)
-                .push_bind(&e.actor)
-                .push_bind(&e.action)
-                .push_bind(e.request_id)
-                .push_bind(&e.details)
-                .push_bind(&e.prev_hash)
-                .push_bind(&e.hash);
+        |b, e| {
+            b.bind(e.seq)
+                .bind(e.at)
+                .bind(e.actor.as_str())
+                .bind(e.action.as_str())
+                .bind(e.request_id)
+                .bind(e.details.as_str())
+                .bind(e.prev_hash.as_str())
+                .bind(e.hash.as_str());
         },
     );
 }
 
 /// Appends entries in order inside the caller's write transaction, as `append` would one
 /// by one: the chain's head is read once and the rows go in as multi-row inserts.
-pub async fn append_all(key: &AuditKey, conn: &mut SqliteConnection, events: &[Event<'_>]) -> sqlx::Result<()> {
+pub async fn append_all(key: &AuditKey, conn: &mut crate::store::Conn, events: &[Event<'_>]) -> sqlx::Result<()> {
     if events.is_empty() {
         return Ok(());
     }
@@ -305,8 +305,8 @@ pub fn export_json(e: &AuditEntry) -> serde_json::Value {
 }
 
 /// Entries from `after_seq` on, in order.
-pub async fn entries(conn: &mut SqliteConnection, after_seq: i64, limit: i64) -> sqlx::Result<Vec<AuditEntry>> {
-    sqlx::query_as("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?")
+pub async fn entries(conn: &mut crate::store::Conn, after_seq: i64, limit: i64) -> sqlx::Result<Vec<AuditEntry>> {
+    sqlx::query_as("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
         .bind(after_seq)
         .bind(limit)
         .fetch_all(conn)
@@ -314,8 +314,8 @@ pub async fn entries(conn: &mut SqliteConnection, after_seq: i64, limit: i64) ->
 }
 
 /// Entries about one request, in order.
-pub async fn entries_for_request(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<Vec<AuditEntry>> {
-    sqlx::query_as("SELECT * FROM audit_log WHERE request_id = ? ORDER BY seq")
+pub async fn entries_for_request(conn: &mut crate::store::Conn, request_id: i64) -> sqlx::Result<Vec<AuditEntry>> {
+    sqlx::query_as("SELECT * FROM audit_log WHERE request_id = $1 ORDER BY seq")
         .bind(request_id)
         .fetch_all(conn)
         .await
@@ -405,7 +405,7 @@ pub fn verify_entry(key: &AuditKey, e: &AuditEntry, expected_seq: i64, prev_hash
 /// every link and hash holds, unkeyed entries (from before keying) come only before an
 /// `audit.keyed` entry. Returns the number of entries checked. Deletions at the very end
 /// are caught by [`verify_anchor`], not here.
-pub async fn verify_chain(key: &AuditKey, conn: &mut SqliteConnection) -> anyhow::Result<Result<i64, ChainError>> {
+pub async fn verify_chain(key: &AuditKey, conn: &mut crate::store::Conn) -> anyhow::Result<Result<i64, ChainError>> {
     let (below,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log WHERE seq < 1")
         .fetch_one(&mut *conn)
         .await?;
@@ -438,7 +438,7 @@ pub async fn verify_chain(key: &AuditKey, conn: &mut SqliteConnection) -> anyhow
 /// Keys an older, unkeyed log: if the last entry is not keyed, appends the `audit.keyed`
 /// entry (keyed, covering the last plain hash), from which every entry is keyed. Does
 /// nothing for an empty or already keyed log. Returns the switch's seq when it wrote one.
-pub async fn key_the_log(key: &AuditKey, conn: &mut SqliteConnection, now: i64) -> sqlx::Result<Option<i64>> {
+pub async fn key_the_log(key: &AuditKey, conn: &mut crate::store::Conn, now: i64) -> sqlx::Result<Option<i64>> {
     let last: Option<AuditEntry> = sqlx::query_as("SELECT * FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await?;
@@ -553,11 +553,11 @@ pub fn read_anchors(path: &Path, key: &AuditKey) -> anyhow::Result<Result<Vec<An
 /// Checks that the log still holds entry `seq` with `hash` (a recorded head), and says
 /// how far past it the log goes.
 pub async fn verify_anchor(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     seq: i64,
     hash: &str,
 ) -> anyhow::Result<Result<(), ChainError>> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT hash FROM audit_log WHERE seq = ?")
+    let row: Option<(String,)> = sqlx::query_as("SELECT hash FROM audit_log WHERE seq = $1")
         .bind(seq)
         .fetch_optional(&mut *conn)
         .await?;
@@ -605,7 +605,7 @@ pub struct Verified {
 /// The whole check: the chain, then its end against the anchor (or a given head).
 pub async fn verify_all(
     key: &AuditKey,
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     against: &VerifyAgainst,
 ) -> anyhow::Result<Result<Verified, ChainError>> {
     let entries = match verify_chain(key, conn).await? {

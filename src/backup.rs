@@ -110,7 +110,7 @@ pub async fn run(config: &Config, dest: &Path, force: bool) -> anyhow::Result<Ba
         .connect()
         .await
         .with_context(|| format!("opening the database {}", source.display()))?;
-    sqlx::query("VACUUM INTO ?")
+    sqlx::query("VACUUM INTO $1")
         .bind(partial_str)
         .execute(&mut live)
         .await
@@ -157,6 +157,11 @@ pub async fn check_copy(path: &Path, key: &crate::audit::AuditKey) -> anyhow::Re
             list.join("; ")
         );
     }
+    conn.close().await?;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&store::sqlite_url(path, "rw"))
+        .await
+        .with_context(|| format!("opening the copy {}", path.display()))?;
     let verified = crate::audit::verify_chain(key, &mut conn)
         .await
         .context("reading the copy's audit log")?;

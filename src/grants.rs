@@ -536,7 +536,7 @@ impl Ended {
 /// Returns the grants it ended.
 async fn record_revokes(
     app: &AppState,
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut crate::store::Conn,
     mut outcomes: Vec<RevokeOutcome>,
     now: i64,
 ) -> anyhow::Result<Vec<Ended>> {

@@ -352,7 +352,7 @@ async fn record_all(app: &Outbox, outcomes: Vec<Outcome>) {
 
 /// Writes one outcome down. Returns whether it queued a new message (a notice) and
 /// whether it erased a secret (then the WAL needs a checkpoint).
-async fn record(app: &Outbox, conn: &mut sqlx::SqliteConnection, o: &Outcome) -> anyhow::Result<(bool, bool)> {
+async fn record(app: &Outbox, conn: &mut crate::store::Conn, o: &Outcome) -> anyhow::Result<(bool, bool)> {
     let (row, now) = (&o.row, o.at);
     let (id, kind) = (row.id, row.kind);
     let mut erased = false;
@@ -412,7 +412,7 @@ fn is_final(code: &str) -> bool {
 /// told what an operator must do. Returns true if a notice was queued.
 async fn refused_first_time(
     app: &Outbox,
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     row: &OutboxRow,
     code: &str,
     now: i64,

@@ -113,7 +113,7 @@ pub async fn run(app: &AppState, dry_run: bool) -> anyhow::Result<Report> {
                     // Fresh from the database: the grant may have started since the snapshot.
                     let row: Option<GrantRow> = match access.grant_id {
                         Some(id) => {
-                            sqlx::query_as("SELECT * FROM grants WHERE id = ?")
+                            sqlx::query_as("SELECT * FROM grants WHERE id = $1")
                                 .bind(id)
                                 .fetch_optional(&app.db.read)
                                 .await?
@@ -184,7 +184,7 @@ pub async fn run(app: &AppState, dry_run: bool) -> anyhow::Result<Report> {
                 let _access = app.access_locks.lock(g).await;
                 let answer = is_active(adapter.as_ref(), g).await;
                 // Re-read under the lock: a revoke may have finished while we waited for it.
-                let still: Option<(String,)> = sqlx::query_as("SELECT state FROM grants WHERE id = ?")
+                let still: Option<(String,)> = sqlx::query_as("SELECT state FROM grants WHERE id = $1")
                     .bind(g.id)
                     .fetch_optional(&app.db.read)
                     .await?;

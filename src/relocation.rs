@@ -27,10 +27,6 @@ use crate::config::postgres::DatabaseUrl;
 use crate::config::Config;
 use crate::store::{self, Db};
 
-/// The PostgreSQL schema, embedded in the binary: one migration per SQLite migration, with
-/// the same version.
-pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
 /// Every table of the schema, parents before the tables that reference them, each with the
 /// order its rows are copied in. `_sqlx_migrations` is not copied: the target has its own.
 const TABLES: &[(&str, &str)] = &[
@@ -153,10 +149,17 @@ async fn move_to(config: &Config, url: &DatabaseUrl) -> anyhow::Result<Moved> {
     // not as a `Transaction`, so the connection stays usable for `data_version` after it.
     sqlx::query("BEGIN").execute(&mut *src).await?;
     check_migrations(&mut src, &source).await?;
-    match audit::verify_chain(&key, &mut src)
+    // The chain is checked through the store's own connection type; `serve` writing
+    // meanwhile is caught by the data version below.
+    sqlx::any::install_default_drivers();
+    let mut chain_conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&store::sqlite_url(&source, "ro"))
         .await
-        .context("reading the audit log")?
-    {
+        .with_context(|| format!("opening the database {}", source.display()))?;
+    let verified = audit::verify_chain(&key, &mut chain_conn)
+        .await
+        .context("reading the audit log")?;
+    let _ = sqlx::Connection::close(chain_conn).await;
+    match verified {
         Ok(_) => {}
         Err(e) => bail!(
             "the audit log of {} does not verify ({e}); nothing was moved. Check it with `jitgate audit verify` \
@@ -176,7 +179,7 @@ async fn move_to(config: &Config, url: &DatabaseUrl) -> anyhow::Result<Moved> {
         // Before the schema is created or brought up to date: a refused target is left as
         // it was.
         refuse_rows(&mut *pg.acquire().await?, &target).await?;
-        POSTGRES_MIGRATOR
+        store::PG_MIGRATOR
             .run(&pg)
             .await
             .with_context(|| format!("creating jitgate's tables in {target}; point --to at an empty database"))?;
@@ -328,7 +331,10 @@ async fn copy_and_check(
         Ok(n) => n,
         Err(why) => bail!("the audit log copied to PostgreSQL does not verify ({why}); nothing was moved"),
     };
-    let source_head = audit::head(src).await?;
+    let source_head: (i64, String) = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *src)
+        .await?
+        .unwrap_or_else(|| (0, audit::GENESIS.to_string()));
     let pg_head: (i64, String) = sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *pg)
         .await?

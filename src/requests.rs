@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 
 use serde_json::json;
 use sqlx::pool::PoolConnection;
-use sqlx::Sqlite;
 use tokio::sync::oneshot;
 
 use crate::app::AppState;
@@ -207,7 +206,7 @@ async fn insert_pending(app: &AppState, new: &NewRequest, on_call_check: bool) -
 const HOLD_WRITER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The writer connection while the drain holds it, and since when.
-type Writer = Option<(PoolConnection<Sqlite>, std::time::Instant)>;
+type Writer = Option<(PoolConnection<sqlx::Any>, std::time::Instant)>;
 
 /// Stores queued requests, a batch per transaction, until the queue is empty. At most one
 /// runs at a time (`store::Creations::draining`); whoever queues a request starts one if none is.
@@ -236,7 +235,7 @@ async fn drain_creations(app: AppState) {
 }
 
 /// The writer connection, taken from the pool unless the drain holds it already.
-async fn writer<'w>(app: &AppState, writer: &'w mut Writer) -> anyhow::Result<&'w mut PoolConnection<Sqlite>> {
+async fn writer<'w>(app: &AppState, writer: &'w mut Writer) -> anyhow::Result<&'w mut PoolConnection<sqlx::Any>> {
     if writer.is_none() {
         *writer = Some((app.db.write.acquire().await?, std::time::Instant::now()));
     }
@@ -305,7 +304,7 @@ async fn write_pending(app: &AppState, conn: &mut Writer, rows: &[(&NewRequest, 
 
 async fn try_write_pending(
     app: &AppState,
-    conn: &mut PoolConnection<Sqlite>,
+    conn: &mut PoolConnection<sqlx::Any>,
     rows: &[(&NewRequest, bool)],
 ) -> anyhow::Result<Vec<i64>> {
     // Two round trips to the writer's thread in all: begin and read the heads, then

@@ -69,16 +69,12 @@ impl Server {
     }
 
     /// A read-only pool on the server's database, for the checks.
-    async fn read_pool(&self, db: &std::path::Path) -> anyhow::Result<sqlx::SqlitePool> {
+    async fn read_pool(&self, db: &std::path::Path) -> anyhow::Result<jitgate::store::Pool> {
         match self {
             Server::InProcess(r) => Ok(r.state.db.read.clone()),
-            Server::Child(_) => {
-                let opts = jitgate::store::connect_options(&format!("sqlite://{}", db.display()))?.read_only(true);
-                Ok(sqlx::sqlite::SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(opts)
-                    .await?)
-            }
+            Server::Child(_) => Ok(jitgate::store::Db::open(&format!("sqlite://{}", db.display()))
+                .await?
+                .read),
         }
     }
 

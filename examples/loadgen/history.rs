@@ -3,8 +3,8 @@
 //! recursive CTEs inside SQLite; the audit log is hash-chained in Rust with the app's own
 //! `audit::next_entry`, so `jitgate audit verify` accepts the result.
 
+use jitgate::store::Conn as SqliteConnection;
 use serde_json::json;
-use sqlx::SqliteConnection;
 
 use jitgate::audit::{self, AuditEntry};
 

@@ -348,7 +348,7 @@ pub async fn review(app: &AppState, request_id: i64, actor: &str) -> anyhow::Res
 /// reminders, and the card updated. False if someone reviewed it first.
 pub(crate) async fn record_review(
     key: &audit::AuditKey,
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::store::Conn,
     request: &store::RequestRow,
     actor: &str,
     review: &str,

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::SqlitePool;
 
 use super::oncall::{decide, Ask, Decision, Declined};
 use crate::config::Config;
@@ -209,7 +208,7 @@ pub struct Lookups<'a> {
     /// say so, like the live path would).
     pub slack_or_offline: &'a SlackApi,
     pub oncall: &'a OnCall,
-    pub read: &'a SqlitePool,
+    pub read: &'a crate::store::Pool,
     pub now: DateTime<Utc>,
 }
 

@@ -9,7 +9,6 @@ pub mod explain;
 pub mod oncall;
 
 use serde_json::json;
-use sqlx::SqliteConnection;
 
 use crate::app::AppState;
 use crate::audit;
@@ -488,7 +487,7 @@ pub(crate) enum Applied {
 /// the time-out cancelled, the `request.approved` audit entry with `details`, and the
 /// grant (or the extension) with its job. The caller tells the requester.
 pub(crate) async fn apply_approval(
-    conn: &mut SqliteConnection,
+    conn: &mut crate::store::Conn,
     app: &AppState,
     request: &RequestRow,
     actor: &str,

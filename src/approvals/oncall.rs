@@ -8,7 +8,6 @@
 use serde_json::json;
 
 use chrono::{DateTime, Utc};
-use sqlx::SqlitePool;
 
 use crate::app::AppState;
 use crate::config::oncall::Policy;
@@ -238,7 +237,7 @@ pub async fn decide(
     config: &Config,
     oncall: &OnCall,
     slack: &SlackApi,
-    read: &SqlitePool,
+    read: &crate::store::Pool,
     ask: &Ask<'_>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Decision> {

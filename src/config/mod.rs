@@ -591,10 +591,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let url = raw.database.url.trim();
     if url.is_empty() {
         problems.push("database.url: empty; write it like \"sqlite://jitgate.db\"".into());
-    } else if url.contains("://") && !url.starts_with("sqlite://") {
-        problems.push(format!(
-            "database.url: `{url}` is not a SQLite URL; write it like \"sqlite://jitgate.db\""
-        ));
+    } else if let Some(problem) = foreign_database_url(url) {
+        problems.push(format!("database.url: {problem}"));
     }
     let database = DatabaseConfig {
         url: resolve_database_url(url, &base_dir),
@@ -754,7 +752,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     // The audit key and anchor must live where an insider who can write the data
     // directory cannot: refuse paths inside the database's directory.
-    let data_dir = {
+    let data_dir = if is_postgres_url(&database.url) {
+        None
+    } else {
         let db_path = database.url.strip_prefix("sqlite://").unwrap_or(&database.url);
         let db_path = db_path.split('?').next().unwrap_or_default();
         std::path::absolute(Path::new(db_path))
@@ -1058,12 +1058,10 @@ pub fn apply_env(mut config: Config) -> Result<Config, ConfigError> {
         .filter(|u| !u.trim().is_empty())
     {
         let url = url.trim();
-        if url.contains("://") && !url.starts_with("sqlite://") {
+        if let Some(problem) = foreign_database_url(url) {
             return Err(ConfigError {
                 path: config.path.clone(),
-                problems: vec![format!(
-                    "JITGATE_DATABASE_URL: `{url}` is not a SQLite URL; write it like \"sqlite:///var/lib/jitgate/jitgate.db\""
-                )],
+                problems: vec![format!("JITGATE_DATABASE_URL: {problem}")],
             });
         }
         let cwd = std::env::current_dir().unwrap_or_default();
@@ -1194,6 +1192,35 @@ fn resolve_path(base: &Path, path: &Path) -> PathBuf {
         .components()
         .filter(|c| !matches!(c, std::path::Component::CurDir))
         .collect()
+}
+
+/// Whether `[database] url` names a PostgreSQL database (`postgres://` or
+/// `postgresql://`); anything else is a SQLite URL or path.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// What is wrong with a database URL that is neither SQLite's nor PostgreSQL's (the
+/// password of a URL is never repeated).
+fn foreign_database_url(url: &str) -> Option<String> {
+    if is_postgres_url(url) {
+        return match url::Url::parse(url) {
+            Ok(u) if u.host_str().is_some_and(|h| !h.is_empty()) => None,
+            _ => Some(
+                "not a PostgreSQL URL that parses; write it like \"postgres://jitgate@db.internal:5432/jitgate\" \
+                 (the password is better given in PGPASSWORD or a .pgpass file than in the file)"
+                    .to_string(),
+            ),
+        };
+    }
+    if url.contains("://") && !url.starts_with("sqlite://") {
+        let scheme = url.split("://").next().unwrap_or_default();
+        return Some(format!(
+            "`{scheme}://…` is not a database jitgate runs on; write a SQLite file like \"sqlite://jitgate.db\" \
+             or a PostgreSQL URL like \"postgres://jitgate@db.internal:5432/jitgate\""
+        ));
+    }
+    None
 }
 
 /// `url` (a `sqlite:` URL or a plain path) with a relative file path resolved against
@@ -1557,9 +1584,22 @@ type = "noop"
         }
         let c = parse(Path::new("/etc/jitgate/jitgate.toml"), GOOD).unwrap();
         assert_eq!(c.database.file().unwrap(), Path::new("/etc/jitgate/jitgate.db"));
-        let p = problems(&format!("[database]\nurl = \"postgres://db/app\"\n{GOOD}"));
+        let p = problems(&format!("[database]\nurl = \"mysql://db/app\"\n{GOOD}"));
         assert!(
-            p.iter().any(|m| m.contains("`postgres://db/app` is not a SQLite URL")),
+            p.iter()
+                .any(|m| m.contains("`mysql://…` is not a database jitgate runs on")),
+            "{p:?}"
+        );
+        let c = parse(
+            Path::new("/etc/jitgate/jitgate.toml"),
+            &format!("[database]\nurl = \"postgres://jit:pw@db.internal/jit\"\n{GOOD}"),
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "postgres://jit:pw@db.internal/jit");
+        let p = problems(&format!("[database]\nurl = \"postgres://:pw@/\"\n{GOOD}"));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("not a PostgreSQL URL that parses") && !m.contains("pw")),
             "{p:?}"
         );
     }

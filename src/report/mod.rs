@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
-use sqlx::SqliteConnection;
 
 use crate::duration::HumanDuration;
 use crate::oncall::APPROVER_PREFIX;
@@ -294,7 +293,7 @@ pub fn build(period: Period, records: Vec<AccessRecord>) -> Report {
 }
 
 /// Reads the records of `period` and builds the report.
-pub async fn load(conn: &mut SqliteConnection, period: Period) -> sqlx::Result<Report> {
+pub async fn load(conn: &mut crate::store::Conn, period: Period) -> sqlx::Result<Report> {
     let records = access_records(conn, period.since, period.until).await?;
     Ok(build(period, records))
 }

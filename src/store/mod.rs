@@ -1,9 +1,11 @@
 //! All SQL lives here. Functions take a connection (or a transaction) so that callers
 //! compose one state change, its audit entry and its Slack messages into one commit.
 
+mod dialect;
 mod group_commit;
 pub mod report;
 
+pub use self::dialect::Backend;
 pub use self::group_commit::{Creation, Creations};
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,24 +13,39 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::any::{AnyArguments, AnyPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Any, Arguments, Encode, Executor, FromRow, Type};
 
-/// The schema, embedded in the binary and applied at start-up.
+/// A connection to whichever database `[database] url` names: SQLite or PostgreSQL. Every
+/// query is written once, with `$1, $2, …` placeholders (both understand them); where
+/// the two dialects differ, the difference is a function of [`Backend`].
+pub type Conn = sqlx::AnyConnection;
+/// A pool of [`Conn`]s.
+pub type Pool = sqlx::AnyPool;
+
+/// The SQLite schema, embedded in the binary and applied at start-up.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The PostgreSQL schema: the same versions as [`MIGRATOR`], in PostgreSQL's dialect.
+pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// A database handle: one writer connection, so write transactions never contend with
-/// each other inside the process, and a pool of readers (WAL lets them run alongside).
+/// A database handle. On SQLite: one writer connection, so write transactions never
+/// contend with each other inside the process, and a pool of readers (WAL lets them run
+/// alongside). On PostgreSQL: pools of both, shared by every replica of the database;
+/// write transactions ([`Db::begin`]) take one advisory lock, so they run one at a time
+/// across all replicas, as SQLite's write lock makes them in one process.
 #[derive(Clone, Debug)]
 pub struct Db {
-    pub write: SqlitePool,
-    pub read: SqlitePool,
+    pub write: Pool,
+    pub read: Pool,
+    pub backend: Backend,
 }
 
 /// A write transaction.
-pub type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+pub type Tx = sqlx::Transaction<'static, Any>;
 
-/// The options every connection uses, in production and tests alike.
+/// The options every SQLite connection uses, in production and tests alike (through
+/// [`Db::open`] the same settings are applied to each connection of the pools).
 pub fn connect_options(url: &str) -> anyhow::Result<SqliteConnectOptions> {
     let url = if url.starts_with("sqlite:") {
         url.to_string()
@@ -49,39 +66,113 @@ pub fn connect_options(url: &str) -> anyhow::Result<SqliteConnectOptions> {
     Ok(opts)
 }
 
+/// What every SQLite connection of [`Db::open`] runs first: the settings of
+/// [`connect_options`] (the `Any` pools take only a URL).
+const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;";
+const SQLITE_READER_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+
+/// `file` as a `sqlite://` URL opened in `mode` (`rw` or `ro`).
+pub fn sqlite_url(file: &std::path::Path, mode: &str) -> String {
+    // sqlx percent-decodes the file name.
+    let file = file
+        .to_string_lossy()
+        .replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23");
+    format!("sqlite://{file}?mode={mode}")
+}
+
 impl Db {
-    /// Opens (creating if missing) and migrates the database.
+    /// Opens (creating a missing SQLite file) and migrates the database.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        match Backend::of_url(url) {
+            Backend::Sqlite => Self::open_sqlite(url).await,
+            Backend::Postgres => Self::open_postgres(url).await,
+        }
+    }
+
+    async fn open_sqlite(url: &str) -> anyhow::Result<Self> {
+        use sqlx::{ConnectOptions, Connection};
         let opts = connect_options(url)?;
-        let write = SqlitePoolOptions::new()
+        // Creates the file and switches it to WAL once, with every setting checked.
+        opts.connect()
+            .await
+            .with_context(|| format!("opening the database {url}"))?
+            .close()
+            .await
+            .with_context(|| format!("opening the database {url}"))?;
+        let file = opts.get_filename().to_path_buf();
+        let write = AnyPoolOptions::new()
             // An in-process SQLite connection cannot go stale; testing it costs a round trip
             // to its thread on every acquire.
             .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            // Room for the batch writers' multi-row statements of many sizes besides the
-            // single-row ones (the default is 100).
-            .connect_with(opts.clone().statement_cache_capacity(512))
+            .after_connect(|conn, _| Box::pin(async move { conn.execute(SQLITE_WRITER_PRAGMAS).await.map(|_| ()) }))
+            .connect(&sqlite_url(&file, "rw"))
             .await
             .with_context(|| format!("opening the database {url}"))?;
         MIGRATOR
             .run(&write)
             .await
             .with_context(|| format!("migrating the database {url}"))?;
-        let read = SqlitePoolOptions::new()
+        let read = AnyPoolOptions::new()
             .test_before_acquire(false)
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(opts.read_only(true))
+            .after_connect(|conn, _| Box::pin(async move { conn.execute(SQLITE_READER_PRAGMAS).await.map(|_| ()) }))
+            .connect(&sqlite_url(&file, "ro"))
             .await
             .with_context(|| format!("opening the database {url} for reading"))?;
-        Ok(Self { write, read })
+        Ok(Self {
+            write,
+            read,
+            backend: Backend::Sqlite,
+        })
     }
 
-    /// The database file of `config`, for commands that only read what `serve` stored
-    /// (`audit`, `reconcile`, `backup`): opening a missing file would create an empty
-    /// database and report on nothing, so a missing one is an error naming it.
+    async fn open_postgres(url: &str) -> anyhow::Result<Self> {
+        let shown = dialect::redacted(url);
+        let write = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to the database {shown}"))?;
+        // sqlx takes an advisory lock while it migrates: replicas starting together
+        // apply each migration once.
+        PG_MIGRATOR
+            .run(&write)
+            .await
+            .with_context(|| format!("migrating the database {shown}"))?;
+        let read = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to the database {shown} for reading"))?;
+        Ok(Self {
+            write,
+            read,
+            backend: Backend::Postgres,
+        })
+    }
+
+    /// Fails, naming the file, when the configured SQLite database does not exist: for
+    /// commands that only read what `serve` stored (`audit`, `reconcile`), opening a
+    /// missing file would create an empty database and report on nothing. A PostgreSQL
+    /// database is checked by connecting to it.
+    pub fn ensure_exists(config: &crate::config::Config) -> anyhow::Result<()> {
+        if Backend::of_url(&config.database.url) == Backend::Postgres {
+            return Ok(());
+        }
+        Self::existing_file(config).map(|_| ())
+    }
+
+    /// The SQLite database file of `config` (see [`Db::ensure_exists`]).
     pub fn existing_file(config: &crate::config::Config) -> anyhow::Result<std::path::PathBuf> {
         let source = if std::env::var("JITGATE_DATABASE_URL").is_ok_and(|v| !v.trim().is_empty()) {
             "JITGATE_DATABASE_URL".to_string()
@@ -91,6 +182,12 @@ impl Db {
                 config.path.display()
             )
         };
+        if Backend::of_url(&config.database.url) == Backend::Postgres {
+            anyhow::bail!(
+                "this command works on a SQLite file, and the database is PostgreSQL ({source}); \
+                 see the README, \"Backups\", for PostgreSQL"
+            );
+        }
         let Some(file) = config.database.file() else {
             anyhow::bail!(
                 "`{}` is an in-memory database ({source}); there is nothing stored to read",
@@ -107,16 +204,21 @@ impl Db {
         Ok(file)
     }
 
-    /// Starts a write transaction. `BEGIN IMMEDIATE` takes the write lock up front, so a
-    /// read-then-write transaction cannot fail half-way with "database is locked".
+    /// Starts a write transaction. On SQLite `BEGIN IMMEDIATE` takes the write lock up
+    /// front, so a read-then-write transaction cannot fail half-way with "database is
+    /// locked"; on PostgreSQL the write lock is an advisory lock held until it ends.
     pub async fn begin(&self) -> sqlx::Result<Tx> {
-        self.write.begin_with("BEGIN IMMEDIATE").await
+        self.write.begin_with(self.backend.begin_write()).await
     }
 
     /// Copies the WAL into the database file and truncates it to zero bytes, so content
     /// overwritten since (an erased credential) is left in no file. Called after a
-    /// credential is erased, at start-up and at shutdown.
+    /// credential is erased, at start-up and at shutdown. (PostgreSQL keeps its own WAL;
+    /// see the README on erased credentials there.)
     pub async fn checkpoint(&self) -> anyhow::Result<()> {
+        if self.backend == Backend::Postgres {
+            return Ok(());
+        }
         for attempt in 0..50 {
             let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
                 .fetch_one(&self.write)
@@ -138,11 +240,159 @@ impl Db {
     }
 }
 
+/// SQL text with its bound values, numbered `$1, $2, …` as they are pushed: the one
+/// builder of statements whose shape depends on the data (`IN` lists, multi-row
+/// inserts). sqlx's `QueryBuilder<Any>` writes `?`, which PostgreSQL does not take.
+#[derive(Default)]
+pub struct Sql<'q> {
+    text: String,
+    args: AnyArguments<'q>,
+}
+
+impl<'q> Sql<'q> {
+    pub fn new(text: &str) -> Self {
+        Self {
+            text: text.to_string(),
+            args: AnyArguments::default(),
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Binds `value` and writes its placeholder.
+    pub fn bind<T: 'q + Encode<'q, Any> + Type<Any>>(&mut self, value: T) -> &mut Self {
+        // Encoding into the Any buffer only copies the value; it cannot fail.
+        let _ = self.args.add(value);
+        self.text.push('$');
+        self.text.push_str(&self.args.len().to_string());
+        self
+    }
+
+    /// `(a, b), (c, d)…`: a parenthesised group per item, `push_row` binding its values
+    /// (each `bind` of a group after the first is preceded by a comma by [`Row::bind`]).
+    pub fn rows<T>(
+        &mut self,
+        items: impl IntoIterator<Item = T>,
+        mut push_row: impl FnMut(&mut Row<'_, 'q>, T),
+    ) -> &mut Self {
+        for (i, item) in items.into_iter().enumerate() {
+            self.text.push_str(if i == 0 { "(" } else { ", (" });
+            push_row(&mut Row { sql: self, first: true }, item);
+            self.text.push(')');
+        }
+        self
+    }
+
+    /// `(v1, v2, …)`, each value bound.
+    pub fn in_list<T: 'q + Encode<'q, Any> + Type<Any>>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self {
+        self.text.push('(');
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.text.push_str(", ");
+            }
+            self.bind(v);
+        }
+        self.text.push(')');
+        self
+    }
+
+    /// Runs the statement.
+    pub async fn execute(self, conn: &mut Conn) -> sqlx::Result<sqlx::any::AnyQueryResult> {
+        let Sql { text, args } = self;
+        sqlx::query_with(&text, args).execute(conn).await
+    }
+
+    /// Runs the statement, decoding its rows as `T`.
+    pub async fn fetch_all<T>(self, conn: &mut Conn) -> sqlx::Result<Vec<T>>
+    where
+        T: for<'r> FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    {
+        let Sql { text, args } = self;
+        sqlx::query_as_with(&text, args).fetch_all(conn).await
+    }
+
+    /// `statements` as one SQLite query, `;`-separated. Their placeholders become `?`,
+    /// which SQLite numbers on from one statement to the next: numbered ones would count
+    /// over the whole query and could pass SQLite's limit of 32,766.
+    fn joined_for_sqlite(statements: Vec<Sql<'q>>) -> Sql<'q> {
+        let mut all = Sql::default();
+        for q in statements {
+            all.text.push_str(&dialect::anonymous(&q.text));
+            all.text.push_str(";\n");
+            all.args.values.0.extend(q.args.values.0);
+        }
+        all
+    }
+}
+
+/// One parenthesised group of [`Sql::rows`].
+pub struct Row<'s, 'q> {
+    sql: &'s mut Sql<'q>,
+    first: bool,
+}
+
+impl<'q> Row<'_, 'q> {
+    pub fn bind<T: 'q + Encode<'q, Any> + Type<Any>>(&mut self, value: T) -> &mut Self {
+        if !std::mem::take(&mut self.first) {
+            self.sql.text.push_str(", ");
+        }
+        self.sql.bind(value);
+        self
+    }
+
+    /// Writes `text` as the next value (a literal or expression, not user data).
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        if !std::mem::take(&mut self.first) {
+            self.sql.text.push_str(", ");
+        }
+        self.sql.text.push_str(text);
+        self
+    }
+}
+
+/// Implements storing `$enum` as the text of each variant (snake_case, as the schema's
+/// CHECK constraints spell them), for both backends through sqlx's `Any` driver.
+macro_rules! stored_as_text {
+    ($enum:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $enum {
+            /// How the database stores it.
+            pub fn as_stored(self) -> &'static str {
+                match self {
+                    $($enum::$variant => $text),+
+                }
+            }
+        }
+        impl sqlx::Type<Any> for $enum {
+            fn type_info() -> sqlx::any::AnyTypeInfo {
+                <&str as sqlx::Type<Any>>::type_info()
+            }
+        }
+        impl<'q> sqlx::Encode<'q, Any> for $enum {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <Any as sqlx::Database>::ArgumentBuffer<'q>,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, Any>>::encode(self.as_stored(), buf)
+            }
+        }
+        impl<'r> sqlx::Decode<'r, Any> for $enum {
+            fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                match <&str as sqlx::Decode<'r, Any>>::decode(value)? {
+                    $($text => Ok($enum::$variant),)+
+                    other => Err(format!("`{other}` is not a stored {}", stringify!($enum)).into()),
+                }
+            }
+        }
+    };
+}
+
 // ---- requests ------------------------------------------------------------------------
 
 /// Where a request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestState {
     Pending,
     Approved,
@@ -151,6 +401,7 @@ pub enum RequestState {
     /// Withdrawn by the requester before anyone decided.
     Cancelled,
 }
+stored_as_text!(RequestState { Pending => "pending", Approved => "approved", Denied => "denied", Expired => "expired", Cancelled => "cancelled" });
 
 /// A stored request.
 #[derive(Debug, Clone, FromRow)]
@@ -175,12 +426,12 @@ pub struct RequestRow {
 }
 
 /// Whether a request asks for new access or for more time on an existing grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
     Access,
     Extension,
 }
+stored_as_text!(RequestKind { Access => "access", Extension => "extension" });
 
 /// What a new request needs.
 #[derive(Debug, Clone)]
@@ -228,11 +479,11 @@ pub fn is_already_received(e: &anyhow::Error) -> bool {
         })
 }
 
-pub async fn insert_request(conn: &mut SqliteConnection, r: &NewRequest) -> sqlx::Result<i64> {
+pub async fn insert_request(conn: &mut Conn, r: &NewRequest) -> sqlx::Result<i64> {
     let row: (i64,) = sqlx::query_as(
         "INSERT INTO requests (requester_id, team_id, resource, role, duration_secs, reason, \
          origin_channel, approval_channel, approvals_required, state, created_at, kind, extends_request_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $12) RETURNING id",
     )
     .bind(&r.requester_id)
     .bind(&r.team_id)
@@ -251,8 +502,8 @@ pub async fn insert_request(conn: &mut SqliteConnection, r: &NewRequest) -> sqlx
     Ok(row.0)
 }
 
-pub async fn get_request(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<Option<RequestRow>> {
-    sqlx::query_as("SELECT * FROM requests WHERE id = ?")
+pub async fn get_request(conn: &mut Conn, id: i64) -> sqlx::Result<Option<RequestRow>> {
+    sqlx::query_as("SELECT * FROM requests WHERE id = $1")
         .bind(id)
         .fetch_optional(conn)
         .await
@@ -260,13 +511,13 @@ pub async fn get_request(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<O
 
 /// Moves a request from `from` to `to`; false if it was not in `from` (someone else won).
 pub async fn transition_request(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: i64,
     from: RequestState,
     to: RequestState,
     now: i64,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query("UPDATE requests SET state = ?, decided_at = ? WHERE id = ? AND state = ?")
+    let done = sqlx::query("UPDATE requests SET state = $1, decided_at = $2 WHERE id = $3 AND state = $4")
         .bind(to)
         .bind(now)
         .bind(id)
@@ -276,8 +527,8 @@ pub async fn transition_request(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_card(conn: &mut SqliteConnection, id: i64, channel: &str, ts: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE requests SET card_channel = ?, card_ts = ? WHERE id = ?")
+pub async fn set_card(conn: &mut Conn, id: i64, channel: &str, ts: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE requests SET card_channel = $1, card_ts = $2 WHERE id = $3")
         .bind(channel)
         .bind(ts)
         .bind(id)
@@ -288,16 +539,16 @@ pub async fn set_card(conn: &mut SqliteConnection, id: i64, channel: &str, ts: &
 
 /// The caller's requests still waiting for a decision, newest first.
 /// How many requests of `user` are pending.
-pub async fn count_pending_of(conn: &mut SqliteConnection, user: &str) -> sqlx::Result<i64> {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM requests WHERE requester_id = ? AND state = 'pending'")
+pub async fn count_pending_of(conn: &mut Conn, user: &str) -> sqlx::Result<i64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM requests WHERE requester_id = $1 AND state = 'pending'")
         .bind(user)
         .fetch_one(conn)
         .await?;
     Ok(n)
 }
 
-pub async fn pending_requests_of(conn: &mut SqliteConnection, user: &str) -> sqlx::Result<Vec<RequestRow>> {
-    sqlx::query_as("SELECT * FROM requests WHERE requester_id = ? AND state = 'pending' ORDER BY id DESC LIMIT 20")
+pub async fn pending_requests_of(conn: &mut Conn, user: &str) -> sqlx::Result<Vec<RequestRow>> {
+    sqlx::query_as("SELECT * FROM requests WHERE requester_id = $1 AND state = 'pending' ORDER BY id DESC LIMIT 20")
         .bind(user)
         .fetch_all(conn)
         .await
@@ -305,8 +556,8 @@ pub async fn pending_requests_of(conn: &mut SqliteConnection, user: &str) -> sql
 
 /// Pending requests of anyone, oldest first, at most `limit` (the Home tab's "waiting
 /// for you" filters them by approver).
-pub async fn pending_requests(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<RequestRow>> {
-    sqlx::query_as("SELECT * FROM requests WHERE state = 'pending' ORDER BY id LIMIT ?")
+pub async fn pending_requests(conn: &mut Conn, limit: i64) -> sqlx::Result<Vec<RequestRow>> {
+    sqlx::query_as("SELECT * FROM requests WHERE state = 'pending' ORDER BY id LIMIT $1")
         .bind(limit)
         .fetch_all(conn)
         .await
@@ -315,12 +566,12 @@ pub async fn pending_requests(conn: &mut SqliteConnection, limit: i64) -> sqlx::
 // ---- decisions -----------------------------------------------------------------------
 
 /// An approver's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Approve,
     Deny,
 }
+stored_as_text!(Verdict { Approve => "approve", Deny => "deny" });
 
 /// A stored decision.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
@@ -332,10 +583,11 @@ pub struct DecisionRow {
     pub reason: Option<String>,
 }
 
-pub async fn decisions(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<Vec<DecisionRow>> {
-    sqlx::query_as(
-        "SELECT approver_id, verdict, decided_at, reason FROM decisions WHERE request_id = ? ORDER BY decided_at, rowid",
-    )
+pub async fn decisions(conn: &mut Conn, request_id: i64) -> sqlx::Result<Vec<DecisionRow>> {
+    let order = Backend::of(conn).decisions_insertion_order();
+    sqlx::query_as(&format!(
+        "SELECT approver_id, verdict, decided_at, reason FROM decisions WHERE request_id = $1 ORDER BY decided_at, {order}"
+    ))
     .bind(request_id)
     .fetch_all(conn)
     .await
@@ -343,7 +595,7 @@ pub async fn decisions(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Re
 
 /// Records a decision; false if this approver had already decided (double click).
 pub async fn insert_decision(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     request_id: i64,
     approver: &str,
     verdict: Verdict,
@@ -355,7 +607,7 @@ pub async fn insert_decision(
 /// Records a decision with its reason (a policy's evidence); false if this approver had
 /// already decided.
 pub async fn insert_decision_with_reason(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     request_id: i64,
     approver: &str,
     verdict: Verdict,
@@ -363,7 +615,7 @@ pub async fn insert_decision_with_reason(
     now: i64,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "INSERT INTO decisions (request_id, approver_id, verdict, decided_at, reason) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO decisions (request_id, approver_id, verdict, decided_at, reason) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (request_id, approver_id) DO NOTHING",
     )
     .bind(request_id)
@@ -378,16 +630,11 @@ pub async fn insert_decision_with_reason(
 
 /// How many of `requester`'s requests `approver` (a policy) approved after `since`. The
 /// rate limit of on-call auto-approval counts from here, so it survives restarts.
-pub async fn count_policy_approvals(
-    conn: &mut SqliteConnection,
-    requester: &str,
-    approver: &str,
-    since: i64,
-) -> sqlx::Result<i64> {
+pub async fn count_policy_approvals(conn: &mut Conn, requester: &str, approver: &str, since: i64) -> sqlx::Result<i64> {
     // Driven by requests_by_requester, then the decisions primary key.
     let row: (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM requests r JOIN decisions d ON d.request_id = r.id \
-         WHERE r.requester_id = ? AND d.approver_id = ? AND d.verdict = 'approve' AND d.decided_at > ?",
+         WHERE r.requester_id = $1 AND d.approver_id = $2 AND d.verdict = 'approve' AND d.decided_at > $3",
     )
     .bind(requester)
     .bind(approver)
@@ -400,10 +647,10 @@ pub async fn count_policy_approvals(
 // ---- break-glass ---------------------------------------------------------------------
 
 /// How many times `user` broke the glass since `since_ms` (for the per-person rate limit).
-pub async fn count_break_glass_uses(conn: &mut SqliteConnection, user: &str, since_ms: i64) -> sqlx::Result<i64> {
+pub async fn count_break_glass_uses(conn: &mut Conn, user: &str, since_ms: i64) -> sqlx::Result<i64> {
     let row: (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM break_glass b JOIN requests r ON r.id = b.request_id \
-         WHERE b.used_at >= ? AND r.requester_id = ?",
+         WHERE b.used_at >= $1 AND r.requester_id = $2",
     )
     .bind(since_ms)
     .bind(user)
@@ -424,8 +671,8 @@ pub struct BreakGlassRow {
 }
 
 /// Records that request `request_id` was a break-glass use.
-pub async fn insert_break_glass(conn: &mut SqliteConnection, request_id: i64, now: i64) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO break_glass (request_id, used_at) VALUES (?, ?)")
+pub async fn insert_break_glass(conn: &mut Conn, request_id: i64, now: i64) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO break_glass (request_id, used_at) VALUES ($1, $2)")
         .bind(request_id)
         .bind(now)
         .execute(conn)
@@ -434,8 +681,8 @@ pub async fn insert_break_glass(conn: &mut SqliteConnection, request_id: i64, no
 }
 
 /// The break-glass record of a request, if it was one.
-pub async fn break_glass_of(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<Option<BreakGlassRow>> {
-    sqlx::query_as("SELECT * FROM break_glass WHERE request_id = ?")
+pub async fn break_glass_of(conn: &mut Conn, request_id: i64) -> sqlx::Result<Option<BreakGlassRow>> {
+    sqlx::query_as("SELECT * FROM break_glass WHERE request_id = $1")
         .bind(request_id)
         .fetch_optional(conn)
         .await
@@ -444,15 +691,15 @@ pub async fn break_glass_of(conn: &mut SqliteConnection, request_id: i64) -> sql
 /// Marks a break-glass use reviewed (`review` is `ok` or `revoked`), once: false if it
 /// was reviewed already (or is not a break-glass use).
 pub async fn review_break_glass(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     request_id: i64,
     by: &str,
     review: &str,
     now: i64,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE break_glass SET reviewed_by = ?, reviewed_at = ?, review = ? \
-         WHERE request_id = ? AND reviewed_at IS NULL",
+        "UPDATE break_glass SET reviewed_by = $1, reviewed_at = $2, review = $3 \
+         WHERE request_id = $4 AND reviewed_at IS NULL",
     )
     .bind(by)
     .bind(now)
@@ -466,8 +713,7 @@ pub async fn review_break_glass(
 // ---- grants --------------------------------------------------------------------------
 
 /// Where a grant stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantState {
     Granting,
     Active,
@@ -476,6 +722,7 @@ pub enum GrantState {
     /// Ended while another grant still covered the same (shared) access.
     Superseded,
 }
+stored_as_text!(GrantState { Granting => "granting", Active => "active", Revoked => "revoked", Failed => "failed", Superseded => "superseded" });
 
 /// A stored grant.
 #[derive(Debug, Clone, FromRow)]
@@ -500,15 +747,10 @@ pub struct GrantRow {
 }
 
 /// Creates the grant for an approved request; false if it already has one.
-pub async fn insert_grant(
-    conn: &mut SqliteConnection,
-    request: &RequestRow,
-    adapter: &str,
-    now: i64,
-) -> sqlx::Result<bool> {
+pub async fn insert_grant(conn: &mut Conn, request: &RequestRow, adapter: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
         "INSERT INTO grants (request_id, user_id, resource, role, adapter, duration_secs, state, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, 'granting', ?) ON CONFLICT (request_id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, 'granting', $7) ON CONFLICT (request_id) DO NOTHING",
     )
     .bind(request.id)
     .bind(&request.requester_id)
@@ -522,8 +764,8 @@ pub async fn insert_grant(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn grant_of(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<Option<GrantRow>> {
-    sqlx::query_as("SELECT * FROM grants WHERE request_id = ?")
+pub async fn grant_of(conn: &mut Conn, request_id: i64) -> sqlx::Result<Option<GrantRow>> {
+    sqlx::query_as("SELECT * FROM grants WHERE request_id = $1")
         .bind(request_id)
         .fetch_optional(conn)
         .await
@@ -531,15 +773,15 @@ pub async fn grant_of(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Res
 
 /// Marks a grant active from `granted_at`; false if it was not being granted.
 pub async fn activate_grant(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     grant_id: i64,
     granted_at: i64,
     expires_at: i64,
     adapter_state: Option<&str>,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE grants SET state = 'active', granted_at = ?, expires_at = ?, adapter_state = ?, last_error = NULL \
-         WHERE id = ? AND state = 'granting'",
+        "UPDATE grants SET state = 'active', granted_at = $1, expires_at = $2, adapter_state = $3, last_error = NULL \
+         WHERE id = $4 AND state = 'granting'",
     )
     .bind(granted_at)
     .bind(expires_at)
@@ -551,8 +793,8 @@ pub async fn activate_grant(
 }
 
 /// Marks a grant that could not be given as failed.
-pub async fn fail_grant(conn: &mut SqliteConnection, grant_id: i64, error: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query("UPDATE grants SET state = 'failed', last_error = ? WHERE id = ? AND state = 'granting'")
+pub async fn fail_grant(conn: &mut Conn, grant_id: i64, error: &str) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE grants SET state = 'failed', last_error = $1 WHERE id = $2 AND state = 'granting'")
         .bind(error)
         .bind(grant_id)
         .execute(conn)
@@ -562,10 +804,10 @@ pub async fn fail_grant(conn: &mut SqliteConnection, grant_id: i64, error: &str)
 
 /// Records that `by` asked to end an active (or still granting) grant early; false if it
 /// had already ended or someone already asked.
-pub async fn request_revoke(conn: &mut SqliteConnection, grant_id: i64, by: &str, now: i64) -> sqlx::Result<bool> {
+pub async fn request_revoke(conn: &mut Conn, grant_id: i64, by: &str, now: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE grants SET revoke_requested_by = ?, revoke_requested_at = ? \
-         WHERE id = ? AND state IN ('granting', 'active') AND revoke_requested_by IS NULL",
+        "UPDATE grants SET revoke_requested_by = $1, revoke_requested_at = $2 \
+         WHERE id = $3 AND state IN ('granting', 'active') AND revoke_requested_by IS NULL",
     )
     .bind(by)
     .bind(now)
@@ -578,7 +820,7 @@ pub async fn request_revoke(conn: &mut SqliteConnection, grant_id: i64, by: &str
 /// For each of `grants`, another grant of the same user, resource, role and adapter that
 /// is being given or in force (the one ending last): while one exists, shared access must
 /// not be revoked. Read in one statement per chunk of grants.
-pub async fn covers_of(conn: &mut SqliteConnection, grants: &[&GrantRow]) -> sqlx::Result<HashMap<i64, GrantRow>> {
+pub async fn covers_of(conn: &mut Conn, grants: &[&GrantRow]) -> sqlx::Result<HashMap<i64, GrantRow>> {
     #[derive(FromRow)]
     struct Cover {
         covered_id: i64,
@@ -587,16 +829,14 @@ pub async fn covers_of(conn: &mut SqliteConnection, grants: &[&GrantRow]) -> sql
     }
     let mut covers = HashMap::new();
     for chunk in chunks(grants) {
-        let mut q = QueryBuilder::<Sqlite>::new(
+        let mut q = Sql::new(
             "SELECT g.id AS covered_id, c.* FROM grants g JOIN grants c ON c.user_id = g.user_id \
              AND c.resource = g.resource AND c.role = g.role AND c.adapter = g.adapter \
              AND c.state IN ('granting', 'active') AND c.id != g.id WHERE g.id IN ",
         );
-        q.push_tuples(chunk, |mut b, g| {
-            b.push_bind(g.id);
-        });
+        q.in_list(chunk.iter().map(|g| g.id));
         q.push(" ORDER BY c.expires_at IS NULL DESC, c.expires_at DESC");
-        for row in q.build_query_as::<Cover>().fetch_all(&mut *conn).await? {
+        for row in q.fetch_all::<Cover>(&mut *conn).await? {
             covers.entry(row.covered_id).or_insert(row.grant);
         }
     }
@@ -604,29 +844,27 @@ pub async fn covers_of(conn: &mut SqliteConnection, grants: &[&GrantRow]) -> sql
 }
 
 /// Rows of `select` (ending in `WHERE column IN `) for these ids, a statement per chunk.
-async fn select_in<T>(conn: &mut SqliteConnection, select: &str, ids: &[i64]) -> sqlx::Result<Vec<T>>
+async fn select_in<T>(conn: &mut Conn, select: &str, ids: &[i64]) -> sqlx::Result<Vec<T>>
 where
-    T: for<'r> FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    T: for<'r> FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
 {
     let mut rows = Vec::with_capacity(ids.len());
     for chunk in chunks(ids) {
-        let mut q = QueryBuilder::<Sqlite>::new(select);
-        q.push_tuples(chunk, |mut b, id| {
-            b.push_bind(*id);
-        });
-        rows.extend(q.build_query_as::<T>().fetch_all(&mut *conn).await?);
+        let mut q = Sql::new(select);
+        q.in_list(chunk.iter().copied());
+        rows.extend(q.fetch_all::<T>(&mut *conn).await?);
     }
     Ok(rows)
 }
 
 /// The grants of these requests, by request id.
-pub async fn grants_of(conn: &mut SqliteConnection, request_ids: &[i64]) -> sqlx::Result<HashMap<i64, GrantRow>> {
+pub async fn grants_of(conn: &mut Conn, request_ids: &[i64]) -> sqlx::Result<HashMap<i64, GrantRow>> {
     let grants: Vec<GrantRow> = select_in(conn, "SELECT * FROM grants WHERE request_id IN ", request_ids).await?;
     Ok(grants.into_iter().map(|g| (g.request_id, g)).collect())
 }
 
 /// These requests, by id.
-pub async fn requests_by_id(conn: &mut SqliteConnection, ids: &[i64]) -> sqlx::Result<HashMap<i64, RequestRow>> {
+pub async fn requests_by_id(conn: &mut Conn, ids: &[i64]) -> sqlx::Result<HashMap<i64, RequestRow>> {
     let requests: Vec<RequestRow> = select_in(conn, "SELECT * FROM requests WHERE id IN ", ids).await?;
     Ok(requests.into_iter().map(|r| (r.id, r)).collect())
 }
@@ -634,17 +872,15 @@ pub async fn requests_by_id(conn: &mut SqliteConnection, ids: &[i64]) -> sqlx::R
 /// Marks active grants revoked (by whoever asked to end each early, else "expiry") and
 /// returns the ids of those that were still active. Only called once the adapter
 /// confirmed the revokes.
-pub async fn revoke_grants(conn: &mut SqliteConnection, grant_ids: &[i64], now: i64) -> sqlx::Result<Vec<i64>> {
+pub async fn revoke_grants(conn: &mut Conn, grant_ids: &[i64], now: i64) -> sqlx::Result<Vec<i64>> {
     let mut revoked = Vec::with_capacity(grant_ids.len());
     for chunk in chunks(grant_ids) {
-        let mut q = QueryBuilder::<Sqlite>::new("UPDATE grants SET state = 'revoked', revoked_at = ");
-        q.push_bind(now)
+        let mut q = Sql::new("UPDATE grants SET state = 'revoked', revoked_at = ");
+        q.bind(now)
             .push(", revoked_by = COALESCE(revoke_requested_by, 'expiry'), last_error = NULL WHERE state = 'active' AND id IN ");
-        q.push_tuples(chunk, |mut b, id| {
-            b.push_bind(*id);
-        });
+        q.in_list(chunk.iter().copied());
         q.push(" RETURNING id");
-        for (id,) in q.build_query_as::<(i64,)>().fetch_all(&mut *conn).await? {
+        for (id,) in q.fetch_all::<(i64,)>(&mut *conn).await? {
             revoked.push(id);
         }
     }
@@ -652,9 +888,9 @@ pub async fn revoke_grants(conn: &mut SqliteConnection, grant_ids: &[i64], now: 
 }
 
 /// Ends an active grant whose access another grant still covers.
-pub async fn supersede_grant(conn: &mut SqliteConnection, grant_id: i64, now: i64, by: &str) -> sqlx::Result<bool> {
+pub async fn supersede_grant(conn: &mut Conn, grant_id: i64, now: i64, by: &str) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE grants SET state = 'superseded', revoked_at = ?, revoked_by = ? WHERE id = ? AND state = 'active'",
+        "UPDATE grants SET state = 'superseded', revoked_at = $1, revoked_by = $2 WHERE id = $3 AND state = 'active'",
     )
     .bind(now)
     .bind(by)
@@ -665,10 +901,10 @@ pub async fn supersede_grant(conn: &mut SqliteConnection, grant_id: i64, now: i6
 }
 
 /// Adds `secs` to an active grant's duration and expiry.
-pub async fn extend_grant(conn: &mut SqliteConnection, grant_id: i64, secs: i64) -> sqlx::Result<bool> {
+pub async fn extend_grant(conn: &mut Conn, grant_id: i64, secs: i64) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE grants SET duration_secs = duration_secs + ?, expires_at = expires_at + ? * 1000 \
-         WHERE id = ? AND state = 'active' AND revoke_requested_by IS NULL",
+        "UPDATE grants SET duration_secs = duration_secs + $1, expires_at = expires_at + $2 * 1000 \
+         WHERE id = $3 AND state = 'active' AND revoke_requested_by IS NULL",
     )
     .bind(secs)
     .bind(secs)
@@ -678,8 +914,8 @@ pub async fn extend_grant(conn: &mut SqliteConnection, grant_id: i64, secs: i64)
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn set_grant_error(conn: &mut SqliteConnection, grant_id: i64, error: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE grants SET last_error = ? WHERE id = ?")
+pub async fn set_grant_error(conn: &mut Conn, grant_id: i64, error: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE grants SET last_error = $1 WHERE id = $2")
         .bind(error)
         .bind(grant_id)
         .execute(conn)
@@ -688,9 +924,9 @@ pub async fn set_grant_error(conn: &mut SqliteConnection, grant_id: i64, error: 
 }
 
 /// The caller's grants being given or in force, soonest expiry first.
-pub async fn live_grants_of(conn: &mut SqliteConnection, user: &str) -> sqlx::Result<Vec<GrantRow>> {
+pub async fn live_grants_of(conn: &mut Conn, user: &str) -> sqlx::Result<Vec<GrantRow>> {
     sqlx::query_as(
-        "SELECT * FROM grants WHERE user_id = ? AND state IN ('granting', 'active') \
+        "SELECT * FROM grants WHERE user_id = $1 AND state IN ('granting', 'active') \
          ORDER BY expires_at IS NULL, expires_at LIMIT 20",
     )
     .bind(user)
@@ -701,8 +937,7 @@ pub async fn live_grants_of(conn: &mut SqliteConnection, user: &str) -> sqlx::Re
 // ---- jobs ----------------------------------------------------------------------------
 
 /// What a job does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
     Grant,
     Revoke,
@@ -716,6 +951,7 @@ pub enum JobKind {
     /// Tell the holder their access ends soon (`[requests] ending_soon`).
     EndingSoon,
 }
+stored_as_text!(JobKind { Grant => "grant", Revoke => "revoke", ExpireRequest => "expire_request", AutoApprove => "auto_approve", Remind => "remind", Extend => "extend", EndingSoon => "ending_soon" });
 
 /// A stored job.
 #[derive(Debug, Clone, FromRow)]
@@ -730,15 +966,9 @@ pub struct JobRow {
 }
 
 /// Schedules a job; a second one of the same kind for the same request is ignored.
-pub async fn insert_job(
-    conn: &mut SqliteConnection,
-    request_id: i64,
-    kind: JobKind,
-    run_at: i64,
-    now: i64,
-) -> sqlx::Result<()> {
+pub async fn insert_job(conn: &mut Conn, request_id: i64, kind: JobKind, run_at: i64, now: i64) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO jobs (request_id, kind, state, run_at, created_at) VALUES (?, ?, 'pending', ?, ?) \
+        "INSERT INTO jobs (request_id, kind, state, run_at, created_at) VALUES ($1, $2, 'pending', $3, $4) \
          ON CONFLICT (kind, request_id) DO NOTHING",
     )
     .bind(request_id)
@@ -757,28 +987,27 @@ pub enum Claim {
     AllButRevokes,
 }
 
-fn claim_sql(which: Claim) -> String {
+fn claim_sql(backend: Backend, which: Claim) -> String {
     // `+kind` keeps SQLite on the partial index of pending jobs: on `kind = 'revoke'` alone
     // it would pick the (kind, request_id) index and walk every revoke job ever run.
+    let kind = backend.unindexed("kind");
     let kind = match which {
-        Claim::Revokes => "+kind = 'revoke'",
-        Claim::AllButRevokes => "+kind != 'revoke'",
+        Claim::Revokes => format!("{kind} = 'revoke'"),
+        Claim::AllButRevokes => format!("{kind} != 'revoke'"),
     };
+    // On PostgreSQL replicas claim at once: each skips the rows another is claiming, and
+    // the outer `state = 'pending'` re-checks a row that changed while it waited.
+    let skip_locked = backend.skip_locked();
     format!(
-        "UPDATE jobs SET state = 'running' WHERE id IN \
-           (SELECT id FROM jobs WHERE state = 'pending' AND run_at <= ? AND {kind} ORDER BY run_at LIMIT ?) \
+        "UPDATE jobs SET state = 'running' WHERE state = 'pending' AND id IN \
+           (SELECT id FROM jobs WHERE state = 'pending' AND run_at <= $1 AND {kind} ORDER BY run_at LIMIT $2{skip_locked}) \
          RETURNING id, request_id, kind, run_at, attempts, last_error, last_alert_at"
     )
 }
 
 /// Claims up to `limit` due jobs of `which` kinds, earliest first, in one statement.
-pub async fn claim_due_jobs(
-    conn: &mut SqliteConnection,
-    now: i64,
-    which: Claim,
-    limit: i64,
-) -> sqlx::Result<Vec<JobRow>> {
-    sqlx::query_as(&claim_sql(which))
+pub async fn claim_due_jobs(conn: &mut Conn, now: i64, which: Claim, limit: i64) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(&claim_sql(Backend::of(conn), which))
         .bind(now)
         .bind(limit)
         .fetch_all(conn)
@@ -786,7 +1015,7 @@ pub async fn claim_due_jobs(
 }
 
 /// When the next pending job is due, if any.
-pub async fn next_job_due(conn: &mut SqliteConnection) -> sqlx::Result<Option<i64>> {
+pub async fn next_job_due(conn: &mut Conn) -> sqlx::Result<Option<i64>> {
     let row: (Option<i64>,) = sqlx::query_as("SELECT MIN(run_at) FROM jobs WHERE state = 'pending'")
         .fetch_one(conn)
         .await?;
@@ -794,8 +1023,8 @@ pub async fn next_job_due(conn: &mut SqliteConnection) -> sqlx::Result<Option<i6
 }
 
 /// Finishes a claimed job.
-pub async fn finish_job(conn: &mut SqliteConnection, id: i64, failed: bool, now: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET state = ?, finished_at = ? WHERE id = ?")
+pub async fn finish_job(conn: &mut Conn, id: i64, failed: bool, now: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET state = $1, finished_at = $2 WHERE id = $3")
         .bind(if failed { "failed" } else { "done" })
         .bind(now)
         .bind(id)
@@ -805,29 +1034,27 @@ pub async fn finish_job(conn: &mut SqliteConnection, id: i64, failed: bool, now:
 }
 
 /// Finishes claimed jobs that succeeded, as `finish_job` does for each.
-pub async fn finish_jobs(conn: &mut SqliteConnection, ids: &[i64], now: i64) -> sqlx::Result<()> {
+pub async fn finish_jobs(conn: &mut Conn, ids: &[i64], now: i64) -> sqlx::Result<()> {
     for chunk in chunks(ids) {
-        let mut q = QueryBuilder::<Sqlite>::new("UPDATE jobs SET state = 'done', finished_at = ");
-        q.push_bind(now).push(" WHERE id IN ");
-        q.push_tuples(chunk, |mut b, id| {
-            b.push_bind(*id);
-        });
-        q.build().execute(&mut *conn).await?;
+        let mut q = Sql::new("UPDATE jobs SET state = 'done', finished_at = ");
+        q.bind(now).push(" WHERE id IN ");
+        q.in_list(chunk.iter().copied());
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
 /// Puts a claimed job back to run again at `run_at` after a failed attempt.
 pub async fn retry_job(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: i64,
     run_at: i64,
     error: &str,
     alerted_at: Option<i64>,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE jobs SET state = 'pending', attempts = attempts + 1, run_at = ?, last_error = ?, \
-         last_alert_at = COALESCE(?, last_alert_at) WHERE id = ? AND state = 'running'",
+        "UPDATE jobs SET state = 'pending', attempts = attempts + 1, run_at = $1, last_error = $2, \
+         last_alert_at = COALESCE($3, last_alert_at) WHERE id = $4 AND state = 'running'",
     )
     .bind(run_at)
     .bind(error)
@@ -839,8 +1066,8 @@ pub async fn retry_job(
 }
 
 /// Releases a claimed job untouched (shutdown interrupted it before it ran).
-pub async fn release_job(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET state = 'pending' WHERE id = ? AND state = 'running'")
+pub async fn release_job(conn: &mut Conn, id: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET state = 'pending' WHERE id = $1 AND state = 'running'")
         .bind(id)
         .execute(conn)
         .await?;
@@ -850,15 +1077,9 @@ pub async fn release_job(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<(
 /// Moves a pending job of `kind` for a request to `run_at`.
 /// Schedules a job at `run_at`, or moves its time and makes it pending again when one of
 /// this kind already exists for the request (done or not) — but never one that is running.
-pub async fn schedule_job(
-    conn: &mut SqliteConnection,
-    request_id: i64,
-    kind: JobKind,
-    run_at: i64,
-    now: i64,
-) -> sqlx::Result<()> {
+pub async fn schedule_job(conn: &mut Conn, request_id: i64, kind: JobKind, run_at: i64, now: i64) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO jobs (request_id, kind, state, run_at, created_at) VALUES (?, ?, 'pending', ?, ?) \
+        "INSERT INTO jobs (request_id, kind, state, run_at, created_at) VALUES ($1, $2, 'pending', $3, $4) \
          ON CONFLICT (kind, request_id) DO UPDATE SET state = 'pending', run_at = excluded.run_at, \
          attempts = 0, last_error = NULL, finished_at = NULL WHERE jobs.state <> 'running'",
     )
@@ -873,32 +1094,21 @@ pub async fn schedule_job(
 
 /// Closes the pending extension requests of the grants of `request_ids` (they ended, so
 /// there is nothing left to extend), in one statement per chunk; returns them.
-pub async fn close_pending_extensions(
-    conn: &mut SqliteConnection,
-    request_ids: &[i64],
-    now: i64,
-) -> sqlx::Result<Vec<RequestRow>> {
+pub async fn close_pending_extensions(conn: &mut Conn, request_ids: &[i64], now: i64) -> sqlx::Result<Vec<RequestRow>> {
     let mut closed = Vec::new();
     for chunk in chunks(request_ids) {
-        let mut q = QueryBuilder::<Sqlite>::new("UPDATE requests SET state = 'expired', decided_at = ");
-        q.push_bind(now)
+        let mut q = Sql::new("UPDATE requests SET state = 'expired', decided_at = ");
+        q.bind(now)
             .push(" WHERE kind = 'extension' AND state = 'pending' AND extends_request_id IN ");
-        q.push_tuples(chunk, |mut b, id| {
-            b.push_bind(*id);
-        });
+        q.in_list(chunk.iter().copied());
         q.push(" RETURNING *");
-        closed.extend(q.build_query_as::<RequestRow>().fetch_all(&mut *conn).await?);
+        closed.extend(q.fetch_all::<RequestRow>(&mut *conn).await?);
     }
     Ok(closed)
 }
 
-pub async fn reschedule_job(
-    conn: &mut SqliteConnection,
-    request_id: i64,
-    kind: JobKind,
-    run_at: i64,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET run_at = ? WHERE request_id = ? AND kind = ? AND state = 'pending'")
+pub async fn reschedule_job(conn: &mut Conn, request_id: i64, kind: JobKind, run_at: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET run_at = $1 WHERE request_id = $2 AND kind = $3 AND state = 'pending'")
         .bind(run_at)
         .bind(request_id)
         .bind(kind)
@@ -908,18 +1118,19 @@ pub async fn reschedule_job(
 }
 
 /// Grants that still hold (or may hold) access, with their request, for start-up checks.
-pub async fn live_grants(conn: &mut SqliteConnection) -> sqlx::Result<Vec<GrantRow>> {
+pub async fn live_grants(conn: &mut Conn) -> sqlx::Result<Vec<GrantRow>> {
     // Three disjoint parts (a request has one revoke job, in one state), so each reads a
     // partial index of the rows in play (grants_live, jobs_due, jobs_running) rather than
     // every grant or revoke job ever written, and UNION ALL needs no de-duplication;
     // `+kind` keeps SQLite off the (kind, request_id) index, which covers all of history.
-    sqlx::query_as(
+    let kind = Backend::of(conn).unindexed("j.kind");
+    sqlx::query_as(&format!(
         "SELECT * FROM grants WHERE state IN ('granting', 'active') \
          UNION ALL SELECT g.* FROM jobs j JOIN grants g ON g.request_id = j.request_id \
-               WHERE +j.kind = 'revoke' AND j.state = 'pending' AND g.state NOT IN ('granting', 'active') \
+               WHERE {kind} = 'revoke' AND j.state = 'pending' AND g.state NOT IN ('granting', 'active') \
          UNION ALL SELECT g.* FROM jobs j JOIN grants g ON g.request_id = j.request_id \
-               WHERE +j.kind = 'revoke' AND j.state = 'running' AND g.state NOT IN ('granting', 'active')",
-    )
+               WHERE {kind} = 'revoke' AND j.state = 'running' AND g.state NOT IN ('granting', 'active')",
+    ))
     .fetch_all(conn)
     .await
 }
@@ -927,16 +1138,17 @@ pub async fn live_grants(conn: &mut SqliteConnection) -> sqlx::Result<Vec<GrantR
 /// The (resource, adapter) pairs the grants of `live_grants` use, without reading the
 /// grants themselves: start-up checks these against the configuration, and there may be
 /// a hundred thousand grants in force.
-pub async fn live_accesses(conn: &mut SqliteConnection) -> sqlx::Result<Vec<(String, String)>> {
+pub async fn live_accesses(conn: &mut Conn) -> sqlx::Result<Vec<(String, String)>> {
     // The same three parts as `live_grants`, each on its partial index.
-    sqlx::query_as(
+    let kind = Backend::of(conn).unindexed("j.kind");
+    sqlx::query_as(&format!(
         "SELECT DISTINCT resource, adapter FROM ( \
            SELECT resource, adapter FROM grants WHERE state IN ('granting', 'active') \
            UNION ALL SELECT g.resource, g.adapter FROM jobs j JOIN grants g ON g.request_id = j.request_id \
-               WHERE +j.kind = 'revoke' AND j.state = 'pending' AND g.state NOT IN ('granting', 'active') \
+               WHERE {kind} = 'revoke' AND j.state = 'pending' AND g.state NOT IN ('granting', 'active') \
            UNION ALL SELECT g.resource, g.adapter FROM jobs j JOIN grants g ON g.request_id = j.request_id \
-               WHERE +j.kind = 'revoke' AND j.state = 'running' AND g.state NOT IN ('granting', 'active'))",
-    )
+               WHERE {kind} = 'revoke' AND j.state = 'running' AND g.state NOT IN ('granting', 'active')) AS live",
+    ))
     .fetch_all(conn)
     .await
 }
@@ -944,19 +1156,21 @@ pub async fn live_accesses(conn: &mut SqliteConnection) -> sqlx::Result<Vec<(Str
 /// Writes the scheduler's heartbeat and checkpoints the WAL into the database file
 /// (passively: it waits for no reader), so a database that can no longer take writes in
 /// either file fails here. Run it on the writer connection.
-pub async fn heartbeat(conn: &mut SqliteConnection, now: i64) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at")
+pub async fn heartbeat(conn: &mut Conn, now: i64) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO heartbeat (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at")
         .bind(now)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-        .execute(&mut *conn)
-        .await?;
+    if Backend::of(conn) == Backend::Sqlite {
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
 /// Whether every migration this build knows has been applied.
-pub async fn migrations_applied(conn: &mut SqliteConnection) -> sqlx::Result<bool> {
+pub async fn migrations_applied(conn: &mut Conn) -> sqlx::Result<bool> {
     let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&mut *conn)
         .await?;
@@ -974,9 +1188,9 @@ pub struct Observed {
 }
 
 /// Reads [`Observed`], each part on its partial index (so history size does not matter).
-pub async fn observed(conn: &mut SqliteConnection) -> sqlx::Result<Observed> {
+pub async fn observed(conn: &mut Conn) -> sqlx::Result<Observed> {
     let active_by_resource: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT resource, SUM(state = 'active') FROM grants WHERE state IN ('granting', 'active') GROUP BY resource",
+        "SELECT resource, COUNT(*) FILTER (WHERE state = 'active') FROM grants WHERE state IN ('granting', 'active') GROUP BY resource",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -992,7 +1206,7 @@ pub async fn observed(conn: &mut SqliteConnection) -> sqlx::Result<Observed> {
 }
 
 /// Jobs left 'running' by a process that died are put back to run now.
-pub async fn recover_running_jobs(conn: &mut SqliteConnection) -> sqlx::Result<u64> {
+pub async fn recover_running_jobs(conn: &mut Conn) -> sqlx::Result<u64> {
     let done = sqlx::query("UPDATE jobs SET state = 'pending' WHERE state = 'running'")
         .execute(conn)
         .await?;
@@ -1000,9 +1214,9 @@ pub async fn recover_running_jobs(conn: &mut SqliteConnection) -> sqlx::Result<u
 }
 
 /// Cancels a pending job (for example a request time-out once someone decided).
-pub async fn cancel_job(conn: &mut SqliteConnection, request_id: i64, kind: JobKind, now: i64) -> sqlx::Result<()> {
+pub async fn cancel_job(conn: &mut Conn, request_id: i64, kind: JobKind, now: i64) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE jobs SET state = 'done', finished_at = ? WHERE request_id = ? AND kind = ? AND state = 'pending'",
+        "UPDATE jobs SET state = 'done', finished_at = $1 WHERE request_id = $2 AND kind = $3 AND state = 'pending'",
     )
     .bind(now)
     .bind(request_id)
@@ -1013,9 +1227,9 @@ pub async fn cancel_job(conn: &mut SqliteConnection, request_id: i64, kind: JobK
 }
 
 /// The job of `kind` for a request.
-pub async fn job_of(conn: &mut SqliteConnection, request_id: i64, kind: JobKind) -> sqlx::Result<Option<JobRow>> {
+pub async fn job_of(conn: &mut Conn, request_id: i64, kind: JobKind) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(
-        "SELECT id, request_id, kind, run_at, attempts, last_error, last_alert_at FROM jobs WHERE request_id = ? AND kind = ?",
+        "SELECT id, request_id, kind, run_at, attempts, last_error, last_alert_at FROM jobs WHERE request_id = $1 AND kind = $2",
     )
     .bind(request_id)
     .bind(kind)
@@ -1026,8 +1240,7 @@ pub async fn job_of(conn: &mut SqliteConnection, request_id: i64, kind: JobKind)
 // ---- outbox --------------------------------------------------------------------------
 
 /// What an outbox entry sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboxKind {
     /// The approval card, rendered from the request's state at delivery time.
     PostCard,
@@ -1038,6 +1251,7 @@ pub enum OutboxKind {
     /// A reply only the clicker sees, through the interaction's response_url.
     Ephemeral,
 }
+stored_as_text!(OutboxKind { PostCard => "post_card", UpdateCard => "update_card", Message => "message", Ephemeral => "ephemeral" });
 
 /// A stored outbox entry.
 #[derive(Debug, Clone, FromRow)]
@@ -1126,17 +1340,17 @@ impl Outgoing {
     }
 }
 
-pub async fn enqueue(conn: &mut SqliteConnection, m: &Outgoing, now: i64) -> sqlx::Result<()> {
+pub async fn enqueue(conn: &mut Conn, m: &Outgoing, now: i64) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO outbox (kind, request_id, channel, body, response_url, sensitive, state, next_attempt_at, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8)",
     )
     .bind(m.kind)
     .bind(m.request_id)
     .bind(&m.channel)
     .bind(&m.body)
     .bind(&m.response_url)
-    .bind(m.sensitive)
+    .bind(i64::from(m.sensitive))
     .bind(now)
     .bind(now)
     .execute(conn)
@@ -1145,10 +1359,10 @@ pub async fn enqueue(conn: &mut SqliteConnection, m: &Outgoing, now: i64) -> sql
 }
 
 /// Due outbox entries in the order they were written.
-pub async fn due_outbox(conn: &mut SqliteConnection, now: i64, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+pub async fn due_outbox(conn: &mut Conn, now: i64, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as(
         "SELECT id, kind, request_id, channel, body, response_url, attempts, created_at, refused_at, last_error \
-         FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+         FROM outbox WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
     )
     .bind(now)
     .bind(limit)
@@ -1156,7 +1370,7 @@ pub async fn due_outbox(conn: &mut SqliteConnection, now: i64, limit: i64) -> sq
     .await
 }
 
-pub async fn next_outbox_due(conn: &mut SqliteConnection) -> sqlx::Result<Option<i64>> {
+pub async fn next_outbox_due(conn: &mut Conn) -> sqlx::Result<Option<i64>> {
     let row: (Option<i64>,) = sqlx::query_as("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")
         .fetch_one(conn)
         .await?;
@@ -1164,54 +1378,49 @@ pub async fn next_outbox_due(conn: &mut SqliteConnection) -> sqlx::Result<Option
 }
 
 /// True while a card post for this request is still waiting to be delivered.
-pub async fn card_post_pending(conn: &mut SqliteConnection, request_id: i64) -> sqlx::Result<bool> {
-    let row: (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE request_id = ? AND kind = 'post_card' AND state = 'pending'")
-            .bind(request_id)
-            .fetch_one(conn)
-            .await?;
+pub async fn card_post_pending(conn: &mut Conn, request_id: i64) -> sqlx::Result<bool> {
+    let row: (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM outbox WHERE request_id = $1 AND kind = 'post_card' AND state = 'pending'",
+    )
+    .bind(request_id)
+    .fetch_one(conn)
+    .await?;
     Ok(row.0 > 0)
 }
 
 /// Marks an entry sent. True when it held a secret, now erased: the caller checkpoints
 /// the WAL after committing ([`Db::checkpoint`]) so no file keeps a copy.
-pub async fn outbox_sent(conn: &mut SqliteConnection, id: i64, now: i64) -> sqlx::Result<bool> {
+pub async fn outbox_sent(conn: &mut Conn, id: i64, now: i64) -> sqlx::Result<bool> {
     // A sensitive body (generated credentials) is erased once Slack has it.
-    let row: Option<(bool,)> = sqlx::query_as(
-        "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, \
-         body = CASE WHEN sensitive = 1 THEN NULL ELSE body END WHERE id = ? RETURNING sensitive",
+    let row: Option<(i64,)> = sqlx::query_as(
+        "UPDATE outbox SET state = 'sent', sent_at = $1, attempts = attempts + 1, \
+         body = CASE WHEN sensitive = 1 THEN NULL ELSE body END WHERE id = $2 RETURNING sensitive",
     )
     .bind(now)
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.is_some_and(|r| r.0))
+    Ok(row.is_some_and(|r| r.0 == 1))
 }
 
 /// Marks an entry failed for good. True when it held a secret, now erased (see
 /// [`outbox_sent`]).
-pub async fn outbox_failed(conn: &mut SqliteConnection, id: i64, error: &str) -> sqlx::Result<bool> {
-    let row: Option<(bool,)> = sqlx::query_as(
-        "UPDATE outbox SET state = 'failed', last_error = ?, attempts = attempts + 1, \
-         body = CASE WHEN sensitive = 1 THEN NULL ELSE body END WHERE id = ? RETURNING sensitive",
+pub async fn outbox_failed(conn: &mut Conn, id: i64, error: &str) -> sqlx::Result<bool> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "UPDATE outbox SET state = 'failed', last_error = $1, attempts = attempts + 1, \
+         body = CASE WHEN sensitive = 1 THEN NULL ELSE body END WHERE id = $2 RETURNING sensitive",
     )
     .bind(error)
     .bind(id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.is_some_and(|r| r.0))
+    Ok(row.is_some_and(|r| r.0 == 1))
 }
 
 /// Marks a message Slack refused for good: kept pending, retried at `at`. Returns true the
 /// first time (the refusal is new), so the caller logs and tells people once.
-pub async fn outbox_refused(
-    conn: &mut SqliteConnection,
-    id: i64,
-    at: i64,
-    error: &str,
-    now: i64,
-) -> sqlx::Result<bool> {
-    let first = sqlx::query("UPDATE outbox SET refused_at = ? WHERE id = ? AND refused_at IS NULL")
+pub async fn outbox_refused(conn: &mut Conn, id: i64, at: i64, error: &str, now: i64) -> sqlx::Result<bool> {
+    let first = sqlx::query("UPDATE outbox SET refused_at = $1 WHERE id = $2 AND refused_at IS NULL")
         .bind(now)
         .bind(id)
         .execute(&mut *conn)
@@ -1239,10 +1448,10 @@ pub struct Undelivered {
 
 /// Messages Slack refused for good (still pending, retried slowly) and messages given up
 /// on, oldest first; at most `limit`.
-pub async fn undelivered(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<Undelivered>> {
+pub async fn undelivered(conn: &mut Conn, limit: i64) -> sqlx::Result<Vec<Undelivered>> {
     sqlx::query_as(
         "SELECT id, kind, request_id, channel, state, attempts, last_error, created_at, refused_at, next_attempt_at \
-         FROM outbox WHERE (state = 'pending' AND refused_at IS NOT NULL) OR state = 'failed' ORDER BY id LIMIT ?",
+         FROM outbox WHERE (state = 'pending' AND refused_at IS NOT NULL) OR state = 'failed' ORDER BY id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(conn)
@@ -1254,16 +1463,12 @@ pub async fn undelivered(conn: &mut SqliteConnection, limit: i64) -> sqlx::Resul
 /// body was erased). Returns how many were rescheduled. "Now" is the message's own
 /// creation time, so the running server sends it at once whatever the skew between its
 /// clock and the caller's (the CLI runs in another process).
-pub async fn retry_undelivered(
-    conn: &mut SqliteConnection,
-    id: Option<i64>,
-    include_failed: bool,
-) -> sqlx::Result<u64> {
+pub async fn retry_undelivered(conn: &mut Conn, id: Option<i64>, include_failed: bool) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "UPDATE outbox SET state = 'pending', next_attempt_at = created_at \
          WHERE ((state = 'pending' AND refused_at IS NOT NULL) \
-                OR (?2 AND state = 'failed' AND NOT (sensitive = 1 AND body IS NULL))) \
-         AND (?1 IS NULL OR id = ?1)",
+                OR ($2 AND state = 'failed' AND NOT (sensitive = 1 AND body IS NULL))) \
+         AND ($1 IS NULL OR id = $1)",
     )
     .bind(id)
     .bind(include_failed)
@@ -1274,12 +1479,12 @@ pub async fn retry_undelivered(
 
 /// Requests among `ids` whose card Slack refused and that nobody has seen yet (a card
 /// counts as seen as soon as Slack took it, before its delivery is recorded).
-pub async fn cards_refused(conn: &mut SqliteConnection, ids: &[i64]) -> sqlx::Result<BTreeMap<i64, String>> {
+pub async fn cards_refused(conn: &mut Conn, ids: &[i64]) -> sqlx::Result<BTreeMap<i64, String>> {
     let mut out = BTreeMap::new();
     for id in ids {
         let row: Option<(Option<String>,)> = sqlx::query_as(
             "SELECT o.last_error FROM outbox o JOIN requests r ON r.id = o.request_id \
-             WHERE o.request_id = ? AND o.kind = 'post_card' AND o.state = 'pending' \
+             WHERE o.request_id = $1 AND o.kind = 'post_card' AND o.state = 'pending' \
              AND o.refused_at IS NOT NULL AND r.card_ts IS NULL LIMIT 1",
         )
         .bind(id)
@@ -1297,24 +1502,18 @@ pub async fn cards_refused(conn: &mut SqliteConnection, ids: &[i64]) -> sqlx::Re
 /// Claims `key` of `kind` (like `event` + an event_id): true for the first delivery,
 /// false for every later one until the row expires at `expires_at`. Atomic across
 /// connections and processes sharing the database.
-pub async fn first_delivery(
-    conn: &mut SqliteConnection,
-    kind: &str,
-    key: &str,
-    now: i64,
-    expires_at: i64,
-) -> sqlx::Result<bool> {
+pub async fn first_delivery(conn: &mut Conn, kind: &str, key: &str, now: i64, expires_at: i64) -> sqlx::Result<bool> {
     first_delivery_with_input(conn, kind, key, None, now, expires_at).await
 }
 
 /// What the first delivery of a command answered, as far as stored: its reply, or the
 /// request it created. `None` when `key` was never seen.
 pub async fn earlier_delivery(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     kind: &str,
     key: &str,
 ) -> sqlx::Result<Option<(Option<String>, Option<i64>)>> {
-    sqlx::query_as("SELECT reply, request_id FROM deliveries WHERE kind = ? AND key = ?")
+    sqlx::query_as("SELECT reply, request_id FROM deliveries WHERE kind = $1 AND key = $2")
         .bind(kind)
         .bind(key)
         .fetch_optional(conn)
@@ -1322,8 +1521,8 @@ pub async fn earlier_delivery(
 }
 
 /// Remembers what the first delivery of `key` was answered with.
-pub async fn set_delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &str, reply: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE deliveries SET reply = ? WHERE kind = ? AND key = ?")
+pub async fn set_delivery_reply(conn: &mut Conn, kind: &str, key: &str, reply: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE deliveries SET reply = $1 WHERE kind = $2 AND key = $3")
         .bind(reply)
         .bind(kind)
         .bind(key)
@@ -1336,7 +1535,7 @@ pub async fn set_delivery_reply(conn: &mut SqliteConnection, kind: &str, key: &s
 /// the same statement, when it must survive a crash between the acknowledgement and the
 /// work: a delivery is either new and recorded, or a re-delivery.
 pub async fn first_delivery_with_input(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     kind: &str,
     key: &str,
     input: Option<&str>,
@@ -1344,7 +1543,7 @@ pub async fn first_delivery_with_input(
     expires_at: i64,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "INSERT INTO deliveries (kind, key, seen_at, expires_at, pending_input) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO deliveries (kind, key, seen_at, expires_at, pending_input) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (kind, key) DO NOTHING",
     )
     .bind(kind)
@@ -1358,8 +1557,8 @@ pub async fn first_delivery_with_input(
 }
 
 /// Marks a recorded input as acted on, erasing what it held.
-pub async fn input_handled(conn: &mut SqliteConnection, kind: &str, key: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE deliveries SET pending_input = NULL WHERE kind = ? AND key = ?")
+pub async fn input_handled(conn: &mut Conn, kind: &str, key: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE deliveries SET pending_input = NULL WHERE kind = $1 AND key = $2")
         .bind(kind)
         .bind(key)
         .execute(conn)
@@ -1369,9 +1568,9 @@ pub async fn input_handled(conn: &mut SqliteConnection, kind: &str, key: &str) -
 
 /// Inputs of `kind` recorded but not yet acted on (the process stopped in between),
 /// oldest first: `(key, input)`.
-pub async fn pending_inputs(conn: &mut SqliteConnection, kind: &str) -> sqlx::Result<Vec<(String, String)>> {
+pub async fn pending_inputs(conn: &mut Conn, kind: &str) -> sqlx::Result<Vec<(String, String)>> {
     sqlx::query_as(
-        "SELECT key, pending_input FROM deliveries WHERE pending_input IS NOT NULL AND kind = ? ORDER BY seen_at",
+        "SELECT key, pending_input FROM deliveries WHERE pending_input IS NOT NULL AND kind = $1 ORDER BY seen_at",
     )
     .bind(kind)
     .fetch_all(conn)
@@ -1379,8 +1578,8 @@ pub async fn pending_inputs(conn: &mut SqliteConnection, kind: &str) -> sqlx::Re
 }
 
 /// Forgets keys whose retention has passed; returns how many.
-pub async fn purge_deliveries(conn: &mut SqliteConnection, now: i64) -> sqlx::Result<u64> {
-    let done = sqlx::query("DELETE FROM deliveries WHERE expires_at <= ?")
+pub async fn purge_deliveries(conn: &mut Conn, now: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query("DELETE FROM deliveries WHERE expires_at <= $1")
         .bind(now)
         .execute(conn)
         .await?;
@@ -1388,8 +1587,8 @@ pub async fn purge_deliveries(conn: &mut SqliteConnection, now: i64) -> sqlx::Re
 }
 
 /// Puts a message off until `at` without counting an attempt (it waits for another).
-pub async fn outbox_defer(conn: &mut SqliteConnection, id: i64, at: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET next_attempt_at = MAX(next_attempt_at, ?) WHERE id = ? AND state = 'pending'")
+pub async fn outbox_defer(conn: &mut Conn, id: i64, at: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outbox SET next_attempt_at = CASE WHEN next_attempt_at > $1 THEN next_attempt_at ELSE $1 END WHERE id = $2 AND state = 'pending'")
         .bind(at)
         .bind(id)
         .execute(conn)
@@ -1397,8 +1596,8 @@ pub async fn outbox_defer(conn: &mut SqliteConnection, id: i64, at: i64) -> sqlx
     Ok(())
 }
 
-pub async fn outbox_retry(conn: &mut SqliteConnection, id: i64, at: i64, error: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET next_attempt_at = ?, last_error = ?, attempts = attempts + 1 WHERE id = ?")
+pub async fn outbox_retry(conn: &mut Conn, id: i64, at: i64, error: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outbox SET next_attempt_at = $1, last_error = $2, attempts = attempts + 1 WHERE id = $3")
         .bind(at)
         .bind(error)
         .bind(id)
@@ -1420,22 +1619,14 @@ pub(crate) fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
     items.chunks(MAX_ROWS_PER_STATEMENT)
 }
 
-/// Multi-row INSERT statements for several tables, sent to SQLite as one query. sqlx runs
-/// each SQLite connection on its own thread and every query is a round trip to it (two
-/// thread wake-ups, worth more than the inserts themselves under load), so a batch writer
-/// gathers all its rows here and pays for one round trip.
+/// Multi-row INSERT statements for several tables. On SQLite they go as one query: sqlx
+/// runs each SQLite connection on its own thread and every query is a round trip to it
+/// (two thread wake-ups, worth more than the inserts themselves under load), so a batch
+/// writer gathers all its rows here and pays for one round trip. PostgreSQL takes one
+/// statement with bound values per query, so there they go one after another.
+#[derive(Default)]
 pub struct Inserts<'a> {
-    q: QueryBuilder<'a, Sqlite>,
-    statements: usize,
-}
-
-impl Default for Inserts<'_> {
-    fn default() -> Self {
-        Self {
-            q: QueryBuilder::new(""),
-            statements: 0,
-        }
-    }
+    statements: Vec<Sql<'a>>,
 }
 
 impl<'a> Inserts<'a> {
@@ -1447,13 +1638,14 @@ impl<'a> Inserts<'a> {
         insert: &str,
         rows: &'a [T],
         suffix: &str,
-        mut push_row: impl FnMut(sqlx::query_builder::Separated<'_, 'a, Sqlite, &'static str>, &'a T),
+        mut push_row: impl FnMut(&mut Row<'_, 'a>, &'a T),
     ) -> &mut Self {
         for chunk in chunks(rows) {
-            self.q.push(insert).push(" ");
-            self.q.push_values(chunk, &mut push_row);
-            self.q.push(suffix).push(";\n");
-            self.statements += 1;
+            let mut q = Sql::new(insert);
+            q.push(" VALUES ");
+            q.rows(chunk, &mut push_row);
+            q.push(suffix);
+            self.statements.push(q);
         }
         self
     }
@@ -1467,21 +1659,21 @@ impl<'a> Inserts<'a> {
              origin_channel, approval_channel, approvals_required, state, created_at, kind, extends_request_id)",
             rows,
             "",
-            move |mut b, r| {
-                b.push_bind(ids.next().copied())
-                    .push_bind(&r.requester_id)
-                    .push_bind(&r.team_id)
-                    .push_bind(&r.resource)
-                    .push_bind(&r.role)
-                    .push_bind(r.duration_secs)
-                    .push_bind(&r.reason)
-                    .push_bind(&r.origin_channel)
-                    .push_bind(&r.approval_channel)
-                    .push_bind(r.approvals_required)
-                    .push_bind(RequestState::Pending)
-                    .push_bind(r.created_at)
-                    .push_bind(r.kind)
-                    .push_bind(r.extends_request_id);
+            move |b, r| {
+                b.bind(ids.next().copied())
+                    .bind(r.requester_id.as_str())
+                    .bind(r.team_id.as_str())
+                    .bind(r.resource.as_str())
+                    .bind(r.role.as_str())
+                    .bind(r.duration_secs)
+                    .bind(r.reason.as_str())
+                    .bind(r.origin_channel.as_str())
+                    .bind(r.approval_channel.as_str())
+                    .bind(r.approvals_required)
+                    .bind(RequestState::Pending)
+                    .bind(r.created_at)
+                    .bind(r.kind)
+                    .bind(r.extends_request_id);
             },
         )
     }
@@ -1494,12 +1686,8 @@ impl<'a> Inserts<'a> {
             "INSERT INTO deliveries (kind, key, seen_at, expires_at, request_id)",
             keyed,
             "",
-            move |mut b, (id, key, at)| {
-                b.push_bind(COMMAND_DELIVERY)
-                    .push_bind(*key)
-                    .push_bind(*at)
-                    .push_bind(expires_at)
-                    .push_bind(*id);
+            move |b, (id, key, at)| {
+                b.bind(COMMAND_DELIVERY).bind(*key).bind(*at).bind(expires_at).bind(*id);
             },
         )
     }
@@ -1510,12 +1698,12 @@ impl<'a> Inserts<'a> {
             "INSERT INTO jobs (request_id, kind, state, run_at, created_at)",
             jobs,
             " ON CONFLICT (kind, request_id) DO NOTHING",
-            |mut b, j| {
-                b.push_bind(j.request_id)
-                    .push_bind(j.kind)
-                    .push_bind("pending")
-                    .push_bind(j.run_at)
-                    .push_bind(j.created_at);
+            |b, j| {
+                b.bind(j.request_id)
+                    .bind(j.kind)
+                    .push("'pending'")
+                    .bind(j.run_at)
+                    .bind(j.created_at);
             },
         )
     }
@@ -1526,24 +1714,33 @@ impl<'a> Inserts<'a> {
             "INSERT INTO outbox (kind, request_id, channel, body, response_url, sensitive, state, next_attempt_at, created_at)",
             messages,
             "",
-            |mut b, (m, at)| {
-                b.push_bind(m.kind)
-                    .push_bind(m.request_id)
-                    .push_bind(&m.channel)
-                    .push_bind(&m.body)
-                    .push_bind(&m.response_url)
-                    .push_bind(m.sensitive)
-                    .push_bind("pending")
-                    .push_bind(*at)
-                    .push_bind(*at);
+            |b, (m, at)| {
+                b.bind(m.kind)
+                    .bind(m.request_id)
+                    .bind(m.channel.as_deref())
+                    .bind(m.body.as_deref())
+                    .bind(m.response_url.as_deref())
+                    .bind(i64::from(m.sensitive))
+                    .push("'pending'")
+                    .bind(*at)
+                    .bind(*at);
             },
         )
     }
 
-    /// Runs every statement added, in order, in one round trip.
-    pub async fn execute(mut self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
-        if self.statements > 0 {
-            self.q.build().execute(conn).await?;
+    /// Runs every statement added, in order: on SQLite in one round trip.
+    pub async fn execute(self, conn: &mut Conn) -> sqlx::Result<()> {
+        match Backend::of(conn) {
+            Backend::Sqlite => {
+                if !self.statements.is_empty() {
+                    Sql::joined_for_sqlite(self.statements).execute(conn).await?;
+                }
+            }
+            Backend::Postgres => {
+                for q in self.statements {
+                    q.execute(&mut *conn).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -1573,7 +1770,7 @@ fn batch_heads_of((max, seq, hash): (Option<i64>, Option<i64>, Option<String>)) 
 
 /// Reads `BatchHeads` in one round trip. The caller must hold the write lock
 /// (`Db::begin`) until it has written, so no one else takes the ids or the chain.
-pub async fn batch_heads(conn: &mut SqliteConnection) -> sqlx::Result<BatchHeads> {
+pub async fn batch_heads(conn: &mut Conn) -> sqlx::Result<BatchHeads> {
     Ok(batch_heads_of(sqlx::query_as(BATCH_HEADS).fetch_one(conn).await?))
 }
 
@@ -1584,18 +1781,28 @@ pub async fn batch_heads(conn: &mut SqliteConnection) -> sqlx::Result<BatchHeads
 /// the pool (where the next user would find itself inside it). Run it on the connection
 /// from `Db::write`.
 pub struct BatchTx<'c> {
-    conn: &'c mut sqlx::pool::PoolConnection<Sqlite>,
+    conn: &'c mut sqlx::pool::PoolConnection<Any>,
     open: bool,
 }
 
 impl<'c> BatchTx<'c> {
     /// Takes the write lock on the writer connection `conn` and reads the heads a batch
     /// of new requests writes from.
-    pub async fn begin(conn: &'c mut sqlx::pool::PoolConnection<Sqlite>) -> sqlx::Result<(Self, BatchHeads)> {
+    pub async fn begin(conn: &'c mut sqlx::pool::PoolConnection<Any>) -> sqlx::Result<(Self, BatchHeads)> {
+        let backend = Backend::of(conn);
         let mut tx = BatchTx { conn, open: true };
-        let heads = sqlx::query_as(&format!("BEGIN IMMEDIATE; {BATCH_HEADS}"))
-            .fetch_one(&mut **tx.conn)
-            .await;
+        let heads = match backend {
+            // `fetch_one` would stop at BEGIN's result, which comes first and has no row.
+            Backend::Sqlite => sqlx::query_as(&format!("{}; {BATCH_HEADS}", backend.begin_write()))
+                .fetch_all(&mut **tx.conn)
+                .await
+                .and_then(|rows| rows.into_iter().next().ok_or(sqlx::Error::RowNotFound)),
+            // The lock's row would come first; the heads are read once it is held.
+            Backend::Postgres => match tx.conn.execute(backend.begin_write()).await {
+                Ok(_) => sqlx::query_as(BATCH_HEADS).fetch_one(&mut **tx.conn).await,
+                Err(e) => Err(e),
+            },
+        };
         match heads {
             Ok(heads) => Ok((tx, batch_heads_of(heads))),
             Err(e) => {
@@ -1607,8 +1814,7 @@ impl<'c> BatchTx<'c> {
 
     /// Runs `inserts` and commits, in one round trip; on error nothing is written.
     pub async fn commit(mut self, mut inserts: Inserts<'_>) -> sqlx::Result<()> {
-        inserts.q.push("COMMIT;");
-        inserts.statements += 1;
+        inserts.statements.push(Sql::new("COMMIT"));
         match inserts.execute(self.conn).await {
             Ok(()) => {
                 self.open = false;
@@ -1649,7 +1855,7 @@ pub struct NewJob {
 }
 
 /// Queues messages as `enqueue` does, each written at its own time, in multi-row statements.
-pub async fn enqueue_all(conn: &mut SqliteConnection, messages: &[(Outgoing, i64)]) -> sqlx::Result<()> {
+pub async fn enqueue_all(conn: &mut Conn, messages: &[(Outgoing, i64)]) -> sqlx::Result<()> {
     let mut inserts = Inserts::default();
     inserts.outbox(messages);
     inserts.execute(conn).await
@@ -1742,7 +1948,7 @@ mod tests {
         let db = Db::open(&dir.path().join("t.db").display().to_string()).await.unwrap();
         for which in [Claim::Revokes, Claim::AllButRevokes] {
             let plan: Vec<(i64, i64, i64, String)> =
-                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", claim_sql(which)))
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", claim_sql(Backend::Sqlite, which)))
                     .bind(0)
                     .bind(1)
                     .fetch_all(&db.read)

@@ -1,7 +1,9 @@
 //! The reads behind `jitgate report`: one row per access request in a time range, with
 //! its decisions, grant, extensions and break-glass review joined in.
 
-use sqlx::{FromRow, SqliteConnection};
+use sqlx::FromRow;
+
+use super::Conn;
 
 /// One access request and everything that happened to it, as stored.
 #[derive(Debug, Clone, FromRow, PartialEq, Eq)]
@@ -37,7 +39,7 @@ pub struct AccessRecord {
 }
 
 /// Access requests (not extensions) made in `[since, until)`, oldest first.
-pub async fn access_records(conn: &mut SqliteConnection, since: i64, until: i64) -> sqlx::Result<Vec<AccessRecord>> {
+pub async fn access_records(conn: &mut Conn, since: i64, until: i64) -> sqlx::Result<Vec<AccessRecord>> {
     sqlx::query_as(
         "SELECT r.id, r.requester_id, r.resource, r.role, r.reason, r.duration_secs, r.state, \
                 r.created_at, r.decided_at, \
@@ -53,7 +55,7 @@ pub async fn access_records(conn: &mut SqliteConnection, since: i64, until: i64)
          FROM requests r \
          LEFT JOIN grants g ON g.request_id = r.id \
          LEFT JOIN break_glass b ON b.request_id = r.id \
-         WHERE r.kind = 'access' AND r.created_at >= ? AND r.created_at < ? \
+         WHERE r.kind = 'access' AND r.created_at >= $1 AND r.created_at < $2 \
          ORDER BY r.created_at, r.id",
     )
     .bind(since)

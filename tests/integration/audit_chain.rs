@@ -5,9 +5,8 @@
 //! reached.
 
 use jitgate::audit::{verify_all, ChainError, VerifyAgainst};
+use jitgate::store::Pool;
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::SqlitePoolOptions;
-use sqlx::SqlitePool;
 
 use crate::support::*;
 
@@ -32,15 +31,14 @@ async fn history() -> (TestApp, tempfile::TempDir) {
 }
 
 /// A writable copy of the app's database, as an insider would open it: triggers gone.
-async fn tamper_copy(app: &TestApp, name: &str) -> SqlitePool {
+async fn tamper_copy(app: &TestApp, name: &str) -> Pool {
     let src = app.dir.path().join("jitgate.db");
     let dst = app.dir.path().join(name);
     std::fs::copy(&src, &dst).unwrap();
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(jitgate::store::connect_options(&dst.display().to_string()).unwrap())
+    let pool = jitgate::store::Db::open(&dst.display().to_string())
         .await
-        .unwrap();
+        .unwrap()
+        .write;
     sqlx::query("DROP TRIGGER audit_log_no_update")
         .execute(&pool)
         .await
@@ -53,7 +51,7 @@ async fn tamper_copy(app: &TestApp, name: &str) -> SqlitePool {
 }
 
 async fn verify(
-    pool: &SqlitePool,
+    pool: &Pool,
     outside: &tempfile::TempDir,
     restored: bool,
 ) -> Result<jitgate::audit::Verified, ChainError> {
@@ -93,7 +91,7 @@ fn sha_hash(
 }
 
 /// Re-hashes every entry from `from_seq` on with the unkeyed scheme, as an attacker would.
-async fn rehash_from(pool: &SqlitePool, from_seq: i64) {
+async fn rehash_from(pool: &Pool, from_seq: i64) {
     let rows: Vec<jitgate::audit::AuditEntry> = sqlx::query_as("SELECT * FROM audit_log ORDER BY seq")
         .fetch_all(pool)
         .await
@@ -102,7 +100,7 @@ async fn rehash_from(pool: &SqlitePool, from_seq: i64) {
     for e in rows {
         if e.seq >= from_seq {
             let hash = sha_hash(&prev, e.seq, e.at, &e.actor, &e.action, e.request_id, &e.details);
-            sqlx::query("UPDATE audit_log SET prev_hash = ?, hash = ? WHERE seq = ?")
+            sqlx::query("UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3")
                 .bind(&prev)
                 .bind(&hash)
                 .bind(e.seq)
@@ -141,7 +139,7 @@ async fn every_kind_of_quiet_rewrite_is_detected() {
 
     // The last entries deleted: the chain itself is consistent, the anchor is not.
     let p = tamper_copy(&app, "tail.db").await;
-    sqlx::query("DELETE FROM audit_log WHERE seq > ?")
+    sqlx::query("DELETE FROM audit_log WHERE seq > $1")
         .bind(n - 2)
         .execute(&p)
         .await
@@ -212,7 +210,7 @@ async fn every_kind_of_quiet_rewrite_is_detected() {
         .unwrap();
     let forged = sha_hash(&hash, n + 1, 1, "UAPPROVER1", "request.approved", Some(1), "{}");
     sqlx::query(
-        "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash) VALUES (?, 1, 'UAPPROVER1', 'request.approved', 1, '{}', ?, ?)",
+        "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash) VALUES ($1, 1, 'UAPPROVER1', 'request.approved', 1, '{}', $2, $3)",
     )
     .bind(n + 1)
     .bind(&hash)
@@ -252,7 +250,7 @@ async fn an_unkeyed_log_is_keyed_at_upgrade_and_its_history_protected_from_then_
         for seq in 1..=3 {
             let hash = sha_hash(&prev, seq, seq * 10, "U1", "request.created", None, "{}");
             sqlx::query(
-                "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash) VALUES (?, ?, 'U1', 'request.created', NULL, '{}', ?, ?)",
+                "INSERT INTO audit_log (seq, at, actor, action, request_id, details, prev_hash, hash) VALUES ($1, $2, 'U1', 'request.created', NULL, '{}', $3, $4)",
             )
             .bind(seq)
             .bind(seq * 10)

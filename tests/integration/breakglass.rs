@@ -52,7 +52,7 @@ fn id_in(reply: &str) -> i64 {
 }
 
 async fn reviewed_by(app: &TestApp, id: i64) -> Option<String> {
-    let row: (Option<String>,) = sqlx::query_as("SELECT reviewed_by FROM break_glass WHERE request_id = ?")
+    let row: (Option<String>,) = sqlx::query_as("SELECT reviewed_by FROM break_glass WHERE request_id = $1")
         .bind(id)
         .fetch_one(&app.state().db.read)
         .await
@@ -61,7 +61,7 @@ async fn reviewed_by(app: &TestApp, id: i64) -> Option<String> {
 }
 
 async fn actions(app: &TestApp, id: i64) -> Vec<String> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT action FROM audit_log WHERE request_id = ? ORDER BY seq")
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT action FROM audit_log WHERE request_id = $1 ORDER BY seq")
         .bind(id)
         .fetch_all(&app.state().db.read)
         .await
@@ -93,7 +93,7 @@ async fn break_glass_grants_at_once_alerts_and_stays_open_until_an_approver_revi
         0,
         "no approver decided"
     );
-    let (duration,): (i64,) = sqlx::query_as("SELECT duration_secs FROM grants WHERE request_id = ?")
+    let (duration,): (i64,) = sqlx::query_as("SELECT duration_secs FROM grants WHERE request_id = $1")
         .bind(id)
         .fetch_one(&app.state().db.read)
         .await
@@ -190,7 +190,7 @@ async fn unreviewed_break_glass_reminds_until_an_approver_revokes_it() {
     app.click(APPROVER2, "jit_revoke", id2).await;
     app.wait_grant(id2, "revoked").await;
     let row: (Option<String>, Option<String>) =
-        sqlx::query_as("SELECT reviewed_by, review FROM break_glass WHERE request_id = ?")
+        sqlx::query_as("SELECT reviewed_by, review FROM break_glass WHERE request_id = $1")
             .bind(id2)
             .fetch_one(&app.state().db.read)
             .await

@@ -92,7 +92,7 @@ async fn user_text_is_stored_verbatim_and_shown_inert_on_the_card() {
     let id = app
         .request("prod-db:read 1h fix &lt;!channel&gt; &amp; `rm -rf /`")
         .await;
-    let (reason,): (String,) = sqlx::query_as("SELECT reason FROM requests WHERE id = ?")
+    let (reason,): (String,) = sqlx::query_as("SELECT reason FROM requests WHERE id = $1")
         .bind(id)
         .fetch_one(&app.state().db.read)
         .await

@@ -6,8 +6,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sqlx::sqlite::SqlitePoolOptions;
-
 use crate::support::*;
 
 /// `jitgate serve` as a child process.
@@ -87,15 +85,9 @@ impl Drop for Bot {
 }
 
 pub async fn scalar(app: &TestApp, sql: &str) -> Option<String> {
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            jitgate::store::connect_options(&app.dir.path().join("jitgate.db").display().to_string()).unwrap(),
-        )
-        .await
-        .unwrap();
-    let row: Option<(String,)> = sqlx::query_as(sql).fetch_optional(&pool).await.unwrap();
-    pool.close().await;
+    let db = jitgate::store::Db::open(&app.database.url).await.unwrap();
+    let row: Option<(String,)> = sqlx::query_as(sql).fetch_optional(&db.read).await.unwrap();
+    db.close().await;
     row.map(|r| r.0)
 }
 
@@ -184,12 +176,7 @@ async fn sigkill_at_any_point_loses_nothing_and_never_fakes_a_revoke() {
     bot.kill();
 
     let (ok,) = {
-        let pool = SqlitePoolOptions::new()
-            .connect_with(
-                jitgate::store::connect_options(&app.dir.path().join("jitgate.db").display().to_string()).unwrap(),
-            )
-            .await
-            .unwrap();
+        let pool = jitgate::store::Db::open(&app.database.url).await.unwrap().write;
         let mut conn = pool.acquire().await.unwrap();
         (jitgate::audit::verify_chain(&audit_key(), &mut conn).await.unwrap(),)
     };

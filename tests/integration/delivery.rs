@@ -42,7 +42,7 @@ async fn messages_wait_out_a_slack_outage_and_are_delivered_later() {
     // Recorded once Slack took it: three failures and the success.
     let attempts = wait_for("the delivery recorded", || async {
         let (state, attempts): (String, i64) =
-            sqlx::query_as("SELECT state, attempts FROM outbox WHERE request_id = ? AND kind = 'post_card'")
+            sqlx::query_as("SELECT state, attempts FROM outbox WHERE request_id = $1 AND kind = 'post_card'")
                 .bind(id)
                 .fetch_one(&app.state().db.read)
                 .await
@@ -78,7 +78,7 @@ async fn a_permanent_slack_refusal_is_kept_and_retried_slowly_not_dropped() {
     let now = app.clock.now().timestamp_millis();
     let next = wait_for("the refusal recorded", || async {
         let row: Option<(String, Option<String>, Option<i64>, i64)> = sqlx::query_as(
-            "SELECT state, last_error, refused_at, next_attempt_at FROM outbox WHERE request_id = ? AND kind = 'post_card'",
+            "SELECT state, last_error, refused_at, next_attempt_at FROM outbox WHERE request_id = $1 AND kind = 'post_card'",
         )
         .bind(id)
         .fetch_optional(&app.state().db.read)

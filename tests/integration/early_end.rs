@@ -20,7 +20,7 @@ async fn requester_ends_their_own_grant_early() {
     app.wait_grant(id, "revoked").await;
     app.wait_dm(REQUESTER, "has ended early, as you asked").await;
     app.wait_card_containing(id, "ended early by <@UREQUESTER>").await;
-    let (by,): (String,) = sqlx::query_as("SELECT revoked_by FROM grants WHERE request_id = ?")
+    let (by,): (String,) = sqlx::query_as("SELECT revoked_by FROM grants WHERE request_id = $1")
         .bind(id)
         .fetch_one(&app.state().db.read)
         .await
@@ -84,7 +84,7 @@ async fn extension_needs_approval_and_moves_the_expiry() {
     let expires = |app: &TestApp| {
         let pool = app.state().db.read.clone();
         async move {
-            let (e,): (i64,) = sqlx::query_as("SELECT expires_at FROM grants WHERE request_id = ?")
+            let (e,): (i64,) = sqlx::query_as("SELECT expires_at FROM grants WHERE request_id = $1")
                 .bind(id)
                 .fetch_one(&pool)
                 .await
@@ -165,7 +165,7 @@ adapter = "demo"
         .await;
     assert!(reply.starts_with(&format!("Extending JIT-{id} by 1h")), "{reply}");
     app.wait_dm(REQUESTER, "now ends").await;
-    let (d,): (i64,) = sqlx::query_as("SELECT duration_secs FROM grants WHERE request_id = ?")
+    let (d,): (i64,) = sqlx::query_as("SELECT duration_secs FROM grants WHERE request_id = $1")
         .bind(id)
         .fetch_one(&app.state().db.read)
         .await

@@ -36,14 +36,14 @@ async fn simultaneous_requests_are_each_stored_once_with_an_intact_audit_chain()
     let db = &app.state().db.read;
     for (user, id) in &acked {
         let (requester, reason): (String, String) =
-            sqlx::query_as("SELECT requester_id, reason FROM requests WHERE id = ? AND state = 'pending'")
+            sqlx::query_as("SELECT requester_id, reason FROM requests WHERE id = $1 AND state = 'pending'")
                 .bind(id)
                 .fetch_one(db)
                 .await
                 .unwrap();
         assert_eq!(&requester, user, "JIT-{id} belongs to whoever was told its id");
         let (entries,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM audit_log WHERE request_id = ? AND action = 'request.created' AND actor = ?",
+            "SELECT COUNT(*) FROM audit_log WHERE request_id = $1 AND action = 'request.created' AND actor = $2",
         )
         .bind(id)
         .bind(user)

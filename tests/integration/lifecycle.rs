@@ -31,7 +31,7 @@ async fn approved_request_is_granted_then_revoked_when_it_expires() {
 
     // The clock starts at the grant: expires_at = granted_at + duration.
     let (granted_at, expires_at): (i64, i64) =
-        sqlx::query_as("SELECT granted_at, expires_at FROM grants WHERE request_id = ?")
+        sqlx::query_as("SELECT granted_at, expires_at FROM grants WHERE request_id = $1")
             .bind(id)
             .fetch_one(&app.state().db.read)
             .await
@@ -61,7 +61,7 @@ async fn approved_request_is_granted_then_revoked_when_it_expires() {
     app.wait_dm(REQUESTER, "has ended").await;
     app.wait_card_containing(id, "Access ended").await;
 
-    let actions: Vec<(String,)> = sqlx::query_as("SELECT action FROM audit_log WHERE request_id = ? ORDER BY seq")
+    let actions: Vec<(String,)> = sqlx::query_as("SELECT action FROM audit_log WHERE request_id = $1 ORDER BY seq")
         .bind(id)
         .fetch_all(&app.state().db.read)
         .await
@@ -97,7 +97,7 @@ async fn overdue_grant_is_revoked_at_start_up() {
     app.boot().await;
     app.wait_grant(id, "revoked").await;
     assert_eq!(app.adapter_log().len(), 2);
-    let late: (i64,) = sqlx::query_as("SELECT revoked_at - expires_at FROM grants WHERE request_id = ?")
+    let late: (i64,) = sqlx::query_as("SELECT revoked_at - expires_at FROM grants WHERE request_id = $1")
         .bind(id)
         .fetch_one(&app.state().db.read)
         .await

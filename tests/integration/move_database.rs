@@ -208,7 +208,7 @@ fn every_sqlite_migration_has_a_postgresql_twin_with_the_same_version() {
         .iter()
         .map(|m| (m.version, m.description.to_string()))
         .collect();
-    let postgres: Vec<(i64, String)> = jitgate::relocation::POSTGRES_MIGRATOR
+    let postgres: Vec<(i64, String)> = jitgate::store::PG_MIGRATOR
         .iter()
         .map(|m| (m.version, m.description.to_string()))
         .collect();
@@ -337,7 +337,7 @@ async fn a_copy_that_differs_in_postgresql_is_rolled_back() {
     let target = Scratch::new(&server).await;
     // The schema, with triggers that make the copy differ from what was sent.
     let mut pg = target.connect().await;
-    jitgate::relocation::POSTGRES_MIGRATOR.run(&mut pg).await.unwrap();
+    jitgate::store::PG_MIGRATOR.run(&mut pg).await.unwrap();
     pg.execute(
         "CREATE FUNCTION lose_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END; $$; \
          CREATE TRIGGER lose_one BEFORE INSERT ON outbox FOR EACH ROW WHEN (NEW.id = 2) EXECUTE FUNCTION lose_row(); \

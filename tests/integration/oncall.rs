@@ -93,7 +93,7 @@ async fn wait_declined_dm(app: &TestApp, user: &str, id: i64) -> String {
 }
 
 async fn decisions_of(app: &TestApp, id: i64) -> Vec<(String, Option<String>)> {
-    sqlx::query_as("SELECT approver_id, reason FROM decisions WHERE request_id = ?")
+    sqlx::query_as("SELECT approver_id, reason FROM decisions WHERE request_id = $1")
         .bind(id)
         .fetch_all(&app.state().db.read)
         .await

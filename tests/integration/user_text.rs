@@ -53,7 +53,7 @@ async fn a_reason_the_exec_adapter_cannot_pass_fails_once_and_its_cleanup_ends()
     let app = TestApp::start().await;
     let id = app.request("prod-db:read 1h before the upgrade").await;
     // A reason stored before the one rule existed, with a NUL byte in it.
-    sqlx::query("UPDATE requests SET reason = 'before' || char(0) || 'upgrade' WHERE id = ?")
+    sqlx::query("UPDATE requests SET reason = 'before' || char(0) || 'upgrade' WHERE id = $1")
         .bind(id)
         .execute(&app.state().db.write)
         .await

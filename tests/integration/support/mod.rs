@@ -53,6 +53,95 @@ pub fn new_trigger_id() -> String {
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The PostgreSQL server the suite runs on when `JITGATE_TEST_DATABASE=postgres`
+/// (`JITGATE_TEST_POSTGRES_URL` overrides it): each test app gets a database of its own.
+pub const TEST_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Whether the suite runs on PostgreSQL (`JITGATE_TEST_DATABASE=postgres`) rather than
+/// on a SQLite file per test.
+pub fn on_postgres() -> bool {
+    std::env::var("JITGATE_TEST_DATABASE").as_deref() == Ok("postgres")
+}
+
+/// Skips the calling test on PostgreSQL, saying why: for tests of SQLite's files.
+#[macro_export]
+macro_rules! sqlite_only {
+    ($why:literal) => {
+        if $crate::support::on_postgres() {
+            eprintln!("skipped on PostgreSQL: {}", $why);
+            return;
+        }
+    };
+}
+
+/// A test app's database: a SQLite file in its directory, or a fresh PostgreSQL database
+/// dropped when the last holder lets go.
+pub struct TestDatabase {
+    pub url: String,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    pub async fn new(dir: &std::path::Path) -> Self {
+        if !on_postgres() {
+            return Self {
+                url: format!("sqlite://{}", dir.join("jitgate.db").display()),
+                postgres: None,
+            };
+        }
+        use sqlx::Connection;
+        let server = std::env::var("JITGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| TEST_POSTGRES.to_string());
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let name = format!(
+            "jit_t_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut admin = sqlx::PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("JITGATE_TEST_DATABASE=postgres, but {server} is not reachable: {e}"));
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let mut url = url::Url::parse(&server).unwrap();
+        url.set_path(&name);
+        Self {
+            url: url.to_string(),
+            postgres: Some((server, name)),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.postgres.take() else {
+            return;
+        };
+        // Dropped from sync code, maybe inside a runtime: on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&server).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// Waits until `check` returns `Some`, polling, failing the test after `DEADLINE`.
 pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -147,6 +236,7 @@ impl Default for Setup {
 /// A running jitgate with its fake Slack and its files.
 pub struct TestApp {
     pub dir: Arc<tempfile::TempDir>,
+    pub database: Arc<TestDatabase>,
     pub slack: FakeSlack,
     pub clock: TestClock,
     pub running: Option<jitgate::Running>,
@@ -170,6 +260,7 @@ impl TestApp {
 
     pub async fn start_with(setup: Setup) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
+        let database = Arc::new(TestDatabase::new(dir.path()).await);
         let slack = FakeSlack::start().await;
         slack.set_group(GROUP, &["UGROUPMEMBER", APPROVER1]);
         let script = dir.path().join("adapter.sh");
@@ -191,7 +282,7 @@ listen = "127.0.0.1:0"
 {server}
 
 [database]
-url = "sqlite://{db}"
+url = "{db}"
 
 [slack]
 api_url = "{api}"
@@ -237,7 +328,7 @@ timeout = "10s"
 env = {{ LOG = "{log}", FLAGS = "{flags}" }}
 {extra}
 "#,
-            db = dir.path().join("jitgate.db").display(),
+            db = database.url,
             api = slack.api_url(),
             jobs = setup.jobs_toml,
             chan = APPROVAL_CHANNEL,
@@ -260,6 +351,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
         );
         let mut app = Self {
             dir,
+            database,
             slack,
             clock: setup.clock,
             running: None,
@@ -570,7 +662,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
 
     /// The state column of a request.
     pub async fn request_state(&self, id: i64) -> String {
-        let row: (String,) = sqlx::query_as("SELECT state FROM requests WHERE id = ?")
+        let row: (String,) = sqlx::query_as("SELECT state FROM requests WHERE id = $1")
             .bind(id)
             .fetch_one(&self.state().db.read)
             .await
@@ -580,7 +672,7 @@ env = {{ LOG = "{log}", FLAGS = "{flags}" }}
 
     /// The grant's state, if the request has a grant.
     pub async fn grant_state(&self, id: i64) -> Option<String> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM grants WHERE request_id = ?")
+        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM grants WHERE request_id = $1")
             .bind(id)
             .fetch_optional(&self.state().db.read)
             .await
