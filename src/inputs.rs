@@ -50,7 +50,7 @@ async fn claim_delivery(app: &AppState, kind: &str, key: &str, input: Option<&st
     let expires = now + DELIVERY_RETENTION.as_millis() as i64;
     let claimed = async {
         let mut conn = app.db.write.acquire().await?;
-        anyhow::Ok(store::first_delivery_with_input(&mut conn, kind, key, input, now, expires).await?)
+        anyhow::Ok(store::first_delivery_with_input(&mut conn, kind, key, input, now, expires, &app.db.replica).await?)
     };
     match claimed.await {
         Ok(first) => {
@@ -545,6 +545,12 @@ pub async fn resume_clicks(app: &AppState) -> anyhow::Result<usize> {
         let mut conn = app.db.read.acquire().await?;
         store::pending_inputs(&mut conn, delivery_kind::INTERACTION).await?
     };
+    resume_recorded_clicks(app, pending).await
+}
+
+/// Acts on recorded clicks, `(key, input)` as stored: those [`resume_clicks`] finds, or
+/// those taken over from a replica that stopped.
+pub async fn resume_recorded_clicks(app: &AppState, pending: Vec<(String, String)>) -> anyhow::Result<usize> {
     let mut resumed = 0;
     for (key, input) in pending {
         match serde_json::from_str::<Click>(&input) {

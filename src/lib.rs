@@ -180,6 +180,15 @@ impl Running {
         }
         // The final head, outside the data directory.
         anchor_once(&self.state, None).await;
+        if self.state.db.backend == store::Backend::Postgres {
+            let left = async {
+                let mut conn = self.state.db.write.acquire().await?;
+                anyhow::Ok(store::replicas::leave(&mut conn, &self.state.db.replica).await?)
+            };
+            if let Err(e) = left.await {
+                tracing::warn!(error = format!("{e:#}"), "shutdown: cannot hand this replica's messages over; the others take them once its heartbeat is stale");
+            }
+        }
         // Leave no erased secret in the WAL behind.
         if let Err(e) = self.state.db.checkpoint().await {
             tracing::error!(error = format!("{e:#}"), "shutdown: cannot checkpoint the database");
@@ -302,6 +311,85 @@ pub async fn build_with_env(
     })
 }
 
+/// On PostgreSQL: writes that this replica is alive every few seconds, and takes over
+/// the work of replicas that are not (see `store::replicas`), acting on their clicks.
+async fn keep_replica_alive(state: AppState) {
+    let every = Duration::from_millis(scheduler::HEARTBEAT_EVERY_MS as u64);
+    let mut purged_at = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = state.shutdown.cancelled() => break,
+        }
+        let now = state.now_ms();
+        let taken = async {
+            let mut tx = state.db.begin().await?;
+            store::replicas::seen(&mut tx, &state.db.replica, now).await?;
+            let taken =
+                store::replicas::take_over(&mut tx, &state.db.replica, now, inputs::delivery_kind::INTERACTION).await?;
+            if now - purged_at > 3_600_000 {
+                store::replicas::purge(&mut tx, now).await?;
+                purged_at = now;
+            }
+            tx.commit().await?;
+            anyhow::Ok(taken)
+        };
+        match taken.await {
+            Ok(taken) => {
+                if taken.jobs > 0 || taken.messages > 0 || !taken.clicks.is_empty() {
+                    tracing::warn!(
+                        jobs = taken.jobs,
+                        messages = taken.messages,
+                        clicks = taken.clicks.len(),
+                        "taking over work of a replica that stopped"
+                    );
+                    state.scheduler.wake();
+                    state.outbox.wake();
+                }
+                if let Err(e) = inputs::resume_recorded_clicks(&state, taken.clicks).await {
+                    tracing::error!(error = format!("{e:#}"), "could not act on clicks taken over");
+                }
+            }
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "cannot write this replica's heartbeat; the others take over its work if this lasts"
+            ),
+        }
+    }
+}
+
+/// On PostgreSQL: wakes the scheduler or the outbox worker when another replica adds a
+/// job or a message (the triggers of migration 0009 notify), so punctuality does not
+/// depend on which replica took a request. Reconnects on its own; polling covers gaps.
+async fn listen_for_wake_ups(state: AppState) {
+    loop {
+        let listened = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&state.config.database.url).await?;
+            listener.listen_all(["jitgate_jobs", "jitgate_outbox"]).await?;
+            loop {
+                tokio::select! {
+                    n = listener.recv() => match n?.channel() {
+                        "jitgate_jobs" => state.scheduler.wake(),
+                        _ => state.outbox.wake(),
+                    },
+                    _ = state.shutdown.cancelled() => return anyhow::Ok(()),
+                }
+            }
+        };
+        match listened.await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "not listening for other replicas' wake-ups; retrying in 5 s"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = state.shutdown.cancelled() => break,
+        }
+    }
+}
+
 /// Forgets delivery keys (re-delivery protection) once their retention has passed, every
 /// ten minutes.
 async fn purge_deliveries(state: AppState) {
@@ -352,11 +440,37 @@ pub async fn start(
         tx.commit().await?;
     }
     state.slack = state.slack.clone().with_timeout(options.slack_call_timeout);
+    // Work interrupted by the last stop: on SQLite (one process) everything left running;
+    // on PostgreSQL what replicas that stopped had taken (the others' is theirs).
+    let mut clicks_taken_over = Vec::new();
+    if state.db.backend == store::Backend::Postgres {
+        let mut tx = state.db.begin().await?;
+        store::replicas::seen(&mut tx, &state.db.replica, state.now_ms()).await?;
+        let taken = store::replicas::take_over(
+            &mut tx,
+            &state.db.replica,
+            state.now_ms(),
+            inputs::delivery_kind::INTERACTION,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(replica = %state.db.replica, "joined the replicas sharing the database");
+        if taken.jobs > 0 || taken.messages > 0 {
+            tracing::warn!(
+                jobs = taken.jobs,
+                messages = taken.messages,
+                "taking over work of replicas that stopped"
+            );
+        }
+        clicks_taken_over = taken.clicks;
+    }
     {
         let mut conn = state.db.write.acquire().await?;
-        let resumed = store::recover_running_jobs(&mut conn).await?;
-        if resumed > 0 {
-            tracing::warn!(jobs = resumed, "resuming jobs interrupted by the last stop");
+        if state.db.backend == store::Backend::Sqlite {
+            let resumed = store::recover_running_jobs(&mut conn).await?;
+            if resumed > 0 {
+                tracing::warn!(jobs = resumed, "resuming jobs interrupted by the last stop");
+            }
         }
         // Messages Slack refused for good are tried again at every start: the restart
         // often comes with the fix (a new token, the bot invited).
@@ -406,7 +520,11 @@ pub async fn start(
     scheduler.claim_and_spawn(state.now_ms()).await?;
     state.tasks.spawn(scheduler.run());
     // Clicks acknowledged to Slack but not acted on before the last stop.
-    let resumed = inputs::resume_clicks(&state).await?;
+    let resumed = if state.db.backend == store::Backend::Sqlite {
+        inputs::resume_clicks(&state).await?
+    } else {
+        inputs::resume_recorded_clicks(&state, clicks_taken_over).await?
+    };
     if resumed > 0 {
         tracing::warn!(clicks = resumed, "acting on clicks received just before the last stop");
     }
@@ -453,6 +571,10 @@ pub async fn start(
         }
     };
     state.tasks.spawn(purge_deliveries(state.clone()));
+    if state.db.backend == store::Backend::Postgres {
+        state.tasks.spawn(keep_replica_alive(state.clone()));
+        state.tasks.spawn(listen_for_wake_ups(state.clone()));
+    }
     if options.slack_self_check {
         let recovered = {
             let state = state.clone();

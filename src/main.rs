@@ -374,7 +374,7 @@ async fn serve(config: config::Config, revoke_removed: bool) -> anyhow::Result<(
 }
 
 async fn reconcile(config: config::Config, dry_run: bool) -> anyhow::Result<()> {
-    jitgate::store::Db::existing_file(&config)?;
+    jitgate::store::Db::ensure_exists(&config)?;
     // Reconciling makes no Slack call (reports are queued for the running bot to send).
     let secrets = jitgate::Secrets::from_env().unwrap_or(jitgate::Secrets {
         bot_token: String::new(),
@@ -594,7 +594,7 @@ async fn wait_for_signal() {
 }
 
 async fn audit(config: config::Config, command: AuditCommand) -> anyhow::Result<()> {
-    jitgate::store::Db::existing_file(&config)?;
+    jitgate::store::Db::ensure_exists(&config)?;
     let db = jitgate::store::Db::open(&config.database.url).await?;
     let mut conn = db.read.acquire().await?;
     match command {

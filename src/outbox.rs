@@ -128,7 +128,7 @@ pub async fn run(app: Outbox) {
         if !paused && busy.len() < LANES {
             if refill || !queue.iter().any(|r| !busy.contains(&lane_of(r))) {
                 queue = match app.db.read.acquire().await {
-                    Ok(mut conn) => store::due_outbox(&mut conn, now, 500)
+                    Ok(mut conn) => store::due_outbox(&mut conn, now, 500, &app.db.replica)
                         .await
                         .map_err(anyhow::Error::from),
                     Err(e) => Err(e.into()),

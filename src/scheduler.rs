@@ -115,9 +115,11 @@ impl<R: Runner> Scheduler<R> {
         };
         let (revokes, others) = {
             let mut tx = self.db.begin().await?;
-            let revokes = store::claim_due_jobs(&mut tx, now_ms, Claim::Revokes, REVOKE_BATCH).await?;
+            let revokes =
+                store::claim_due_jobs(&mut tx, now_ms, Claim::Revokes, REVOKE_BATCH, &self.db.replica).await?;
             let limit = if revokes.is_empty() { free } else { free / 2 };
-            let others = store::claim_due_jobs(&mut tx, now_ms, Claim::AllButRevokes, limit as i64).await?;
+            let others =
+                store::claim_due_jobs(&mut tx, now_ms, Claim::AllButRevokes, limit as i64, &self.db.replica).await?;
             tx.commit().await?;
             (revokes, others)
         };

@@ -3,6 +3,7 @@
 
 mod dialect;
 mod group_commit;
+pub mod replicas;
 pub mod report;
 
 pub use self::dialect::Backend;
@@ -39,6 +40,15 @@ pub struct Db {
     pub write: Pool,
     pub read: Pool,
     pub backend: Backend,
+    /// This process's id among the replicas sharing the database (new at every start):
+    /// what it claims carries it (see [`replicas`]).
+    pub replica: std::sync::Arc<str>,
+}
+
+/// A new replica id: random, short, and telling when it started.
+fn new_replica_id() -> std::sync::Arc<str> {
+    let started = chrono::Utc::now().format("%Y%m%dT%H%M%S");
+    format!("{started}-{:08x}", rand::random::<u32>()).into()
 }
 
 /// A write transaction.
@@ -131,6 +141,7 @@ impl Db {
             write,
             read,
             backend: Backend::Sqlite,
+            replica: new_replica_id(),
         })
     }
 
@@ -158,6 +169,7 @@ impl Db {
             write,
             read,
             backend: Backend::Postgres,
+            replica: new_replica_id(),
         })
     }
 
@@ -480,10 +492,14 @@ pub fn is_already_received(e: &anyhow::Error) -> bool {
 }
 
 pub async fn insert_request(conn: &mut Conn, r: &NewRequest) -> sqlx::Result<i64> {
+    // The next id as SQLite picks it for an INTEGER PRIMARY KEY, written out so that
+    // PostgreSQL (where the group commit also assigns ids itself) picks the same; the
+    // write lock of `Db::begin` makes it safe.
     let row: (i64,) = sqlx::query_as(
-        "INSERT INTO requests (requester_id, team_id, resource, role, duration_secs, reason, \
+        "INSERT INTO requests (id, requester_id, team_id, resource, role, duration_secs, reason, \
          origin_channel, approval_channel, approvals_required, state, created_at, kind, extends_request_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $12) RETURNING id",
+         VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM requests), $1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $12) \
+         RETURNING id",
     )
     .bind(&r.requester_id)
     .bind(&r.team_id)
@@ -999,17 +1015,24 @@ fn claim_sql(backend: Backend, which: Claim) -> String {
     // the outer `state = 'pending'` re-checks a row that changed while it waited.
     let skip_locked = backend.skip_locked();
     format!(
-        "UPDATE jobs SET state = 'running' WHERE state = 'pending' AND id IN \
+        "UPDATE jobs SET state = 'running', claimed_by = $3 WHERE state = 'pending' AND id IN \
            (SELECT id FROM jobs WHERE state = 'pending' AND run_at <= $1 AND {kind} ORDER BY run_at LIMIT $2{skip_locked}) \
          RETURNING id, request_id, kind, run_at, attempts, last_error, last_alert_at"
     )
 }
 
 /// Claims up to `limit` due jobs of `which` kinds, earliest first, in one statement.
-pub async fn claim_due_jobs(conn: &mut Conn, now: i64, which: Claim, limit: i64) -> sqlx::Result<Vec<JobRow>> {
+pub async fn claim_due_jobs(
+    conn: &mut Conn,
+    now: i64,
+    which: Claim,
+    limit: i64,
+    replica: &str,
+) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as(&claim_sql(Backend::of(conn), which))
         .bind(now)
         .bind(limit)
+        .bind(replica)
         .fetch_all(conn)
         .await
 }
@@ -1358,16 +1381,38 @@ pub async fn enqueue(conn: &mut Conn, m: &Outgoing, now: i64) -> sqlx::Result<()
     Ok(())
 }
 
-/// Due outbox entries in the order they were written.
-pub async fn due_outbox(conn: &mut Conn, now: i64, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
-    sqlx::query_as(
-        "SELECT id, kind, request_id, channel, body, response_url, attempts, created_at, refused_at, last_error \
-         FROM outbox WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
-    )
-    .bind(now)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
+/// Due outbox entries in the order they were written. On PostgreSQL, where replicas
+/// share the outbox, they are claimed for `replica` in the same statement: those another
+/// live replica claimed are not returned (see [`replicas::take_over`]).
+pub async fn due_outbox(conn: &mut Conn, now: i64, limit: i64, replica: &str) -> sqlx::Result<Vec<OutboxRow>> {
+    const COLUMNS: &str =
+        "id, kind, request_id, channel, body, response_url, attempts, created_at, refused_at, last_error";
+    match Backend::of(conn) {
+        Backend::Sqlite => {
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2"
+            ))
+            .bind(now)
+            .bind(limit)
+            .fetch_all(conn)
+            .await
+        }
+        Backend::Postgres => {
+            let mut rows: Vec<OutboxRow> = sqlx::query_as(&format!(
+                "UPDATE outbox SET claimed_by = $3 WHERE id IN \
+                   (SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= $1 \
+                    AND (claimed_by IS NULL OR claimed_by = $3) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING {COLUMNS}"
+            ))
+            .bind(now)
+            .bind(limit)
+            .bind(replica)
+            .fetch_all(conn)
+            .await?;
+            rows.sort_by_key(|r| r.id);
+            Ok(rows)
+        }
+    }
 }
 
 pub async fn next_outbox_due(conn: &mut Conn) -> sqlx::Result<Option<i64>> {
@@ -1503,7 +1548,7 @@ pub async fn cards_refused(conn: &mut Conn, ids: &[i64]) -> sqlx::Result<BTreeMa
 /// false for every later one until the row expires at `expires_at`. Atomic across
 /// connections and processes sharing the database.
 pub async fn first_delivery(conn: &mut Conn, kind: &str, key: &str, now: i64, expires_at: i64) -> sqlx::Result<bool> {
-    first_delivery_with_input(conn, kind, key, None, now, expires_at).await
+    first_delivery_with_input(conn, kind, key, None, now, expires_at, "").await
 }
 
 /// What the first delivery of a command answered, as far as stored: its reply, or the
@@ -1534,6 +1579,7 @@ pub async fn set_delivery_reply(conn: &mut Conn, kind: &str, key: &str, reply: &
 /// [`first_delivery`] that also stores the input (`pending_input`, JSON) with the key, in
 /// the same statement, when it must survive a crash between the acknowledgement and the
 /// work: a delivery is either new and recorded, or a re-delivery.
+#[allow(clippy::too_many_arguments)]
 pub async fn first_delivery_with_input(
     conn: &mut Conn,
     kind: &str,
@@ -1541,16 +1587,18 @@ pub async fn first_delivery_with_input(
     input: Option<&str>,
     now: i64,
     expires_at: i64,
+    replica: &str,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "INSERT INTO deliveries (kind, key, seen_at, expires_at, pending_input) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (kind, key) DO NOTHING",
+        "INSERT INTO deliveries (kind, key, seen_at, expires_at, pending_input, claimed_by) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kind, key) DO NOTHING",
     )
     .bind(kind)
     .bind(key)
     .bind(now)
     .bind(expires_at)
     .bind(input)
+    .bind(replica)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -116,6 +116,7 @@ async fn rehash_from(pool: &Pool, from_seq: i64) {
 
 #[tokio::test]
 async fn every_kind_of_quiet_rewrite_is_detected() {
+    crate::sqlite_only!("it rewrites a copy of the SQLite file as an insider would");
     let (app, outside) = history().await;
     let intact = tamper_copy(&app, "intact.db").await;
     let v = verify(&intact, &outside, false)
@@ -231,6 +232,7 @@ async fn every_kind_of_quiet_rewrite_is_detected() {
 
 #[tokio::test]
 async fn an_unkeyed_log_is_keyed_at_upgrade_and_its_history_protected_from_then_on() {
+    crate::sqlite_only!("it rewrites a copy of the SQLite file as an insider would");
     let outside = tempfile::tempdir().unwrap();
     let mut app = TestApp::start_with(Setup {
         in_process: false,
@@ -294,6 +296,7 @@ async fn an_unkeyed_log_is_keyed_at_upgrade_and_its_history_protected_from_then_
 
 #[tokio::test]
 async fn a_restored_backup_verifies_up_to_the_head_it_reached() {
+    crate::sqlite_only!("it rewrites a copy of the SQLite file as an insider would");
     let (mut app, outside) = history().await;
     let backup = tamper_copy(&app, "backup.db").await;
     let (at_backup,): (i64,) = sqlx::query_as("SELECT MAX(seq) FROM audit_log")

@@ -56,6 +56,7 @@ async fn count_in(path: &Path, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn backup_while_serving_is_a_verified_consistent_copy_in_one_file() {
+    crate::sqlite_only!("jitgate backup copies a SQLite file; PostgreSQL is backed up with pg_dump");
     let app = TestApp::start().await;
     let config = config_file(&app);
     let first = app.request("prod-db:read 1h before the backup").await;
@@ -121,6 +122,7 @@ async fn backup_while_serving_is_a_verified_consistent_copy_in_one_file() {
 
 #[tokio::test]
 async fn backup_does_not_replace_a_file_unless_forced() {
+    crate::sqlite_only!("jitgate backup copies a SQLite file; PostgreSQL is backed up with pg_dump");
     let app = TestApp::start().await;
     let config = config_file(&app);
     app.request("prod-db:read 1h something").await;
@@ -151,6 +153,7 @@ async fn backup_does_not_replace_a_file_unless_forced() {
 
 #[tokio::test]
 async fn restoring_a_backup_as_the_readme_says_brings_its_state_back_and_the_bot_starts() {
+    crate::sqlite_only!("jitgate backup copies a SQLite file; PostgreSQL is backed up with pg_dump");
     let mut app = TestApp::start().await;
     let config = config_file(&app);
     let kept = app.request("prod-db:read 1h before the backup").await;

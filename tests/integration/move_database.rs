@@ -217,6 +217,7 @@ fn every_sqlite_migration_has_a_postgresql_twin_with_the_same_version() {
 
 #[tokio::test]
 async fn moving_to_postgres_keeps_every_row_and_the_audit_chain_and_refuses_a_second_time() {
+    crate::sqlite_only!("the source of a move is a SQLite installation");
     let Some(server) = test_server().await else {
         return;
     };
@@ -298,6 +299,7 @@ async fn moving_to_postgres_keeps_every_row_and_the_audit_chain_and_refuses_a_se
 
 #[tokio::test]
 async fn a_tampered_audit_log_is_refused_and_nothing_is_moved() {
+    crate::sqlite_only!("the source of a move is a SQLite installation");
     let Some(server) = test_server().await else {
         return;
     };
@@ -329,6 +331,7 @@ async fn a_tampered_audit_log_is_refused_and_nothing_is_moved() {
 
 #[tokio::test]
 async fn a_copy_that_differs_in_postgresql_is_rolled_back() {
+    crate::sqlite_only!("the source of a move is a SQLite installation");
     let Some(server) = test_server().await else {
         return;
     };
@@ -374,6 +377,7 @@ async fn a_copy_that_differs_in_postgresql_is_rolled_back() {
 
 #[tokio::test]
 async fn a_database_from_an_older_build_is_refused_before_the_target_is_touched() {
+    crate::sqlite_only!("the source of a move is a SQLite installation");
     let app = history().await;
     let config = config_file(&app);
     let mut conn = SqliteConnectOptions::new()

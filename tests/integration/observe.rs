@@ -116,6 +116,7 @@ async fn a_failing_adapter_and_rate_limits_are_counted() {
 
 #[tokio::test]
 async fn readyz_is_ready_when_the_scheduler_beats_and_not_once_the_database_takes_no_writes() {
+    crate::sqlite_only!("it makes the SQLite file immutable");
     if !chattr_works() {
         eprintln!("SKIPPED readyz_…_database_takes_no_writes: `chattr +i` is not available here (needs root and a filesystem with attributes)");
         return;
