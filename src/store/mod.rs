@@ -2078,7 +2078,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(jobs, 300);
-        let due = due_outbox(&mut conn, 7, 1000).await.unwrap();
+        let due = due_outbox(&mut conn, 7, 1000, "r1").await.unwrap();
         assert_eq!(due.len(), 300);
         assert!(due.windows(2).all(|w| w[0].id < w[1].id), "in the order written");
         drop(conn);
