@@ -118,7 +118,7 @@ pub async fn run_grant(app: &AppState, job: JobRow) -> anyhow::Result<()> {
         tx.commit().await?;
         return Ok(());
     };
-    let _access = app.access_locks.lock(&grant).await;
+    let _access = app.access_locks.lock_access(&grant).await?;
     let started = app.now_ms();
     let planned_expiry = started + grant.duration_secs * 1000;
     let result = match app.adapters.get(&grant.adapter) {
@@ -375,8 +375,9 @@ async fn revoke_batch(
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut locked = Vec::with_capacity(jobs.len());
     let mut deferred = Vec::new();
-    let mut guards = Vec::with_capacity(jobs.len());
+    let mut guards = Vec::new();
     let mut keys = std::collections::HashSet::new();
+    let mut candidates = Vec::with_capacity(jobs.len());
     for job in jobs {
         let Some(grant) = before.get(&job.request_id) else {
             outcomes.push(RevokeOutcome::Finish(job));
@@ -387,17 +388,23 @@ async fn revoke_batch(
             deferred.push(job);
             continue;
         }
-        let guard = if wait {
-            Some(app.access_locks.lock_key(key).await)
-        } else {
-            app.access_locks.try_lock_key(key)
-        };
-        match guard {
-            Some(guard) => {
-                guards.push(guard);
+        candidates.push((job, key, grant));
+    }
+    if wait {
+        for (job, _, grant) in candidates {
+            guards.push(app.access_locks.lock_access(grant).await?);
+            locked.push(job);
+        }
+    } else {
+        let keys: Vec<String> = candidates.iter().map(|(_, key, _)| key.clone()).collect();
+        let (guard, taken) = app.access_locks.try_lock_accesses(&keys).await?;
+        guards.push(guard);
+        for ((job, _, _), taken) in candidates.into_iter().zip(taken) {
+            if taken {
                 locked.push(job);
+            } else {
+                deferred.push(job);
             }
-            None => deferred.push(job),
         }
     }
 
@@ -858,7 +865,7 @@ pub async fn run_extend(app: &AppState, job: JobRow) -> anyhow::Result<()> {
     let Some(g) = load(app, original_id).await?.1 else {
         return finish(app, &job).await;
     };
-    let _access = app.access_locks.lock(&g).await;
+    let _access = app.access_locks.lock_access(&g).await?;
     let (original, grant) = load(app, original_id).await?;
     let grant = grant.expect("a grant is never deleted");
     let add = ext.duration_secs;

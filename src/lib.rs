@@ -287,6 +287,16 @@ pub async fn build_with_env(
     }
     let concurrency = config.jobs.concurrency;
     let metrics = metrics::Metrics::new();
+    let access_locks = Arc::new(match db.backend {
+        store::Backend::Sqlite => access_locks::AccessLocks::default(),
+        // One connection per adapter call in flight, and a few for batches.
+        store::Backend::Postgres => access_locks::AccessLocks::shared_through(
+            sqlx::any::AnyPoolOptions::new()
+                .max_connections(concurrency as u32 + 4)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_lazy(&config.database.url)?,
+        ),
+    });
     Ok(AppState {
         slack: SlackApi::new(&config.slack.api_url, &secrets.bot_token)
             .with_response_url_hosts(&config.slack.response_url_hosts)
@@ -302,7 +312,7 @@ pub async fn build_with_env(
         signing_secret: Arc::from(secrets.signing_secret.unwrap_or_default().into_bytes()),
         scheduler: SchedulerHandle::new(concurrency),
         outbox: OutboxHandle::default(),
-        access_locks: Arc::default(),
+        access_locks,
         command_rate: Arc::default(),
         creations: Arc::default(),
         stop_requested: CancellationToken::new(),

@@ -141,7 +141,7 @@ pub async fn run(app: &AppState, dry_run: bool) -> anyhow::Result<Report> {
                                 let mut conn = app.db.read.acquire().await?;
                                 store::get_request(&mut conn, g.request_id).await?
                             };
-                            let _access = app.access_locks.lock(g).await;
+                            let _access = app.access_locks.lock_access(g).await?;
                             Some(
                                 adapter
                                     .revoke(&context(
@@ -181,7 +181,7 @@ pub async fn run(app: &AppState, dry_run: bool) -> anyhow::Result<Report> {
         for g in mine.iter().filter(settled) {
             report.grants_checked += 1;
             let answer = {
-                let _access = app.access_locks.lock(g).await;
+                let _access = app.access_locks.lock_access(g).await?;
                 let answer = is_active(adapter.as_ref(), g).await;
                 // Re-read under the lock: a revoke may have finished while we waited for it.
                 let still: Option<(String,)> = sqlx::query_as("SELECT state FROM grants WHERE id = $1")

@@ -148,7 +148,7 @@ impl Db {
     async fn open_postgres(url: &str) -> anyhow::Result<Self> {
         let shown = dialect::redacted(url);
         let write = AnyPoolOptions::new()
-            .max_connections(8)
+            .max_connections(PG_POOL)
             .acquire_timeout(Duration::from_secs(30))
             .connect(url)
             .await
@@ -160,7 +160,7 @@ impl Db {
             .await
             .with_context(|| format!("migrating the database {shown}"))?;
         let read = AnyPoolOptions::new()
-            .max_connections(8)
+            .max_connections(PG_POOL)
             .acquire_timeout(Duration::from_secs(30))
             .connect(url)
             .await
@@ -251,6 +251,11 @@ impl Db {
         self.read.close().await;
     }
 }
+
+/// Connections of each PostgreSQL pool (writers, readers) per replica. With the access
+/// locks' pool (`[jobs] concurrency` + 4) and the wake-up listener, a replica uses at
+/// most 2 × 6 + concurrency + 5 connections (25 by default).
+pub const PG_POOL: u32 = 6;
 
 /// SQL text with its bound values, numbered `$1, $2, …` as they are pushed: the one
 /// builder of statements whose shape depends on the data (`IN` lists, multi-row

@@ -43,9 +43,8 @@ pub async fn access_records(conn: &mut Conn, since: i64, until: i64) -> sqlx::Re
     sqlx::query_as(
         "SELECT r.id, r.requester_id, r.resource, r.role, r.reason, r.duration_secs, r.state, \
                 r.created_at, r.decided_at, \
-                (SELECT group_concat(approver_id, ' ') FROM \
-                    (SELECT approver_id FROM decisions d WHERE d.request_id = r.id AND d.verdict = 'approve' \
-                     ORDER BY d.decided_at, d.approver_id)) AS approved_by, \
+                (SELECT string_agg(d.approver_id, ' ' ORDER BY d.decided_at, d.approver_id) FROM decisions d \
+                    WHERE d.request_id = r.id AND d.verdict = 'approve') AS approved_by, \
                 (SELECT approver_id FROM decisions d WHERE d.request_id = r.id AND d.verdict = 'deny' \
                     ORDER BY d.decided_at LIMIT 1) AS denied_by, \
                 g.state AS grant_state, g.granted_at, g.expires_at, g.revoked_at, g.revoked_by, \
