@@ -683,13 +683,27 @@ pub async fn anchor_head(
         write_anchor(path, &anchor).map_err(|e| anyhow::anyhow!("writing the audit anchor {}: {e}", path.display()))?;
     }
     if let Some(channel) = channel {
-        let mut conn = db.write.acquire().await?;
-        crate::store::enqueue(
-            &mut conn,
-            &crate::store::Outgoing::message(channel, anchor.message(), None),
-            now,
-        )
-        .await?;
+        let mut tx = db.begin().await?;
+        // Replicas sharing a PostgreSQL database see the same head: the first to anchor it
+        // posts it, the others find its key taken.
+        let first = db.backend == crate::store::Backend::Sqlite
+            || crate::store::first_delivery(
+                &mut tx,
+                "audit_anchor",
+                &seq.to_string(),
+                now,
+                now + crate::store::DELIVERY_RETENTION_MS,
+            )
+            .await?;
+        if first {
+            crate::store::enqueue(
+                &mut tx,
+                &crate::store::Outgoing::message(channel, anchor.message(), None),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
     }
     Ok(Some(seq))
 }

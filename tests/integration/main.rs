@@ -30,6 +30,7 @@ mod report;
 mod secrets_at_rest;
 mod security;
 mod selfcheck;
+mod shared_database;
 mod slow_clients;
 mod socket_mode;
 mod undelivered;
