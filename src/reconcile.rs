@@ -307,6 +307,36 @@ pub async fn run_periodically(app: AppState, started: chrono::DateTime<chrono::U
             _ = app.clock.sleep_until(next) => {}
             _ = app.shutdown.cancelled() => break,
         }
+        // Replicas sharing a PostgreSQL database reconcile once per interval between them:
+        // the first to reach a round of the interval takes it.
+        if app.db.backend == crate::store::Backend::Postgres {
+            let every = interval.to_chrono().num_milliseconds().max(1);
+            let now = app.now_ms();
+            let round = async {
+                let mut conn = app.db.write.acquire().await?;
+                anyhow::Ok(
+                    store::first_delivery(
+                        &mut conn,
+                        "reconcile_round",
+                        &(now / every).to_string(),
+                        now,
+                        now + 2 * every,
+                    )
+                    .await?,
+                )
+            };
+            match round.await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!("reconciliation: another replica runs this round");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "reconciliation: cannot take this round");
+                    continue;
+                }
+            }
+        }
         match run(&app, false).await {
             Ok(r) if r.findings.is_empty() => tracing::info!(grants = r.grants_checked, "reconciliation: consistent"),
             Ok(r) => {

@@ -41,6 +41,10 @@ const TABLES: &[(&str, &str)] = &[
     ("heartbeat", "id"),
 ];
 
+/// Tables that are not history and are left behind: `replicas` holds the heartbeats of
+/// the processes that ran on the SQLite file (the replicas on PostgreSQL write their own).
+const NOT_MOVED: &[&str] = &["replicas"];
+
 /// Identity columns whose sequence must continue after the copied ids.
 const IDENTITIES: &[(&str, &str)] = &[("grants", "id"), ("jobs", "id"), ("outbox", "id"), ("decisions", "seq")];
 
@@ -272,7 +276,7 @@ async fn check_tables(src: &mut SqliteConnection) -> anyhow::Result<()> {
     let unknown: Vec<&str> = found
         .iter()
         .map(String::as_str)
-        .filter(|t| !TABLES.iter().any(|(k, _)| k == t))
+        .filter(|t| !TABLES.iter().any(|(k, _)| k == t) && !NOT_MOVED.contains(t))
         .collect();
     if !unknown.is_empty() {
         bail!(
