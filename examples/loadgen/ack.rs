@@ -1,6 +1,9 @@
 //! The ack scenario: signed `/jit request` commands from many users over keep-alive
 //! connections, the latency of each acknowledgement, and afterwards a check that every
-//! acknowledged request is stored and got exactly one approval card.
+//! acknowledged request is stored and got exactly one approval card. With `--replicas N`
+//! the connections are spread round-robin over N `jitgate serve` processes on one
+//! PostgreSQL database and the report adds a line per replica. The server's CPU time
+//! (from /proc) per acknowledged request and per thread answers where the time goes.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -8,18 +11,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
+use crate::database::BenchDb;
 use crate::harness::{self, Runtimes};
+use crate::procfs::{self, ThreadCpu};
+use crate::servers::{self, Server};
 use crate::{Args, SlackMode};
 
 /// What the connections share: when to stop, and counts per second of the run.
 struct Plan {
-    addr: SocketAddr,
     users: u64,
     max_requests: u64,
     deadline: Instant,
@@ -30,6 +34,8 @@ struct Plan {
 
 /// What one connection saw.
 struct ConnResult {
+    /// Which server (replica) it was connected to.
+    replica: usize,
     latency_us: Histogram<u64>,
     acked: Vec<i64>,
     errors: HashMap<String, u64>,
@@ -37,53 +43,6 @@ struct ConnResult {
 
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
-}
-
-/// The server under load: in this process, or the real binary as a child process.
-enum Server {
-    InProcess(Box<jitgate::Running>),
-    Child(harness::ChildServer),
-}
-
-impl Server {
-    fn addr(&self) -> SocketAddr {
-        match self {
-            Server::InProcess(r) => r.addr,
-            Server::Child(c) => c.addr,
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Server::InProcess(_) => "in-process".into(),
-            Server::Child(c) => format!("child process {}", c.pid()),
-        }
-    }
-
-    /// (VmRSS, VmHWM) in KiB of the process running the server.
-    fn rss_kib(&self) -> (u64, u64) {
-        match self {
-            Server::InProcess(_) => harness::rss_kib(),
-            Server::Child(c) => harness::rss_kib_of(&format!("/proc/{}/status", c.pid())),
-        }
-    }
-
-    /// A read-only pool on the server's database, for the checks.
-    async fn read_pool(&self, db: &std::path::Path) -> anyhow::Result<jitgate::store::Pool> {
-        match self {
-            Server::InProcess(r) => Ok(r.state.db.read.clone()),
-            Server::Child(_) => Ok(jitgate::store::Db::open(&format!("sqlite://{}", db.display()))
-                .await?
-                .read),
-        }
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        match self {
-            Server::InProcess(r) => (*r).shutdown().await,
-            Server::Child(c) => c.stop(),
-        }
-    }
 }
 
 /// The request id in an acknowledgement, from `Request *JIT-42* for …`.
@@ -118,8 +77,9 @@ async fn one_request(sender: &mut Sender, body: String, ts: String, sig: String)
     Ok((status, bytes))
 }
 
-async fn connection(plan: Arc<Plan>) -> ConnResult {
+async fn connection(plan: Arc<Plan>, addr: SocketAddr, replica: usize) -> ConnResult {
     let mut out = ConnResult {
+        replica,
         latency_us: new_histogram(),
         acked: Vec::new(),
         errors: HashMap::new(),
@@ -133,7 +93,7 @@ async fn connection(plan: Arc<Plan>) -> ConnResult {
             break;
         }
         if sender.is_none() {
-            match connect(plan.addr).await {
+            match connect(addr).await {
                 Ok(s) => sender = Some(s),
                 Err(e) => {
                     error(&mut out, format!("connect: {e}"));
@@ -183,7 +143,8 @@ async fn connection(plan: Arc<Plan>) -> ConnResult {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let rt = Runtimes::new(args.server_threads, args.client_threads)?;
     let dir = tempfile::tempdir()?;
-    let db_path = args.db.clone().unwrap_or_else(|| dir.path().join("jitgate.db"));
+    let db = BenchDb::prepare(args, dir.path())?;
+    let bin = servers::server_bin(args)?;
     let fake = harness::start_fake(&rt);
     let mode = args.slack_mode();
     let api_url = match mode {
@@ -192,31 +153,35 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         SlackMode::Ok => fake.api_url(),
     };
     let broken = mode != SlackMode::Ok;
-    println!("Slack: {mode:?}");
-    let config = harness::config_text(&db_path, &api_url);
-    let started = Instant::now();
-    let server = match &args.server_bin {
-        None => Server::InProcess(Box::new(
-            rt.server.block_on(harness::start_server(dir.path(), &config))?,
-        )),
-        Some(bin) => Server::Child(harness::spawn_server(bin, dir.path(), &config)?),
-    };
-    let addr = server.addr();
-    rt.server
-        .block_on(harness::wait_healthy(addr, Duration::from_secs(30)))?;
-    println!(
-        "jitgate ({}) ready in {:.1} ms at {addr} (database {})",
-        server.describe(),
-        started.elapsed().as_secs_f64() * 1000.0,
-        db_path.display()
-    );
+    println!("Slack: {mode:?}; database: {}", db.describe());
+    let config = harness::config_text(&db.url, &api_url);
+    let servers = servers::start(args, &rt, dir.path(), &config, bin.as_deref())?;
+    let in_process = matches!(servers[0], Server::InProcess(_));
     std::thread::sleep(Duration::from_millis(500));
-    let (idle_rss, _) = server.rss_kib();
+    let idle_rss: Vec<u64> = servers.iter().map(|s| s.rss_kib().0).collect();
 
     let duration = args.duration.to_std();
     let limit = args.requests.map(|_| args.time_limit.to_std()).unwrap_or(duration);
+    println!(
+        "sending signed `/jit request` from {} users on {} keep-alive connections{} for {}",
+        args.users,
+        args.concurrency,
+        if servers.len() > 1 {
+            format!(" spread round-robin over {} replicas", servers.len())
+        } else {
+            String::new()
+        },
+        match args.requests {
+            Some(n) => format!("{n} requests (at most {:?})", limit),
+            None => format!("{:?}", duration),
+        }
+    );
+    let addrs: Vec<SocketAddr> = servers.iter().map(Server::addr).collect();
+    let cpu_before = harness::cpu_time();
+    let server_cpu_before: Vec<Duration> = servers.iter().map(Server::cpu_time).collect();
+    let threads_before: Vec<Vec<ThreadCpu>> = servers.iter().map(Server::threads).collect();
+    let backends_before = db.backend_cpu();
     let plan = Arc::new(Plan {
-        addr,
         users: args.users.max(1),
         max_requests: args.requests.unwrap_or(u64::MAX),
         deadline: Instant::now() + limit,
@@ -224,19 +189,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         issued: AtomicU64::new(0),
         per_second: (0..=limit.as_secs() + 1).map(|_| AtomicU64::new(0)).collect(),
     });
-    println!(
-        "sending signed `/jit request` from {} users on {} keep-alive connections for {}",
-        args.users,
-        args.concurrency,
-        match args.requests {
-            Some(n) => format!("{n} requests (at most {:?})", limit),
-            None => format!("{:?}", duration),
-        }
-    );
-    let cpu_before = harness::cpu_time();
     let results: Vec<ConnResult> = rt.client.block_on(async {
         let tasks: Vec<_> = (0..args.concurrency)
-            .map(|_| tokio::spawn(connection(plan.clone())))
+            .map(|i| tokio::spawn(connection(plan.clone(), addrs[i % addrs.len()], i % addrs.len())))
             .collect();
         let mut results = Vec::new();
         for t in tasks {
@@ -246,13 +201,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     });
     let elapsed = plan.started.elapsed();
     let cpu_load = harness::cpu_time().saturating_sub(cpu_before);
-    let (load_rss, load_hwm) = server.rss_kib();
+    let server_cpu: Vec<Duration> = servers
+        .iter()
+        .zip(&server_cpu_before)
+        .map(|(s, before)| s.cpu_time().saturating_sub(*before))
+        .collect();
+    let threads_used: Vec<Vec<ThreadCpu>> = servers
+        .iter()
+        .zip(&threads_before)
+        .map(|(s, before)| procfs::used_between(before, &s.threads()))
+        .collect();
+    let load_rss: Vec<(u64, u64)> = servers.iter().map(Server::rss_kib).collect();
+    let backends_after = db.backend_cpu();
 
     let mut latency = new_histogram();
+    let mut per_replica: Vec<(Histogram<u64>, usize)> = servers.iter().map(|_| (new_histogram(), 0)).collect();
     let mut acked = Vec::new();
     let mut errors: HashMap<String, u64> = HashMap::new();
     for r in results {
         latency.add(&r.latency_us).expect("same bounds");
+        per_replica[r.replica].0.add(&r.latency_us).expect("same bounds");
+        per_replica[r.replica].1 += r.acked.len();
         acked.extend(r.acked);
         for (k, v) in r.errors {
             *errors.entry(k).or_default() += v;
@@ -292,20 +261,88 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         cpu_load.as_secs_f64(),
         100.0 * cpu_load.as_secs_f64() / secs,
     );
+    let total_cpu: Duration = server_cpu.iter().sum();
     println!(
-        "server RSS idle {} MiB, after load {} MiB, peak {} MiB ({})",
-        idle_rss / 1024,
-        load_rss / 1024,
-        load_hwm / 1024,
-        match server {
-            Server::InProcess(_) => "in-process: includes the load generator and the fake Slack",
-            Server::Child(_) => "the jitgate process alone",
+        "server CPU during load: {} ({})",
+        cpu_per_ack(total_cpu, acked.len(), elapsed),
+        if in_process {
+            "in-process: this process minus the load generator's and the fake Slack's threads"
+        } else if servers.len() > 1 {
+            "the jitgate processes alone, summed"
+        } else {
+            "the jitgate process alone"
         }
     );
+    if !backends_after.is_empty() {
+        // A backend that started during the load counts from zero; one that ended is lost.
+        let backends: Duration = backends_after
+            .iter()
+            .map(|(pid, cpu)| {
+                let before = backends_before.iter().find(|(p, _)| p == pid).map(|(_, c)| *c);
+                cpu.saturating_sub(before.unwrap_or_default())
+            })
+            .sum();
+        println!(
+            "PostgreSQL backends of the database during load: {} ({} backends; the server's shared \
+             processes, e.g. the WAL writer, not counted)",
+            cpu_per_ack(backends, acked.len(), elapsed),
+            backends_after.len()
+        );
+        println!(
+            "jitgate and its PostgreSQL backends together: {}",
+            cpu_per_ack(total_cpu + backends, acked.len(), elapsed)
+        );
+    }
+    if servers.len() > 1 {
+        println!("per replica:");
+        for (i, server) in servers.iter().enumerate() {
+            let (h, n) = &per_replica[i];
+            println!(
+                "  replica {i} ({}, {}): {n} acknowledged, {:.0} requests/s; latency {}; CPU {}",
+                server.describe(),
+                server.addr(),
+                *n as f64 / secs,
+                harness::summary_us(h),
+                cpu_per_ack(server_cpu[i], *n, elapsed)
+            );
+        }
+    }
+    println!(
+        "\n== server threads during the load (CPU seconds; cores = CPU / {secs:.2} s wall){} ==",
+        if in_process {
+            ": in-process, the load generator's and fake Slack's threads left out"
+        } else {
+            ""
+        }
+    );
+    for (i, server) in servers.iter().enumerate() {
+        if servers.len() > 1 {
+            println!("replica {i} ({}):", server.describe());
+        }
+        procfs::print_threads(&threads_used[i], elapsed, if servers.len() > 1 { 5 } else { 10 }, "  ");
+    }
+    for (i, server) in servers.iter().enumerate() {
+        println!(
+            "server RSS{} idle {} MiB, after load {} MiB, peak {} MiB ({})",
+            if servers.len() > 1 {
+                format!(" of replica {i}")
+            } else {
+                String::new()
+            },
+            idle_rss[i] / 1024,
+            load_rss[i].0 / 1024,
+            load_rss[i].1 / 1024,
+            match server {
+                Server::InProcess(_) => "in-process: includes the load generator and the fake Slack",
+                Server::Child(_) => "the jitgate process alone",
+            }
+        );
+    }
 
     // Durability and delivery: every acknowledged request is stored and got one card.
     println!("\n== after the load ==");
-    let read = rt.server.block_on(server.read_pool(&db_path))?;
+    let check = rt.client.block_on(jitgate::store::Db::open(&db.url))?;
+    let read = check.read.clone();
     let drain_started = Instant::now();
     // With Slack stalled nothing can be delivered: check storage only.
     let drain_limit = if broken {
@@ -313,7 +350,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         args.drain_timeout.to_std()
     };
-    let (pending, stored, chain) = rt.server.block_on(async {
+    let (pending, stored, chain) = rt.client.block_on(async {
         let pending = loop {
             let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
                 .fetch_one(&read)
@@ -379,15 +416,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Ok(n) => println!("audit chain intact: {n} entries"),
         Err(e) => println!("audit chain BROKEN: {e}"),
     }
-    let (_, final_hwm) = server.rss_kib();
-    if matches!(server, Server::Child(_)) {
+    if !in_process {
+        let peaks: Vec<String> = servers
+            .iter()
+            .map(|s| format!("{} MiB", s.rss_kib().1 / 1024))
+            .collect();
         println!(
-            "server peak RSS over the whole run, outbox drain included: {} MiB",
-            final_hwm / 1024
+            "server peak RSS over the whole run, outbox drain included: {}",
+            peaks.join(", ")
         );
     }
-    rt.server.block_on(read.close());
-    rt.server.block_on(server.stop()).context("shutting down")?;
+    rt.client.block_on(check.close());
+    servers::stop_all(&rt, servers)?;
     if broken {
         let ok = error_count == 0 && unique.len() == acked.len() && not_stored == 0;
         anyhow::ensure!(ok, "check failed: see the counts above");
@@ -399,4 +439,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(ok, "check failed: see the counts above");
     println!("check passed: every acknowledged request is stored and got exactly one card");
     Ok(())
+}
+
+/// `cpu` over a run of `wall` that acknowledged `acked` requests, as text: total seconds,
+/// microseconds per acknowledged request, and cores used on average.
+fn cpu_per_ack(cpu: Duration, acked: usize, wall: Duration) -> String {
+    format!(
+        "{:.2} s, {} per acknowledged request, {:.2} cores on average",
+        cpu.as_secs_f64(),
+        if acked == 0 {
+            "—".to_string()
+        } else {
+            format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / acked as f64)
+        },
+        cpu.as_secs_f64() / wall.as_secs_f64().max(f64::EPSILON)
+    )
 }

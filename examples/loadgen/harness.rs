@@ -77,15 +77,16 @@ pub async fn refusing_address() -> anyhow::Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
-/// A configuration like an operator's: defaults everywhere, one resource, a noop adapter.
-pub fn config_text(db: &Path, api_url: &str) -> String {
+/// A configuration like an operator's: defaults everywhere, one resource, a noop adapter,
+/// on the database of `db_url` (a `sqlite://` URL with an absolute path, or PostgreSQL's).
+pub fn config_text(db_url: &str, api_url: &str) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 
 [database]
-url = "sqlite://{db}"
+url = "{db_url}"
 
 [slack]
 api_url = "{api_url}"
@@ -109,10 +110,7 @@ adapter = "{ADAPTER}"
 
 [adapters.{ADAPTER}]
 type = "noop"
-"#,
-        // Relative paths in a configuration follow the file's directory (a temporary one
-        // here); `--db` is given relative to the working directory.
-        db = std::path::absolute(db).unwrap_or_else(|_| db.to_path_buf()).display()
+"#
     )
 }
 
@@ -191,6 +189,11 @@ impl ChildServer {
         self.child.id()
     }
 
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGTERM (a graceful stop, as an operator's), then waits for the exit.
     pub fn stop(mut self) -> anyhow::Result<()> {
         let _ = std::process::Command::new("kill")
@@ -225,6 +228,7 @@ pub fn spawn_server(bin: &Path, dir: &Path, config_text: &str) -> anyhow::Result
         .arg("serve")
         .env("SLACK_BOT_TOKEN", fake_slack::BOT_TOKEN)
         .env("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+        .env("JITGATE_AUDIT_KEY", AUDIT_KEY)
         .env("JITGATE_LOG", "warn")
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
@@ -253,16 +257,7 @@ pub fn rss_kib_of(path: &str) -> (u64, u64) {
 /// CPU time (user + system) this process used so far, from /proc/self/stat, including
 /// threads that have exited. Resolution: one clock tick (10 ms on Linux).
 pub fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    Duration::from_millis(ticks * 10)
+    crate::procfs::process_cpu(std::process::id())
 }
 
 /// Percentiles of a histogram of microseconds, as text.

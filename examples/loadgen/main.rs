@@ -2,16 +2,20 @@
 //!
 //! `cargo run --release --example loadgen -- --help`
 //!
-//! Every scenario runs the real server (`jitgate::start`, as `jitgate serve` does) on an
-//! ephemeral loopback port against a fake Slack Web API and a noop adapter, and sends
+//! Every scenario runs the real server (`jitgate::start`, as `jitgate serve` does, or the
+//! `jitgate serve` binary as one or several child processes) on ephemeral loopback ports
+//! against a fake Slack Web API and a noop adapter, on SQLite or PostgreSQL, and sends
 //! traffic only to 127.0.0.1. Every loop is bounded in count and time.
 
 mod ack;
+mod database;
 mod expiry;
-// Shared with the integration tests; this program uses only part of it.
+// Not every scenario uses all of it.
 #[allow(dead_code)]
 mod harness;
 mod history;
+mod procfs;
+mod servers;
 mod startup;
 
 use std::path::PathBuf;
@@ -61,8 +65,31 @@ pub struct Args {
 
     /// The SQLite file to use (default: a fresh one in a temporary directory). `startup`
     /// reuses the past requests already in it.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["database_url", "postgres"])]
     db: Option<PathBuf>,
+
+    /// ack, expiry: run on this database instead of a fresh SQLite file: a `sqlite://` URL
+    /// (as --db), or a `postgres://` URL of an existing database that holds no tables yet
+    /// (refused otherwise, so the checks count only this run's rows); it is kept afterwards.
+    /// For a database made for the run and dropped after it, use --postgres.
+    #[arg(long, conflicts_with = "postgres")]
+    database_url: Option<String>,
+
+    /// ack, expiry: run on PostgreSQL, in a scratch database `jit_bench_<pid>` the load
+    /// generator creates on the server of this URL (connecting through the database the
+    /// URL names, e.g. postgres://postgres@127.0.0.1:5432/postgres) and drops at the end,
+    /// also when the run fails (an interrupted run leaves it: `dropdb jit_bench_<pid>`).
+    #[arg(long, value_name = "SERVER_URL")]
+    postgres: Option<String>,
+
+    /// ack, expiry: run this many `jitgate serve` child processes on the one database,
+    /// each on its own port, sharing the fake Slack (PostgreSQL only: replicas cannot
+    /// share a SQLite file). ack spreads the connections over them round-robin. Runs
+    /// --server-bin, by default the `jitgate` next to this program
+    /// (target/release/jitgate: `cargo build --release --bin jitgate`). Each replica may
+    /// open up to 25 PostgreSQL connections.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 
     /// Tokio worker threads for the server (default: one per core, like `jitgate serve`).
     #[arg(long, default_value_t = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))]
@@ -72,8 +99,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
 
-    /// ack: run this `jitgate` binary as a child process instead of the server in this
-    /// process, so its memory is measured alone (e.g. target/release/jitgate).
+    /// ack, expiry: run this `jitgate` binary as a child process (or --replicas of them)
+    /// instead of the server in this process, so its memory, CPU and threads are measured
+    /// alone (e.g. target/release/jitgate).
     #[arg(long)]
     server_bin: Option<PathBuf>,
 
@@ -149,6 +177,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     println!("machine: {}", harness::machine());
+    if let Err(e) = check_database_args(&args) {
+        eprintln!("loadgen: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match args.scenario {
         Scenario::Ack => ack::run(&args),
         Scenario::Expiry => expiry::run(&args),
@@ -161,4 +193,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Refuses combinations of database options that cannot work, saying what would.
+fn check_database_args(args: &Args) -> Result<(), String> {
+    let postgres = args.postgres.is_some()
+        || args
+            .database_url
+            .as_deref()
+            .is_some_and(jitgate::config::is_postgres_url);
+    if args.replicas == 0 {
+        return Err("--replicas must be at least 1".into());
+    }
+    if args.scenario == Scenario::Startup
+        && (args.database_url.is_some() || args.postgres.is_some() || args.replicas > 1)
+    {
+        return Err(
+            "the startup scenario runs on a SQLite file only (--db); --database-url, --postgres and --replicas \
+             are for ack and expiry"
+                .into(),
+        );
+    }
+    if args.replicas > 1 && !postgres {
+        return Err(format!(
+            "--replicas {} needs PostgreSQL: replicas share one database, and a SQLite file belongs to one \
+             process; add --postgres postgres://postgres@127.0.0.1:5432/postgres (a scratch database is made \
+             and dropped) or --database-url postgres://…",
+            args.replicas
+        ));
+    }
+    Ok(())
 }

@@ -3,6 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
+use crate::database::BenchDb;
 use crate::harness::{self, Runtimes};
 use crate::{history, Args};
 
@@ -10,8 +13,9 @@ use crate::{history, Args};
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let rt = Runtimes::new(args.server_threads, args.client_threads)?;
     let dir = tempfile::tempdir()?;
-    let db_path = args.db.clone().unwrap_or_else(|| dir.path().join("jitgate.db"));
-    let url = format!("sqlite://{}", db_path.display());
+    let db = BenchDb::prepare(args, dir.path())?;
+    let db_path = db.file.clone().context("the startup scenario runs on a SQLite file")?;
+    let url = db.url.clone();
     let want = args.past_requests as i64;
 
     let made = Instant::now();
@@ -56,7 +60,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("database: {:.0} MiB; {counts}", size as f64 / 1024.0 / 1024.0);
 
     let fake = harness::start_fake(&rt);
-    let config = harness::config_text(&db_path, &fake.api_url());
+    let config = harness::config_text(&url, &fake.api_url());
     let mut times = Vec::new();
     for run in 1..=args.runs {
         let started = Instant::now();
