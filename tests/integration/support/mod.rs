@@ -89,33 +89,62 @@ impl TestDatabase {
                 postgres: None,
             };
         }
-        use sqlx::Connection;
         let server = std::env::var("JITGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| TEST_POSTGRES.to_string());
+        Self::postgres(&server)
+            .await
+            .unwrap_or_else(|e| panic!("JITGATE_TEST_DATABASE=postgres, but {server} is not reachable: {e}"))
+    }
+
+    /// A fresh database of its own on the PostgreSQL server `server` (a superuser URL),
+    /// dropped when the last holder lets go, whatever `JITGATE_TEST_DATABASE` says.
+    pub async fn postgres(server: &str) -> Result<Self, sqlx::Error> {
+        use sqlx::Connection;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let name = format!(
             "jit_t_{}_{}",
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let mut admin = sqlx::PgConnection::connect(&server)
-            .await
-            .unwrap_or_else(|e| panic!("JITGATE_TEST_DATABASE=postgres, but {server} is not reachable: {e}"));
+        let mut admin = sqlx::PgConnection::connect(server).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
             .execute(&mut admin)
-            .await
-            .unwrap();
+            .await?;
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let mut url = url::Url::parse(&server).unwrap();
+            .await?;
+        admin.close().await?;
+        let mut url = url::Url::parse(server).expect("a PostgreSQL URL");
         url.set_path(&name);
-        Self {
+        Ok(Self {
             url: url.to_string(),
-            postgres: Some((server, name)),
-        }
+            postgres: Some((server.to_string(), name)),
+        })
     }
+}
+
+/// The PostgreSQL server for tests that need one whatever `JITGATE_TEST_DATABASE` says
+/// (`JITGATE_TEST_POSTGRES_URL`, default [`TEST_POSTGRES`]), or `None`, with a notice, when
+/// it cannot be reached. With `JITGATE_REQUIRE_POSTGRES=1` (CI) an unreachable server fails
+/// the test instead.
+pub async fn postgres_server() -> Option<String> {
+    use sqlx::Connection;
+    let url = std::env::var("JITGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| TEST_POSTGRES.to_string());
+    let why = match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            return Some(url);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 5s".to_string(),
+    };
+    if std::env::var("JITGATE_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+        panic!("PostgreSQL not reachable ({why}) and JITGATE_REQUIRE_POSTGRES=1");
+    }
+    eprintln!(
+        "skipping: PostgreSQL not reachable ({why}); set JITGATE_TEST_POSTGRES_URL, \
+         or JITGATE_REQUIRE_POSTGRES=1 to fail instead"
+    );
+    None
 }
 
 impl Drop for TestDatabase {
@@ -212,6 +241,8 @@ pub struct Setup {
     pub self_check: bool,
     /// Per-call timeout of Slack Web API calls.
     pub slack_call_timeout: Duration,
+    /// The database to run on instead of the one `JITGATE_TEST_DATABASE` chooses.
+    pub database: Option<TestDatabase>,
 }
 
 impl Default for Setup {
@@ -229,6 +260,7 @@ impl Default for Setup {
             socket_mode: false,
             self_check: false,
             slack_call_timeout: Duration::from_secs(10),
+            database: None,
         }
     }
 }
@@ -260,7 +292,10 @@ impl TestApp {
 
     pub async fn start_with(setup: Setup) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let database = Arc::new(TestDatabase::new(dir.path()).await);
+        let database = Arc::new(match setup.database {
+            Some(database) => database,
+            None => TestDatabase::new(dir.path()).await,
+        });
         let slack = FakeSlack::start().await;
         slack.set_group(GROUP, &["UGROUPMEMBER", APPROVER1]);
         let script = dir.path().join("adapter.sh");
