@@ -2,7 +2,8 @@
 //! restarted: nothing is lost, nothing is granted twice, nothing is marked revoked unless
 //! the adapter confirmed it. And SIGTERM lets a running adapter call finish.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -23,10 +24,18 @@ impl Bot {
     pub async fn start_with_env(app: &mut TestApp, env: &[(&str, &str)]) -> Self {
         let config = app.dir.path().join("jitgate.toml");
         std::fs::write(&config, &app.config_text).unwrap();
+        let (bot, addr) = Self::spawn(&config, env, None).await;
+        app.base = format!("http://{addr}");
+        bot
+    }
+
+    /// Starts the binary on the configuration file `config` and returns it with the
+    /// address it listens on. With `log`, its log lines are appended to that file.
+    pub async fn spawn(config: &Path, env: &[(&str, &str)], log: Option<PathBuf>) -> (Self, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_jitgate"))
             .env("JITGATE_AUDIT_KEY", crate::support::AUDIT_KEY)
             .args(["serve", "--config"])
-            .arg(&config)
+            .arg(config)
             .envs(env.iter().copied())
             .env("JITGATE_AUDIT_KEY", AUDIT_KEY)
             .env("SLACK_BOT_TOKEN", fake_slack::BOT_TOKEN)
@@ -41,7 +50,11 @@ impl Bot {
         let bot = Self { child };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut log = log.and_then(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).ok());
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(file) = log.as_mut() {
+                    let _ = writeln!(file, "{line}");
+                }
                 if let Some(addr) = line.split("addr=").nth(1) {
                     let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
                 }
@@ -51,8 +64,7 @@ impl Bot {
             .await
             .unwrap()
             .expect("jitgate printed its address");
-        app.base = format!("http://{addr}");
-        bot
+        (bot, addr)
     }
 
     pub fn kill(mut self) {

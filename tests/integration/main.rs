@@ -26,6 +26,7 @@ mod observe;
 mod oncall;
 mod packaging;
 mod reconcile;
+mod replicas;
 mod report;
 mod secrets_at_rest;
 mod security;

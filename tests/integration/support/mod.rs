@@ -99,22 +99,10 @@ impl TestDatabase {
     /// `JITGATE_REQUIRE_POSTGRES=1` (CI), which fails instead.
     pub async fn postgres() -> Option<Self> {
         use sqlx::Connection;
-        let server = std::env::var("JITGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| TEST_POSTGRES.to_string());
-        let reached = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&server)).await;
-        let mut admin = match reached {
-            Ok(Ok(admin)) => admin,
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "no answer within 5 s".to_string(),
-                };
-                if std::env::var("JITGATE_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                    panic!("PostgreSQL not reachable ({why}) and JITGATE_REQUIRE_POSTGRES=1");
-                }
-                eprintln!("skipping: PostgreSQL not reachable ({why}); JITGATE_REQUIRE_POSTGRES=1 fails instead");
-                return None;
-            }
-        };
+        let server = postgres_server().await?;
+        let mut admin = sqlx::PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {server} answered, then refused a connection: {e}"));
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let name = format!(
             "jit_t_{}_{}",
@@ -130,13 +118,38 @@ impl TestDatabase {
             .await
             .unwrap();
         admin.close().await.unwrap();
-        let mut url = url::Url::parse(&server).unwrap();
+        let mut url = url::Url::parse(&server).expect("a PostgreSQL URL");
         url.set_path(&name);
         Some(Self {
             url: url.to_string(),
             postgres: Some((server, name)),
         })
     }
+}
+
+/// The PostgreSQL server for tests that need one whatever `JITGATE_TEST_DATABASE` says
+/// (`JITGATE_TEST_POSTGRES_URL`, default [`TEST_POSTGRES`]), or `None`, with a notice, when
+/// it cannot be reached. With `JITGATE_REQUIRE_POSTGRES=1` (CI) an unreachable server fails
+/// the test instead.
+pub async fn postgres_server() -> Option<String> {
+    use sqlx::Connection;
+    let url = std::env::var("JITGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| TEST_POSTGRES.to_string());
+    let why = match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            return Some(url);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 5s".to_string(),
+    };
+    if std::env::var("JITGATE_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+        panic!("PostgreSQL not reachable ({why}) and JITGATE_REQUIRE_POSTGRES=1");
+    }
+    eprintln!(
+        "skipping: PostgreSQL not reachable ({why}); set JITGATE_TEST_POSTGRES_URL, \
+         or JITGATE_REQUIRE_POSTGRES=1 to fail instead"
+    );
+    None
 }
 
 impl Drop for TestDatabase {
@@ -233,6 +246,8 @@ pub struct Setup {
     pub self_check: bool,
     /// Per-call timeout of Slack Web API calls.
     pub slack_call_timeout: Duration,
+    /// The database to run on instead of the one `JITGATE_TEST_DATABASE` chooses.
+    pub database: Option<TestDatabase>,
 }
 
 impl Default for Setup {
@@ -250,6 +265,7 @@ impl Default for Setup {
             socket_mode: false,
             self_check: false,
             slack_call_timeout: Duration::from_secs(10),
+            database: None,
         }
     }
 }
@@ -281,7 +297,10 @@ impl TestApp {
 
     pub async fn start_with(setup: Setup) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let database = Arc::new(TestDatabase::new(dir.path()).await);
+        let database = Arc::new(match setup.database {
+            Some(database) => database,
+            None => TestDatabase::new(dir.path()).await,
+        });
         let slack = FakeSlack::start().await;
         slack.set_group(GROUP, &["UGROUPMEMBER", APPROVER1]);
         let script = dir.path().join("adapter.sh");
