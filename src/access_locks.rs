@@ -119,11 +119,6 @@ impl AccessLocks {
         map.entry(key).or_default().clone()
     }
 
-    /// Waits for the access `g` concerns.
-    pub async fn lock(&self, g: &GrantRow) -> tokio::sync::OwnedMutexGuard<()> {
-        self.lock_key(key(g)).await
-    }
-
     /// Waits for the access with this `key`.
     pub async fn lock_key(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
         self.mutex(key).lock_owned().await

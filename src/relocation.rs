@@ -129,7 +129,7 @@ pub async fn run(config: &Config, to: &str) -> anyhow::Result<Moved> {
 async fn move_to(config: &Config, url: &DatabaseUrl) -> anyhow::Result<Moved> {
     let started = Instant::now();
     let target = url.redacted();
-    if !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://")) {
+    if !crate::config::is_postgres_url(url.expose()) {
         bail!("--to must be a PostgreSQL URL, like postgres://jitgate@db.example.com:5432/jitgate");
     }
     let source = Db::existing_file(config)?;

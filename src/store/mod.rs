@@ -150,7 +150,7 @@ impl Db {
     }
 
     async fn open_postgres(url: &str) -> anyhow::Result<Self> {
-        let shown = dialect::redacted(url);
+        let shown = crate::config::postgres::DatabaseUrl(url.to_string()).redacted();
         let write = AnyPoolOptions::new()
             .max_connections(PG_POOL)
             .acquire_timeout(Duration::from_secs(30))

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnectOptions;
@@ -17,7 +16,6 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
-const DEFAULT_TEST_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// Every jitgate table, as the move copies them.
 const TABLES: &[&str] = &[
     "requests",
@@ -40,29 +38,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// A superuser URL of the test server, or `None` (with a notice) when it cannot be reached
-/// and `JITGATE_REQUIRE_POSTGRES=1` is not set.
-async fn test_server() -> Option<String> {
-    let url = std::env::var("JITGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_TEST_URL.to_string());
-    let attempt = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&url)).await;
-    let why = match attempt {
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-            return Some(url);
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "no answer within 5s".to_string(),
-    };
-    if std::env::var("JITGATE_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-        panic!("PostgreSQL not reachable ({why}) and JITGATE_REQUIRE_POSTGRES=1");
-    }
-    eprintln!(
-        "skipping: PostgreSQL not reachable ({why}); set JITGATE_TEST_POSTGRES_URL, \
-         or JITGATE_REQUIRE_POSTGRES=1 to fail instead"
-    );
-    None
 }
 
 /// A database of its own on the test server, dropped when the test ends (passed or not).
@@ -218,7 +193,7 @@ fn every_sqlite_migration_has_a_postgresql_twin_with_the_same_version() {
 #[tokio::test]
 async fn moving_to_postgres_keeps_every_row_and_the_audit_chain_and_refuses_a_second_time() {
     crate::sqlite_only!("the source of a move is a SQLite installation");
-    let Some(server) = test_server().await else {
+    let Some(server) = postgres_server().await else {
         return;
     };
     let app = history().await;
@@ -300,7 +275,7 @@ async fn moving_to_postgres_keeps_every_row_and_the_audit_chain_and_refuses_a_se
 #[tokio::test]
 async fn a_tampered_audit_log_is_refused_and_nothing_is_moved() {
     crate::sqlite_only!("the source of a move is a SQLite installation");
-    let Some(server) = test_server().await else {
+    let Some(server) = postgres_server().await else {
         return;
     };
     let app = history().await;
@@ -332,7 +307,7 @@ async fn a_tampered_audit_log_is_refused_and_nothing_is_moved() {
 #[tokio::test]
 async fn a_copy_that_differs_in_postgresql_is_rolled_back() {
     crate::sqlite_only!("the source of a move is a SQLite installation");
-    let Some(server) = test_server().await else {
+    let Some(server) = postgres_server().await else {
         return;
     };
     let app = history().await;
